@@ -1,0 +1,24 @@
+//! The bundle file format: a deterministic tar stream compressed with zstd.
+//!
+//! Layout, in order: `manifest.json` (canonical JSON), `manifest.json.minisig` (minisign
+//! signature of the manifest), then every payload file in manifest order. Only regular files,
+//! owned by 0:0, mtime = the manifest's `created`, mode 644 or 755. [`write`] produces it;
+//! [`read`] verifies it as one stream and can stage the payload into a directory.
+
+pub mod read;
+pub mod write;
+
+/// zstd compression level used for every bundle (part of the format's reproducibility).
+pub const ZSTD_LEVEL: i32 = 9;
+/// zstd window log (8 MiB): keeps decompression memory small enough for a Raspberry Pi 3.
+pub const ZSTD_WINDOW_LOG: u32 = 23;
+/// Largest window the reader accepts (a hostile bundle cannot ask for more memory).
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 24;
+
+/// The file name of a bundle: `<name>-<version>-<arch>.tar.zst`.
+pub fn file_name(name: &str, version: &str, arch: crate::manifest::Arch) -> String {
+    format!("{name}-{version}-{arch}.tar.zst")
+}
+
+/// Suffix of the detached whole-file signature.
+pub const DETACHED_SIG_SUFFIX: &str = ".minisig";

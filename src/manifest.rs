@@ -1,0 +1,417 @@
+//! The bundle manifest: the one type that describes a release bundle.
+//!
+//! The release builder fills it, signs its canonical bytes and writes it as the first entry of
+//! every bundle; the installer parses it only after the signature over those exact bytes has
+//! been checked, and then holds every payload entry against it. Defining it once here is what
+//! keeps the two sides in agreement.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Version of the bundle format this crate writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Path of the manifest inside a bundle (always the first entry).
+pub const MANIFEST_PATH: &str = "manifest.json";
+/// Path of the manifest's minisign signature inside a bundle (always the second entry).
+pub const MANIFEST_SIG_PATH: &str = "manifest.json.minisig";
+/// Upper bound on the size of a manifest; a larger one is rejected before it is parsed.
+pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+/// Upper bound on the size of the manifest signature entry.
+pub const MAX_SIGNATURE_BYTES: u64 = 4096;
+/// Upper bound on the number of payload files a manifest may list.
+pub const MAX_FILES: usize = 100_000;
+
+/// A CPU architecture a bundle is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// x86_64 hosts (`linux/amd64`).
+    Amd64,
+    /// 32-bit ARM hosts such as the Raspberry Pi 3 (`linux/arm/v7`).
+    Armv7,
+}
+
+impl Arch {
+    /// Every supported architecture, in a fixed order.
+    pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Armv7];
+
+    /// The short name used in file names and manifests (`amd64`, `armv7`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Armv7 => "armv7",
+        }
+    }
+
+    /// The OCI platform triple (`os`, `architecture`, `variant`).
+    pub fn oci_platform(self) -> (&'static str, &'static str, Option<&'static str>) {
+        match self {
+            Arch::Amd64 => ("linux", "amd64", None),
+            Arch::Armv7 => ("linux", "arm", Some("v7")),
+        }
+    }
+
+    /// The architecture of the machine this code runs on, if it is a supported one.
+    pub fn host() -> Option<Arch> {
+        match std::env::consts::ARCH {
+            "x86_64" => Some(Arch::Amd64),
+            "arm" => Some(Arch::Armv7),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "amd64" | "x86_64" | "linux/amd64" => Ok(Arch::Amd64),
+            "armv7" | "armhf" | "arm/v7" | "linux/arm/v7" => Ok(Arch::Armv7),
+            other => Err(format!(
+                "unknown architecture `{other}` (expected amd64 or armv7)"
+            )),
+        }
+    }
+}
+
+/// The signed description of one bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Bundle format version; see [`FORMAT_VERSION`].
+    pub format: u32,
+    /// Recipe name, which is also the host profile name.
+    pub name: String,
+    /// Release version (semver).
+    pub version: String,
+    /// Target architecture.
+    pub arch: Arch,
+    /// The one environment (dev, staging, prod, …) this bundle is configured for.
+    pub environment: String,
+    /// Where the bundle was built from.
+    pub source: Source,
+    /// Build time, seconds since the Unix epoch (from SOURCE_DATE_EPOCH or the commit time).
+    pub created: u64,
+    /// The oldest installer version that understands this bundle.
+    pub min_installer_version: String,
+    /// How to run the stack with compose.
+    pub compose: ComposeSpec,
+    /// Every service image, pinned by digest.
+    pub images: Vec<Image>,
+    /// Migration scripts, in the order they run.
+    pub migrations: Vec<Migration>,
+    /// How migration scripts are run, when there are any.
+    pub migration_runner: Option<Runner>,
+    /// Health gate definition.
+    pub health: Health,
+    /// Backup and restore hooks, when the recipe declares them.
+    pub backup: Option<Backup>,
+    /// Names of the host secrets the stack needs; values live only on the host.
+    pub required_secrets: Vec<String>,
+    /// Every payload file, in the order the bundle stores them (sorted by path).
+    pub files: Vec<FileEntry>,
+}
+
+/// Provenance of a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// Git commit of the recipe tree, when it is in a git repository.
+    pub commit: Option<String>,
+    /// True when the recipe tree had uncommitted changes.
+    pub dirty: bool,
+    /// Path of the recipe directory relative to the repository root.
+    pub recipe_dir: String,
+}
+
+/// How the installer calls compose for this bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComposeSpec {
+    /// Compose files in `-f` order, relative to the bundle root: the user's file carried byte
+    /// for byte, then the generated override that pins images.
+    pub files: Vec<String>,
+    /// Directory relative paths in the compose file resolve against.
+    pub project_directory: String,
+    /// Non-secret configuration for the bundle's environment (KEY=VALUE lines).
+    pub env_file: Option<String>,
+}
+
+/// One service image, pinned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// Compose service name.
+    pub service: String,
+    /// The reference written in the compose file (tag form), for humans.
+    pub original: String,
+    /// Repository without tag or digest.
+    pub repository: String,
+    /// The platform manifest digest for this bundle's architecture.
+    pub digest: String,
+    /// Digest of the multi-platform index the tag pointed to, when there was one.
+    pub index_digest: Option<String>,
+    /// Digest of the image config, which is the image ID Docker reports.
+    pub config_digest: Option<String>,
+    /// Path of the image archive inside the bundle (offline bundles only).
+    pub archive: Option<String>,
+}
+
+impl Image {
+    /// `repository@digest`, the reference a host pulls.
+    pub fn pinned_ref(&self) -> String {
+        format!("{}@{}", self.repository, self.digest)
+    }
+}
+
+/// One ordered migration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Migration {
+    /// Stable identifier (the file name without extension, e.g. `0002-upper`).
+    pub id: String,
+    /// Path inside the bundle.
+    pub path: String,
+    /// sha256 of the script.
+    pub sha256: String,
+}
+
+/// A command run in a one-off container of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runner {
+    /// Compose service whose image runs the command.
+    pub service: String,
+    /// Command; `{script}` is replaced with the script path inside the container.
+    pub command: Vec<String>,
+}
+
+/// Health gate definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// How long the gate may take before the stack counts as unhealthy, in seconds.
+    pub window_secs: u64,
+    /// Consecutive failures of one check that make the stack unhealthy.
+    pub failures: u32,
+    /// Pause between rounds of checks, in milliseconds.
+    pub interval_ms: u64,
+    /// HTTP checks.
+    pub http: Vec<HttpCheck>,
+}
+
+/// One HTTP health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheck {
+    /// Name shown in reports.
+    pub name: String,
+    /// URL to GET.
+    pub url: String,
+    /// Expected status code.
+    pub status: u16,
+    /// Substring the body must contain, when set.
+    pub body_contains: Option<String>,
+    /// Request timeout in milliseconds.
+    pub timeout_ms: u64,
+    /// Slowest acceptable answer in milliseconds, when set.
+    pub max_latency_ms: Option<u64>,
+}
+
+/// Backup and restore hooks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backup {
+    /// Service whose container runs the hooks.
+    pub service: String,
+    /// Command that writes a dump to stdout.
+    pub command: Vec<String>,
+    /// Command that reads a dump from stdin.
+    pub restore: Vec<String>,
+    /// File extension of dumps (e.g. `archive.gz`).
+    pub extension: String,
+}
+
+/// One payload file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Relative path inside the bundle (forward slashes, no `.` or `..` parts).
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Lowercase hex sha256 of the content.
+    pub sha256: String,
+    /// Unix mode: 0o644 or 0o755.
+    pub mode: u32,
+}
+
+/// Why a manifest is not acceptable even though its signature is good.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The bytes are not the JSON this crate expects.
+    #[error("manifest is not valid: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A newer or unknown format.
+    #[error(
+        "bundle format {found} is not supported (this installer reads format {FORMAT_VERSION}); upgrade smoker-install"
+    )]
+    Format {
+        /// Format number found.
+        found: u32,
+    },
+    /// A field breaks a rule of the format.
+    #[error("manifest is not valid: {0}")]
+    Invalid(String),
+}
+
+impl Manifest {
+    /// The canonical bytes: compact JSON with keys sorted, as signed.
+    pub fn to_canonical_json(&self) -> Vec<u8> {
+        // serde_json's Value map is a BTreeMap (no preserve_order feature), so going through
+        // Value sorts every object's keys; compact output has no insignificant whitespace.
+        match serde_json::to_value(self) {
+            Ok(v) => {
+                let mut out = serde_json::to_vec(&v).unwrap_or_default();
+                out.push(b'\n');
+                out
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Parses and checks manifest bytes (call only after the signature over them is checked).
+    pub fn from_json(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        let probe: serde_json::Value = serde_json::from_slice(bytes)?;
+        if let Some(found) = probe.get("format").and_then(|f| f.as_u64()) {
+            if found != u64::from(FORMAT_VERSION) {
+                return Err(ManifestError::Format {
+                    found: found.min(u64::from(u32::MAX)) as u32,
+                });
+            }
+        }
+        let m: Manifest = serde_json::from_value(probe)?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Checks the rules the type system does not express.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let bad = |s: String| Err(ManifestError::Invalid(s));
+        if self.format != FORMAT_VERSION {
+            return Err(ManifestError::Format { found: self.format });
+        }
+        if !is_name(&self.name) {
+            return bad(format!("name `{}` is not a valid profile name", self.name));
+        }
+        if semver::Version::parse(&self.version).is_err() {
+            return bad(format!("version `{}` is not semver", self.version));
+        }
+        if !is_name(&self.environment) {
+            return bad(format!("environment `{}` is not valid", self.environment));
+        }
+        if self.files.len() > MAX_FILES {
+            return bad(format!(
+                "{} files listed; at most {MAX_FILES}",
+                self.files.len()
+            ));
+        }
+        let mut prev: Option<&str> = None;
+        for f in &self.files {
+            check_relative_path(&f.path).map_err(ManifestError::Invalid)?;
+            if f.path == MANIFEST_PATH || f.path == MANIFEST_SIG_PATH {
+                return bad(format!("payload may not be named `{}`", f.path));
+            }
+            if let Some(p) = prev {
+                if p >= f.path.as_str() {
+                    return bad(format!("files are not sorted or repeat at `{}`", f.path));
+                }
+            }
+            if f.mode != 0o644 && f.mode != 0o755 {
+                return bad(format!(
+                    "mode {:o} of `{}` is not 644 or 755",
+                    f.mode, f.path
+                ));
+            }
+            if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad(format!("sha256 of `{}` is malformed", f.path));
+            }
+            prev = Some(&f.path);
+        }
+        for needed in self
+            .compose
+            .files
+            .iter()
+            .chain(self.compose.env_file.iter())
+            .chain(self.migrations.iter().map(|m| &m.path))
+            .chain(self.images.iter().filter_map(|i| i.archive.as_ref()))
+        {
+            if self.file(needed).is_none() {
+                return bad(format!("`{needed}` is referenced but not listed in files"));
+            }
+        }
+        for i in &self.images {
+            if !i.digest.starts_with("sha256:") {
+                return bad(format!(
+                    "image of service `{}` is not pinned by digest",
+                    i.service
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The file entry for a path, if listed.
+    pub fn file(&self, path: &str) -> Option<&FileEntry> {
+        self.files
+            .binary_search_by(|f| f.path.as_str().cmp(path))
+            .ok()
+            .and_then(|i| self.files.get(i))
+    }
+
+    /// Sum of all payload sizes.
+    pub fn payload_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// `<name>-<version>-<arch>`, the stem of the bundle's file name.
+    pub fn stem(&self) -> String {
+        format!("{}-{}-{}", self.name, self.version, self.arch)
+    }
+}
+
+/// True for names usable as profile, recipe or environment names.
+pub fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+/// Checks a bundle-relative path: no absolute path, no empty, `.` or `..` component.
+pub fn check_relative_path(path: &str) -> Result<(), String> {
+    if path.is_empty() || path.len() > 1024 {
+        return Err(format!("path `{path}` is empty or too long"));
+    }
+    if path.starts_with('/') {
+        return Err(format!("path `{path}` is absolute"));
+    }
+    for part in path.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return Err(format!("path `{path}` has an empty, `.` or `..` component"));
+        }
+        if part.bytes().any(|b| b < 0x20 || b == 0x7f || b == b'\\') {
+            return Err(format!(
+                "path `{path}` has a control character or backslash"
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,588 @@
+//! Turning a recipe and its lock into bundles.
+//!
+//! [`plan`] computes the unsigned content of one bundle (manifest plus payload sources) from a
+//! recipe, its lock, an architecture, an environment, a version and the source information.
+//! It depends on nothing but those inputs — not on the time, the build directory, the umask or
+//! file mtimes — which is what makes bundles reproducible. [`write_release`] signs and writes.
+
+use crate::bundle::write::{Payload, write_bundle};
+use crate::compose::{self, PinnedService};
+use crate::digest::{sha256_file, sha256_hex};
+use crate::lock::{Lock, LockError, repository_of};
+use crate::manifest::{
+    Arch, ComposeSpec, FORMAT_VERSION, FileEntry, Image, Manifest, Migration, Source,
+};
+use crate::recipe::Recipe;
+use crate::signing::SecretKey;
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Component, Path, PathBuf};
+
+/// Directory of the recipe's files inside a bundle (the compose project directory).
+pub const STACK_DIR: &str = "stack";
+/// The generated override pinning every image.
+pub const PIN_FILE: &str = "generated/pin.compose.yaml";
+/// Oldest installer that reads what this builder writes.
+pub const MIN_INSTALLER_VERSION: &str = "0.1.0";
+
+/// Errors building a release.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    /// Recipe problem.
+    #[error(transparent)]
+    Recipe(#[from] crate::recipe::RecipeError),
+    /// Lock problem.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// Compose problem.
+    #[error("recipe `{recipe}`: {source}")]
+    Compose {
+        /// Recipe name.
+        recipe: String,
+        /// The cause.
+        source: compose::ComposeError,
+    },
+    /// A referenced file is missing or unsafe.
+    #[error("recipe `{recipe}`: {message}")]
+    Reference {
+        /// Recipe name.
+        recipe: String,
+        /// What is wrong, naming the file and the service.
+        message: String,
+    },
+    /// Invalid request.
+    #[error("{0}")]
+    Invalid(String),
+    /// I/O.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Writing the bundle failed.
+    #[error(transparent)]
+    Write(#[from] crate::bundle::write::WriteError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReleaseError + '_ {
+    move |source| ReleaseError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where the recipe tree came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceInfo {
+    /// Git commit, if in a repository.
+    pub commit: Option<String>,
+    /// Uncommitted changes under the recipe directory or its lock.
+    pub dirty: bool,
+    /// Recipe directory relative to the repository root.
+    pub recipe_dir: String,
+    /// Build time (SOURCE_DATE_EPOCH, else the commit time).
+    pub epoch: u64,
+}
+
+/// Reads git facts for a recipe. Time comes from `SOURCE_DATE_EPOCH`, else the commit time.
+pub fn source_info(recipe: &Recipe, lock_path: &Path) -> Result<SourceInfo, ReleaseError> {
+    let git = |args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&recipe.dir)
+            .args(args)
+            .env("LC_ALL", "C")
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    };
+    let commit = git(&["rev-parse", "HEAD"]);
+    let prefix = git(&["rev-parse", "--show-prefix"]).unwrap_or_default();
+    let recipe_dir = prefix.trim_end_matches('/').to_string();
+    let dirty = match &commit {
+        Some(_) => {
+            let lock_name = lock_path
+                .file_name()
+                .map(|n| format!("../{}", n.to_string_lossy()))
+                .unwrap_or_default();
+            git(&[
+                "status",
+                "--porcelain",
+                "--untracked-files=all",
+                "--",
+                ".",
+                &lock_name,
+            ])
+            .is_none_or(|s| !s.is_empty())
+        }
+        None => true,
+    };
+    let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v.trim().parse::<u64>().map_err(|_| {
+            ReleaseError::Invalid(format!(
+                "SOURCE_DATE_EPOCH=`{v}` is not a number of seconds"
+            ))
+        })?,
+        Err(_) => match git(&["log", "-1", "--format=%ct", "HEAD"]) {
+            Some(t) => t
+                .parse::<u64>()
+                .map_err(|_| ReleaseError::Invalid(format!("git reported commit time `{t}`")))?,
+            None => {
+                return Err(ReleaseError::Invalid(format!(
+                    "{} is not in a git repository with commits; set SOURCE_DATE_EPOCH",
+                    recipe.dir.display()
+                )));
+            }
+        },
+    };
+    Ok(SourceInfo {
+        commit,
+        dirty,
+        recipe_dir,
+        epoch,
+    })
+}
+
+/// The unsigned content of one bundle.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Payload sources in manifest order.
+    pub payload: Vec<(FileEntry, Payload)>,
+}
+
+/// Computes one bundle's manifest and payload.
+pub fn plan(
+    recipe: &Recipe,
+    lock: &Lock,
+    lock_path: &Path,
+    arch: Arch,
+    env: &str,
+    version: &semver::Version,
+    source: &SourceInfo,
+) -> Result<Plan, ReleaseError> {
+    let rname = recipe.name.clone();
+    let config = recipe.config(env).ok_or_else(|| {
+        ReleaseError::Invalid(format!(
+            "recipe `{rname}` has no environment `{env}` (it has: {})",
+            recipe.environments().join(", ")
+        ))
+    })?;
+    let compose_err = |source| ReleaseError::Compose {
+        recipe: rname.clone(),
+        source,
+    };
+    let compose_rel = normalize(&recipe.file.compose).ok_or_else(|| ReleaseError::Reference {
+        recipe: rname.clone(),
+        message: format!(
+            "compose file `{}` is outside the recipe",
+            recipe.file.compose
+        ),
+    })?;
+    let compose_path = recipe.dir.join(&compose_rel);
+    let text = std::fs::read_to_string(&compose_path).map_err(io_err(&compose_path))?;
+    let info = compose::analyze(&text, config).map_err(compose_err)?;
+
+    let mut files: BTreeMap<String, (Payload, u32)> = BTreeMap::new();
+    let root = recipe.dir.canonicalize().map_err(io_err(&recipe.dir))?;
+    add_file(&mut files, &root, &compose_rel, &rname, "the recipe")?;
+
+    // Every relative reference, resolved against the compose file's directory.
+    let compose_dir = Path::new(&compose_rel)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    for r in &info.references {
+        let joined = compose_dir.join(&r.path);
+        let rel = normalize(&joined.to_string_lossy()).ok_or_else(|| ReleaseError::Reference {
+            recipe: rname.clone(),
+            message: format!(
+                "{} refers to `{}` ({}), which escapes the recipe directory",
+                r.owner, r.path, r.kind
+            ),
+        })?;
+        let abs = root.join(&rel);
+        if !abs.exists() {
+            if !r.required {
+                continue;
+            }
+            return Err(ReleaseError::Reference {
+                recipe: rname.clone(),
+                message: format!(
+                    "{} refers to `{}` ({}), which does not exist at {}",
+                    r.owner,
+                    r.path,
+                    r.kind,
+                    abs.display()
+                ),
+            });
+        }
+        add_tree(&mut files, &root, &rel, &rname, &r.owner)?;
+    }
+
+    // Images, pinned per architecture.
+    let mut images = Vec::new();
+    let mut pins = BTreeMap::new();
+    for svc in &info.services {
+        let (locked, pin) = lock
+            .get(&svc.image, arch)
+            .ok_or_else(|| LockError::NotLocked {
+                reference: svc.image.clone(),
+                service: svc.name.clone(),
+                arch,
+                path: lock_path.to_path_buf(),
+            })?;
+        let repository = repository_of(&svc.image).to_string();
+        let pinned = format!("{repository}@{}", pin.digest);
+        pins.insert(
+            svc.name.clone(),
+            PinnedService {
+                image: pinned,
+                pull_policy: None,
+            },
+        );
+        images.push(Image {
+            service: svc.name.clone(),
+            original: svc.image.clone(),
+            repository,
+            digest: pin.digest.clone(),
+            index_digest: locked.index_digest.clone(),
+            config_digest: pin.config_digest.clone(),
+            archive: None,
+        });
+    }
+    images.sort_by(|a, b| a.service.cmp(&b.service));
+
+    // Payload paths inside the bundle.
+    let mut payload_files: BTreeMap<String, (Payload, u32)> = files
+        .into_iter()
+        .map(|(rel, v)| (format!("{STACK_DIR}/{rel}"), v))
+        .collect();
+    payload_files.insert(
+        PIN_FILE.to_string(),
+        (
+            Payload::Bytes(compose::pin_override(info.version.as_deref(), &pins)),
+            0o644,
+        ),
+    );
+    let env_file = format!("config/{env}.env");
+    let mut env_text = String::new();
+    for (k, v) in config {
+        if v.contains('\n') {
+            return Err(ReleaseError::Invalid(format!(
+                "config value {k} of environment `{env}` has a newline"
+            )));
+        }
+        env_text.push_str(&format!("{k}={v}\n"));
+    }
+    payload_files.insert(
+        env_file.clone(),
+        (Payload::Bytes(env_text.into_bytes()), 0o644),
+    );
+
+    // Migrations.
+    let mut migrations = Vec::new();
+    if let Some(m) = &recipe.file.migrations {
+        let dir_rel = normalize(&m.dir).ok_or_else(|| ReleaseError::Reference {
+            recipe: rname.clone(),
+            message: format!("migrations dir `{}` escapes the recipe directory", m.dir),
+        })?;
+        let dir = root.join(&dir_rel);
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .map_err(io_err(&dir))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in names {
+            let valid = name.len() > 5
+                && name.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+                && name.as_bytes()[4] == b'-';
+            if !valid {
+                return Err(ReleaseError::Reference {
+                    recipe: rname.clone(),
+                    message: format!("migration `{}/{name}` must be named NNNN-name.ext", m.dir),
+                });
+            }
+            let src = dir.join(&name);
+            let (payload, mode) = regular_file(&src, &rname, "migrations")?;
+            let path = format!("migrations/{name}");
+            let id = name.split('.').next().unwrap_or(&name).to_string();
+            migrations.push((id, path.clone()));
+            payload_files.insert(path, (payload, mode));
+        }
+    }
+
+    // Hash everything (sorted by path: the manifest and tar order).
+    let mut entries = Vec::new();
+    for (path, (payload, mode)) in payload_files {
+        let (sha256, size) = match &payload {
+            Payload::Bytes(b) => (sha256_hex(b), b.len() as u64),
+            Payload::File(p) => sha256_file(p).map_err(io_err(p))?,
+        };
+        entries.push((
+            FileEntry {
+                path,
+                size,
+                sha256,
+                mode,
+            },
+            payload,
+        ));
+    }
+    let migrations = migrations
+        .into_iter()
+        .map(|(id, path)| {
+            let sha256 = entries
+                .iter()
+                .find(|(e, _)| e.path == path)
+                .map(|(e, _)| e.sha256.clone())
+                .unwrap_or_default();
+            Migration { id, path, sha256 }
+        })
+        .collect();
+
+    let manifest = Manifest {
+        format: FORMAT_VERSION,
+        name: recipe.name.clone(),
+        version: version.to_string(),
+        arch,
+        environment: env.to_string(),
+        source: Source {
+            commit: source.commit.clone(),
+            dirty: source.dirty,
+            recipe_dir: source.recipe_dir.clone(),
+        },
+        created: source.epoch,
+        min_installer_version: MIN_INSTALLER_VERSION.to_string(),
+        compose: ComposeSpec {
+            files: vec![format!("{STACK_DIR}/{compose_rel}"), PIN_FILE.to_string()],
+            project_directory: STACK_DIR.to_string(),
+            env_file: Some(env_file),
+        },
+        images,
+        migrations,
+        migration_runner: recipe.runner(),
+        health: recipe.health(env).map_err(compose_err)?,
+        backup: recipe.file.backup.clone(),
+        required_secrets: recipe.required_secrets(env),
+        files: entries.iter().map(|(e, _)| e.clone()).collect(),
+    };
+    manifest
+        .validate()
+        .map_err(|e| ReleaseError::Invalid(format!("recipe `{rname}`: {e}")))?;
+    Ok(Plan {
+        manifest,
+        payload: entries,
+    })
+}
+
+/// Normalizes a relative path (`./a/../b` → `b`); `None` if it is absolute or climbs out.
+fn normalize(p: &str) -> Option<String> {
+    let mut parts: Vec<String> = Vec::new();
+    for c in Path::new(p).components() {
+        match c {
+            Component::CurDir => {}
+            Component::Normal(s) => parts.push(s.to_string_lossy().into_owned()),
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(parts.join("/"))
+}
+
+fn regular_file(path: &Path, recipe: &str, owner: &str) -> Result<(Payload, u32), ReleaseError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path).map_err(io_err(path))?;
+    if !meta.is_file() {
+        return Err(ReleaseError::Reference {
+            recipe: recipe.to_string(),
+            message: format!(
+                "{owner} refers to {}, which is not a regular file",
+                path.display()
+            ),
+        });
+    }
+    let mode = if meta.permissions().mode() & 0o111 != 0 {
+        0o755
+    } else {
+        0o644
+    };
+    Ok((Payload::File(path.to_path_buf()), mode))
+}
+
+fn add_file(
+    files: &mut BTreeMap<String, (Payload, u32)>,
+    root: &Path,
+    rel: &str,
+    recipe: &str,
+    owner: &str,
+) -> Result<(), ReleaseError> {
+    let abs = root.join(rel);
+    let real = abs.canonicalize().map_err(io_err(&abs))?;
+    if !real.starts_with(root) {
+        return Err(ReleaseError::Reference {
+            recipe: recipe.to_string(),
+            message: format!(
+                "{owner} refers to `{rel}`, a link that escapes the recipe directory (to {})",
+                real.display()
+            ),
+        });
+    }
+    let entry = regular_file(&real, recipe, owner)?;
+    files.insert(rel.to_string(), entry);
+    Ok(())
+}
+
+fn add_tree(
+    files: &mut BTreeMap<String, (Payload, u32)>,
+    root: &Path,
+    rel: &str,
+    recipe: &str,
+    owner: &str,
+) -> Result<(), ReleaseError> {
+    let abs = root.join(rel);
+    let meta = std::fs::metadata(&abs).map_err(io_err(&abs))?;
+    if !meta.is_dir() {
+        return add_file(files, root, rel, recipe, owner);
+    }
+    let real = abs.canonicalize().map_err(io_err(&abs))?;
+    if !real.starts_with(root) {
+        return Err(ReleaseError::Reference {
+            recipe: recipe.to_string(),
+            message: format!("{owner} refers to `{rel}`, a link that escapes the recipe directory"),
+        });
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&abs)
+        .map_err(io_err(&abs))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.is_empty() {
+        return Err(ReleaseError::Reference {
+            recipe: recipe.to_string(),
+            message: format!(
+                "{owner} refers to directory `{rel}`, which is empty; a bundle carries files only — add a file (e.g. .keep) to it"
+            ),
+        });
+    }
+    names.sort();
+    for n in names {
+        let child = if rel.is_empty() {
+            n
+        } else {
+            format!("{rel}/{n}")
+        };
+        add_tree(files, root, &child, recipe, owner)?;
+    }
+    Ok(())
+}
+
+/// Trusted comment embedded in a bundle's signatures.
+pub fn trusted_comment(m: &Manifest, manifest_sha256: &str) -> String {
+    format!(
+        "smoker-release name:{} version:{} arch:{} env:{} manifest-sha256:{}",
+        m.name, m.version, m.arch, m.environment, manifest_sha256
+    )
+}
+
+/// One written bundle.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The bundle file.
+    pub path: PathBuf,
+    /// Its sha256.
+    pub sha256: String,
+    /// Its size.
+    pub size: u64,
+    /// The manifest written into it.
+    pub manifest: Manifest,
+}
+
+/// Signs and writes one planned bundle plus its detached `.minisig` into `dir`. The file
+/// appears only complete (written to a temporary name, fsynced, renamed).
+pub fn write_release(plan: &Plan, key: &SecretKey, dir: &Path) -> Result<Written, ReleaseError> {
+    let m = &plan.manifest;
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let manifest_json = m.to_canonical_json();
+    let manifest_sha = sha256_hex(&manifest_json);
+    let comment = trusted_comment(m, &manifest_sha);
+    let sig = key
+        .sign(manifest_json.as_slice(), &comment)
+        .map_err(io_err(dir))?;
+    let name = crate::bundle::file_name(&m.name, &m.version, m.arch);
+    let path = dir.join(&name);
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
+    let out = std::io::BufWriter::new(tmp);
+    let out = write_bundle(out, m, &sig, &plan.payload)?;
+    let tmp = out.into_inner().map_err(|e| ReleaseError::Io {
+        path: path.clone(),
+        source: e.into_error(),
+    })?;
+    tmp.as_file().sync_all().map_err(io_err(&path))?;
+    let (sha256, size) = sha256_file(tmp.path()).map_err(io_err(&path))?;
+    let file = std::fs::File::open(tmp.path()).map_err(io_err(&path))?;
+    let detached = key
+        .sign(
+            std::io::BufReader::new(file),
+            &format!("{comment} file:{name}"),
+        )
+        .map_err(io_err(&path))?;
+    set_mode(tmp.path(), 0o644)?;
+    tmp.persist(&path).map_err(|e| ReleaseError::Io {
+        path: path.clone(),
+        source: e.error,
+    })?;
+    let sig_path = dir.join(format!("{name}{}", crate::bundle::DETACHED_SIG_SUFFIX));
+    write_atomic(&sig_path, detached.as_bytes())?;
+    Ok(Written {
+        path,
+        sha256,
+        size,
+        manifest: m.clone(),
+    })
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), ReleaseError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path))
+}
+
+/// Writes a small file atomically (temp file, fsync, rename), mode 644.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReleaseError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(io_err(path))?;
+    set_mode(tmp.path(), 0o644)?;
+    tmp.persist(path).map_err(|e| ReleaseError::Io {
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+/// Writes `SHA256SUMS` (sha256sum format, sorted by file name) for the given files.
+pub fn write_sums(dir: &Path, files: &[PathBuf]) -> Result<PathBuf, ReleaseError> {
+    let mut lines = Vec::new();
+    for f in files {
+        let (sha, _) = sha256_file(f).map_err(io_err(f))?;
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        lines.push(format!("{sha}  {name}\n"));
+    }
+    lines.sort_by(|a, b| a[66..].cmp(&b[66..]));
+    let path = dir.join("SHA256SUMS");
+    write_atomic(&path, lines.concat().as_bytes())?;
+    Ok(path)
+}

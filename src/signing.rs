@@ -1,0 +1,351 @@
+//! Minisign keys and signatures.
+//!
+//! Keys use the minisign formats (so the reference `minisign` CLI and this crate read each
+//! other's keys and signatures). Signing is done here with Ed25519 directly rather than through
+//! the `minisign` crate, because that crate mixes random noise into every signature and a
+//! reproducible bundle embeds its manifest signature: Ed25519 without noise is deterministic,
+//! so the same manifest and key always give the same signature bytes.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use blake2::{Blake2b512, Digest};
+use ed25519_dalek::{Signer as _, SigningKey};
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+
+/// Environment variable holding the secret key's password (for CI).
+pub const PASSWORD_ENV: &str = "SMOKER_KEY_PASSWORD";
+
+/// Errors of key handling and signature checks.
+#[derive(Debug, thiserror::Error)]
+pub enum SigningError {
+    /// A key file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A key file is not in minisign format.
+    #[error("{path}: not a minisign key: {reason}")]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The key needs a password and none can be asked for.
+    #[error(
+        "{path} is password-protected: set {PASSWORD_ENV} or run on a terminal to be asked for it"
+    )]
+    PasswordNeeded {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// Refusing to overwrite an existing key.
+    #[error("{0} already exists; refusing to overwrite a key")]
+    Exists(PathBuf),
+    /// No trusted key was found.
+    #[error("no trusted public key found in {0}")]
+    NoKeys(PathBuf),
+    /// A signature file cannot be parsed.
+    #[error("signature is malformed: {0}")]
+    MalformedSignature(String),
+    /// The signature was made by a key that is not trusted here.
+    #[error("signed by key {key_id}, which is not among the trusted keys ({trusted})")]
+    UntrustedKey {
+        /// Key id of the signature.
+        key_id: String,
+        /// Key ids trusted here.
+        trusted: String,
+    },
+    /// The signature does not match the data.
+    #[error("signature by key {key_id} does not match the signed data")]
+    BadSignature {
+        /// Key id of the signature.
+        key_id: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SigningError + '_ {
+    move |source| SigningError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Formats a minisign key id (8 little-endian bytes) the way the CLI prints it.
+pub fn key_id(keynum: &[u8]) -> String {
+    let mut b = [0u8; 8];
+    for (d, s) in b.iter_mut().zip(keynum) {
+        *d = *s;
+    }
+    format!("{:016X}", u64::from_le_bytes(b))
+}
+
+/// A secret key ready to sign.
+pub struct SecretKey {
+    keynum: [u8; 8],
+    signing: SigningKey,
+}
+
+impl SecretKey {
+    /// Loads a minisign secret key file (password-protected or not). The password comes from
+    /// `password`, else [`PASSWORD_ENV`], else a prompt when standard input is a terminal.
+    pub fn load(path: &Path, password: Option<String>) -> Result<SecretKey, SigningError> {
+        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        let bad = |reason: &str| SigningError::BadKey {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        };
+        let encoded = text.lines().nth(1).ok_or_else(|| bad("missing key line"))?;
+        let raw = B64
+            .decode(encoded.trim())
+            .map_err(|_| bad("key line is not base64"))?;
+        if raw.len() != 158 || &raw[0..2] != b"Ed" {
+            return Err(bad("unexpected length or algorithm"));
+        }
+        let encrypted = raw[2..4] != [0, 0];
+        let sk_box = minisign::SecretKeyBox::from_string(&text).map_err(|e| bad(&e.to_string()))?;
+        let sk = if encrypted {
+            let password = match password.or_else(|| std::env::var(PASSWORD_ENV).ok()) {
+                Some(p) => Some(p),
+                None if std::io::stdin().is_terminal() => None,
+                None => {
+                    return Err(SigningError::PasswordNeeded {
+                        path: path.to_path_buf(),
+                    });
+                }
+            };
+            minisign::SecretKey::from_box(sk_box, password)
+        } else {
+            minisign::SecretKey::from_unencrypted_box(sk_box)
+        }
+        .map_err(|e| bad(&format!("{e} (wrong password?)")))?;
+        // Layout of the decrypted key: alg(2) kdf(2) chk(2) salt(32) ops(8) mem(8) keynum(8)
+        // secret(64: seed + public) checksum(32).
+        let bytes = sk.to_bytes();
+        let (Some(keynum), Some(seed)) = (bytes.get(54..62), bytes.get(62..94)) else {
+            return Err(bad("key is truncated"));
+        };
+        let mut k = [0u8; 8];
+        k.copy_from_slice(keynum);
+        let mut s = [0u8; 32];
+        s.copy_from_slice(seed);
+        Ok(SecretKey {
+            keynum: k,
+            signing: SigningKey::from_bytes(&s),
+        })
+    }
+
+    /// The key id, as the minisign CLI prints it.
+    pub fn key_id(&self) -> String {
+        key_id(&self.keynum)
+    }
+
+    /// The matching public key in minisign's public key file format.
+    pub fn public_key_file(&self) -> String {
+        let mut raw = Vec::with_capacity(42);
+        raw.extend_from_slice(b"Ed");
+        raw.extend_from_slice(&self.keynum);
+        raw.extend_from_slice(self.signing.verifying_key().as_bytes());
+        format!(
+            "untrusted comment: minisign public key {}\n{}\n",
+            self.key_id(),
+            B64.encode(raw)
+        )
+    }
+
+    /// Signs a stream (minisign "prehashed" BLAKE2b-512 mode), deterministically, and returns
+    /// the complete `.minisig` file text.
+    pub fn sign<R: Read>(
+        &self,
+        mut data: R,
+        trusted_comment: &str,
+    ) -> Result<String, std::io::Error> {
+        let mut h = Blake2b512::new();
+        std::io::copy(&mut data, &mut h)?;
+        let digest = h.finalize();
+        let sig = self.signing.sign(&digest);
+        let mut sig_box = Vec::with_capacity(74);
+        sig_box.extend_from_slice(b"ED");
+        sig_box.extend_from_slice(&self.keynum);
+        sig_box.extend_from_slice(&sig.to_bytes());
+        let trusted_comment = trusted_comment.replace(['\n', '\r'], " ");
+        let mut global = sig.to_bytes().to_vec();
+        global.extend_from_slice(trusted_comment.as_bytes());
+        let global_sig = self.signing.sign(&global);
+        Ok(format!(
+            "untrusted comment: signature from smoker-release key {}\n{}\ntrusted comment: {}\n{}\n",
+            self.key_id(),
+            B64.encode(sig_box),
+            trusted_comment,
+            B64.encode(global_sig.to_bytes())
+        ))
+    }
+}
+
+/// Generates a key pair in minisign format and writes both files (the secret one mode 600).
+/// With `password` `None` the secret key is stored unencrypted.
+pub fn generate(
+    secret_path: &Path,
+    public_path: &Path,
+    password: Option<String>,
+) -> Result<String, SigningError> {
+    for p in [secret_path, public_path] {
+        if p.exists() {
+            return Err(SigningError::Exists(p.to_path_buf()));
+        }
+    }
+    let gen_err = |e: minisign::PError| SigningError::BadKey {
+        path: secret_path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let kp = match password {
+        Some(p) => minisign::KeyPair::generate_encrypted_keypair(Some(p)),
+        None => minisign::KeyPair::generate_unencrypted_keypair(),
+    }
+    .map_err(gen_err)?;
+    let sk_text = kp.sk.to_box(None).map_err(gen_err)?.into_string();
+    let pk_text = kp.pk.to_box().map_err(gen_err)?.into_string();
+    for p in [secret_path, public_path] {
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+    }
+    write_new(secret_path, sk_text.as_bytes(), 0o600)?;
+    write_new(public_path, pk_text.as_bytes(), 0o644)?;
+    Ok(key_id(kp.pk.keynum()))
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SigningError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io_err(path))
+}
+
+/// One trusted public key.
+pub struct TrustedKey {
+    /// Key id.
+    pub id: String,
+    /// Where it was loaded from.
+    pub origin: PathBuf,
+    key: minisign::PublicKey,
+}
+
+/// The set of public keys a host trusts (several allow key rotation).
+#[derive(Default)]
+pub struct TrustedKeys {
+    keys: Vec<TrustedKey>,
+}
+
+impl TrustedKeys {
+    /// Loads one public key file.
+    pub fn from_file(path: &Path) -> Result<TrustedKeys, SigningError> {
+        let mut t = TrustedKeys::default();
+        t.add_file(path)?;
+        Ok(t)
+    }
+
+    /// Loads every `*.pub` file of a directory (at least one is required).
+    pub fn from_dir(dir: &Path) -> Result<TrustedKeys, SigningError> {
+        let mut t = TrustedKeys::default();
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "pub"))
+            .collect();
+        paths.sort();
+        for p in paths {
+            t.add_file(&p)?;
+        }
+        if t.keys.is_empty() {
+            return Err(SigningError::NoKeys(dir.to_path_buf()));
+        }
+        Ok(t)
+    }
+
+    /// Adds a public key file (minisign format: comment line, then the base64 key).
+    pub fn add_file(&mut self, path: &Path) -> Result<(), SigningError> {
+        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
+            .unwrap_or("");
+        let key = minisign::PublicKey::from_base64(line).map_err(|e| SigningError::BadKey {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        self.keys.push(TrustedKey {
+            id: key_id(key.keynum()),
+            origin: path.to_path_buf(),
+            key,
+        });
+        Ok(())
+    }
+
+    /// The trusted keys.
+    pub fn keys(&self) -> &[TrustedKey] {
+        &self.keys
+    }
+
+    /// Checks a minisign signature over `data` and returns the key id and trusted comment.
+    pub fn verify(&self, data: &[u8], signature: &str) -> Result<Verified, SigningError> {
+        let sig_box = minisign::SignatureBox::from_string(signature)
+            .map_err(|e| SigningError::MalformedSignature(e.to_string()))?;
+        let id = key_id(sig_box.keynum());
+        let Some(trusted) = self.keys.iter().find(|k| k.id == id) else {
+            return Err(SigningError::UntrustedKey {
+                key_id: id,
+                trusted: self
+                    .keys
+                    .iter()
+                    .map(|k| k.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        minisign::verify(
+            &trusted.key,
+            &sig_box,
+            std::io::Cursor::new(data),
+            true,
+            false,
+            true,
+        )
+        .map_err(|_| SigningError::BadSignature { key_id: id.clone() })?;
+        let trusted_comment = sig_box
+            .trusted_comment()
+            .map_err(|e| SigningError::MalformedSignature(e.to_string()))?;
+        Ok(Verified {
+            key_id: id,
+            trusted_comment,
+        })
+    }
+}
+
+/// The key id a signature names (without verifying anything).
+pub fn signature_key_id(signature: &str) -> Result<String, SigningError> {
+    let sig_box = minisign::SignatureBox::from_string(signature)
+        .map_err(|e| SigningError::MalformedSignature(e.to_string()))?;
+    Ok(key_id(sig_box.keynum()))
+}
+
+/// A signature that checked out.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// Id of the key that made it.
+    pub key_id: String,
+    /// The signed trusted comment.
+    pub trusted_comment: String,
+}

@@ -1,0 +1,324 @@
+//! `cargo xtask`: the project's build and release tasks.
+//!
+//! - `release`: recipes + lock → signed, reproducible bundles.
+//! - `keygen`: a minisign key pair for signing releases.
+//! - `verify-rebuild`: rebuild a bundle from its recorded source and compare.
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use smoker::lock::Lock;
+use smoker::manifest::Arch;
+use smoker::recipe::Recipe;
+use smoker::release::{self, SourceInfo};
+use smoker::signing::{self, SecretKey};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "smoker-release build and release tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build signed bundles from recipes and their locks.
+    Release(ReleaseArgs),
+    /// Generate a minisign key pair for signing releases.
+    Keygen {
+        /// Where to write the secret key (keep it out of the repository).
+        #[arg(long)]
+        secret_key: PathBuf,
+        /// Where to write the public key (e.g. keys/release.pub).
+        #[arg(long)]
+        public_key: PathBuf,
+        /// Store the secret key without a password.
+        #[arg(long)]
+        no_password: bool,
+    },
+    /// Rebuild a bundle from the source it records and compare everything but signatures.
+    VerifyRebuild {
+        /// The bundle to check.
+        bundle: PathBuf,
+        /// Git repository holding the recorded commit (default: this workspace).
+        #[arg(long)]
+        repo: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct ReleaseArgs {
+    /// Release version (semver).
+    #[arg(long)]
+    version: semver::Version,
+    /// Output directory; bundles go to `<out>/<environment>/`.
+    #[arg(long, default_value = "bundles")]
+    out: PathBuf,
+    /// Secret key file (minisign format).
+    #[arg(long, env = "SMOKER_SECRET_KEY")]
+    secret_key: PathBuf,
+    /// Recipe to build (repeatable; default: every recipe).
+    #[arg(long = "recipe")]
+    recipes: Vec<String>,
+    /// Architecture (repeatable; default: amd64 and armv7).
+    #[arg(long = "arch")]
+    arches: Vec<Arch>,
+    /// Environment (repeatable; default: every environment a recipe declares).
+    #[arg(long = "env")]
+    envs: Vec<String>,
+    /// Project directory holding `recipes/` (default: the workspace root).
+    #[arg(long)]
+    project_dir: Option<PathBuf>,
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Release(args) => cmd_release(args),
+        Cmd::Keygen {
+            secret_key,
+            public_key,
+            no_password,
+        } => cmd_keygen(&secret_key, &public_key, no_password),
+        Cmd::VerifyRebuild { bundle, repo } => cmd_verify_rebuild(&bundle, repo),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+fn cmd_keygen(secret: &Path, public: &Path, no_password: bool) -> Result<()> {
+    if secret.starts_with(workspace_root().join("keys")) {
+        bail!(
+            "refusing to write a secret key under keys/: only public keys belong in the repository"
+        );
+    }
+    let password = if no_password {
+        None
+    } else if let Ok(p) = std::env::var(signing::PASSWORD_ENV) {
+        Some(p)
+    } else {
+        let p = prompt_password("Password for the new secret key: ")?;
+        let again = prompt_password("Password (again): ")?;
+        if p != again {
+            bail!("passwords do not match");
+        }
+        if p.is_empty() {
+            bail!("empty password; use --no-password to store the key unencrypted");
+        }
+        Some(p)
+    };
+    let id = signing::generate(secret, public, password)?;
+    println!(
+        "key {id}: secret key {} (keep it secret), public key {}",
+        secret.display(),
+        public.display()
+    );
+    Ok(())
+}
+
+fn prompt_password(prompt: &str) -> Result<String> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "no terminal to ask for a password: set {} or pass --no-password",
+            signing::PASSWORD_ENV
+        );
+    }
+    eprint!("{prompt}");
+    std::io::stderr().flush().ok();
+    // Turn off echo while the password is typed.
+    let echo_off = std::process::Command::new("stty")
+        .arg("-echo")
+        .status()
+        .is_ok();
+    let mut line = String::new();
+    let read = std::io::stdin().lock().read_line(&mut line);
+    if echo_off {
+        let _ = std::process::Command::new("stty").arg("echo").status();
+    }
+    eprintln!();
+    read.context("reading the password")?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn cmd_release(args: ReleaseArgs) -> Result<()> {
+    let project = args.project_dir.clone().unwrap_or_else(workspace_root);
+    let recipes_dir = project.join("recipes");
+    let key = SecretKey::load(&args.secret_key, None)
+        .with_context(|| format!("loading the signing key {}", args.secret_key.display()))?;
+    let names = if args.recipes.is_empty() {
+        Recipe::discover(&recipes_dir)?
+    } else {
+        args.recipes.clone()
+    };
+    if names.is_empty() {
+        bail!("no recipes found in {}", recipes_dir.display());
+    }
+    let arches = if args.arches.is_empty() {
+        Arch::ALL.to_vec()
+    } else {
+        args.arches.clone()
+    };
+    let mut written: std::collections::BTreeMap<PathBuf, Vec<PathBuf>> = Default::default();
+    for name in &names {
+        let recipe = Recipe::load(&recipes_dir, name)?;
+        let lock_path = Lock::path(&recipes_dir, name);
+        let lock = Lock::load(&lock_path, name)?;
+        let source = release::source_info(&recipe, &lock_path)?;
+        if source.dirty {
+            eprintln!(
+                "warning: recipe `{name}` has uncommitted changes; its bundles record dirty=true and cannot be rebuilt from their commit"
+            );
+        }
+        let envs = if args.envs.is_empty() {
+            recipe.environments()
+        } else {
+            for e in &args.envs {
+                if recipe.config(e).is_none() {
+                    bail!(
+                        "recipe `{name}` has no environment `{e}` (it has: {})",
+                        recipe.environments().join(", ")
+                    );
+                }
+            }
+            args.envs.clone()
+        };
+        for env in &envs {
+            for arch in &arches {
+                let plan = release::plan(
+                    &recipe,
+                    &lock,
+                    &lock_path,
+                    *arch,
+                    env,
+                    &args.version,
+                    &source,
+                )?;
+                let dir = args.out.join(env);
+                let w = release::write_release(&plan, &key, &dir)?;
+                println!("{}  {}  ({} bytes)", w.sha256, w.path.display(), w.size);
+                let sig = PathBuf::from(format!(
+                    "{}{}",
+                    w.path.display(),
+                    smoker::bundle::DETACHED_SIG_SUFFIX
+                ));
+                written.entry(dir).or_default().extend([w.path, sig]);
+            }
+        }
+    }
+    for (dir, files) in &written {
+        let sums = release::write_sums(dir, files)?;
+        println!("wrote {}", sums.display());
+    }
+    Ok(())
+}
+
+fn cmd_verify_rebuild(bundle: &Path, repo: Option<PathBuf>) -> Result<()> {
+    let repo = repo.unwrap_or_else(workspace_root);
+    let bytes_ok = smoker::bundle::read::inspect_file(bundle)
+        .with_context(|| format!("reading {}", bundle.display()))?;
+    let m = &bytes_ok.manifest;
+    let Some(commit) = m.source.commit.clone() else {
+        bail!(
+            "{} records no source commit; it cannot be rebuilt",
+            bundle.display()
+        );
+    };
+    if m.source.dirty {
+        bail!(
+            "{} was built from a tree with uncommitted changes (dirty); it cannot be rebuilt from commit {commit}",
+            bundle.display()
+        );
+    }
+    let tmp = tempfile::tempdir()?;
+    let checkout = tmp.path().join("src");
+    git(&[
+        "clone",
+        "--quiet",
+        "--no-checkout",
+        &repo.to_string_lossy(),
+        &checkout.to_string_lossy(),
+    ])?;
+    git(&[
+        "-C",
+        &checkout.to_string_lossy(),
+        "-c",
+        "advice.detachedHead=false",
+        "checkout",
+        "--quiet",
+        &commit,
+    ])
+    .with_context(|| format!("commit {commit} is not in {}", repo.display()))?;
+    let recipe_dir = checkout.join(&m.source.recipe_dir);
+    let recipe = Recipe::load_dir(&recipe_dir)?;
+    let recipes_dir = recipe_dir.parent().unwrap_or(&recipe_dir).to_path_buf();
+    let lock_path = Lock::path(&recipes_dir, &recipe.name);
+    let lock = Lock::load(&lock_path, &recipe.name)?;
+    let source = SourceInfo {
+        commit: Some(commit.clone()),
+        dirty: false,
+        recipe_dir: m.source.recipe_dir.clone(),
+        epoch: m.created,
+    };
+    let version = semver::Version::parse(&m.version)?;
+    let plan = release::plan(
+        &recipe,
+        &lock,
+        &lock_path,
+        m.arch,
+        &m.environment,
+        &version,
+        &source,
+    )?;
+    let rebuilt = plan.manifest.to_canonical_json();
+    if rebuilt != bytes_ok.manifest_bytes {
+        let theirs = &bytes_ok.manifest;
+        let mut diffs = Vec::new();
+        for (a, b) in plan.manifest.files.iter().zip(&theirs.files) {
+            if a != b {
+                diffs.push(format!(
+                    "  {}: rebuilt {} vs bundle {}",
+                    a.path, a.sha256, b.sha256
+                ));
+            }
+        }
+        if plan.manifest.files.len() != theirs.files.len() {
+            diffs.push(format!(
+                "  file count: rebuilt {} vs bundle {}",
+                plan.manifest.files.len(),
+                theirs.files.len()
+            ));
+        }
+        bail!(
+            "NOT reproducible: the rebuilt manifest differs from the bundle's{}{}",
+            if diffs.is_empty() { "" } else { ":\n" },
+            diffs.join("\n")
+        );
+    }
+    println!(
+        "reproducible: {} rebuilt from commit {commit} — manifest and all {} payload files identical (signatures not compared)",
+        bundle.display(),
+        m.files.len()
+    );
+    Ok(())
+}
+
+fn git(args: &[&str]) -> Result<()> {
+    let status = std::process::Command::new("git")
+        .args(args)
+        .status()
+        .context("running git")?;
+    if !status.success() {
+        bail!("git {} failed", args.join(" "));
+    }
+    Ok(())
+}
