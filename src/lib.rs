@@ -11,3 +11,19 @@ pub mod manifest;
 pub mod recipe;
 pub mod release;
 pub mod signing;
+
+// The installer: one module per step of the apply pipeline.
+pub mod apply;
+pub mod audit;
+pub mod error;
+pub mod fault;
+pub mod fsutil;
+pub mod gc;
+pub mod health;
+pub mod hostenv;
+pub mod hostlock;
+pub mod layout;
+pub mod profile;
+pub mod rollback;
+pub mod runtime;
+pub mod store;

@@ -1,8 +1,11 @@
 //! `smoker-install`: verifies bundles and applies them on a host.
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
+use smoker::apply::{self, Progress};
 use smoker::bundle::read::{VerifiedBundle, VerifyError, verify_file};
+use smoker::layout::{DEFAULT_ROOT, Layout, ROOT_ENV};
+use smoker::profile::Profile;
 use smoker::signing::TrustedKeys;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,6 +20,9 @@ const DEFAULT_KEYS_DIR: &str = "/etc/smoker/keys";
     about = "Verify and apply smoker-release bundles"
 )]
 struct Cli {
+    /// Host root holding the store, profiles, locks and audit log.
+    #[arg(long, global = true, env = ROOT_ENV, default_value = DEFAULT_ROOT)]
+    root: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -54,6 +60,156 @@ enum Cmd {
         /// The bundle file.
         bundle: PathBuf,
     },
+    /// Verify a bundle, install it as a new generation, switch, health-check, and roll back by
+    /// itself when it is not healthy.
+    Apply {
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// Host env file with the stack's secrets (default /etc/smoker/<profile>.env).
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        /// Generations to keep.
+        #[arg(long, default_value_t = 5)]
+        keep: usize,
+        /// Wait for the profile lock instead of failing.
+        #[arg(long)]
+        wait: bool,
+        /// Allow a version older than the newest good generation.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Compose project name for a new profile (default smoker-<profile>).
+        #[arg(long)]
+        project: Option<String>,
+        /// Print a JSON summary.
+        #[arg(long)]
+        json: bool,
+        /// The bundle file.
+        bundle: PathBuf,
+    },
+    /// Switch back to a kept generation (default: the previous good one). Needs no network and
+    /// no bundle file.
+    Rollback {
+        /// Profile (default: the only profile on this host).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Generation number to return to.
+        #[arg(long)]
+        to: Option<u32>,
+        /// Wait for the profile lock instead of failing.
+        #[arg(long)]
+        wait: bool,
+        /// Print a JSON summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Current generation of each profile.
+    Status {
+        /// Only this profile.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every kept generation with its status.
+    History {
+        /// Only this profile.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Finish interrupted applies and rollbacks (run at boot).
+    Recover {
+        /// Wait for locks instead of failing.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Remove old generations, unreferenced store entries and unused images.
+    Gc {
+        /// Generations to keep per profile.
+        #[arg(long, default_value_t = 5)]
+        keep: usize,
+    },
+    /// End a hung holder of a profile lock.
+    Unlock {
+        /// Profile (default: the only profile on this host).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Required: kill the holder if it is alive (its work is finished by the next run).
+        #[arg(long)]
+        force: bool,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the hash chain: detects edited, reordered or truncated logs.
+    Verify,
+}
+
+/// Progress on a terminal (spinner) or as plain lines.
+struct Reporter {
+    bar: Option<indicatif::ProgressBar>,
+    quiet: bool,
+}
+
+impl Reporter {
+    fn new(quiet: bool) -> Reporter {
+        use std::io::IsTerminal as _;
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            b
+        });
+        Reporter { bar, quiet }
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for Reporter {
+    fn step(&self, name: &str) {
+        match &self.bar {
+            Some(b) => b.set_message(name.to_string()),
+            None if !self.quiet => eprintln!("==> {name}"),
+            None => {}
+        }
+    }
+    fn info(&self, message: &str) {
+        match &self.bar {
+            Some(b) => b.println(message),
+            None if !self.quiet => eprintln!("    {message}"),
+            None => {}
+        }
+    }
+}
+
+fn only_profile(layout: &Layout, given: Option<String>) -> Result<String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let names = layout.profile_names();
+    match names.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no profile is installed under {}", layout.root().display()),
+        _ => bail!(
+            "several profiles are installed ({}); pass --profile",
+            names.join(", ")
+        ),
+    }
 }
 
 fn main() -> ExitCode {
@@ -67,7 +223,25 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<ExitCode> {
-    match Cli::parse().cmd {
+    let cli = Cli::parse();
+    let layout = Layout::new(&cli.root);
+    let needs_recovery = matches!(
+        cli.cmd,
+        Cmd::Status { .. } | Cmd::History { .. } | Cmd::Gc { .. }
+    );
+    if needs_recovery {
+        // Any invocation finishes an interrupted apply first (when nobody else is working).
+        for name in layout.profile_names() {
+            if let Ok(_lock) = smoker::hostlock::acquire(&layout, &name, false) {
+                if let Some(msg) =
+                    smoker::rollback::recover_profile(&layout, &name, &Reporter::new(true))?
+                {
+                    eprintln!("recovered `{name}`: {msg}");
+                }
+            }
+        }
+    }
+    match cli.cmd {
         Cmd::Verify { keys, json, bundle } => {
             let keys = keys.load()?;
             let result = verify_file(&bundle, &keys);
@@ -78,6 +252,242 @@ fn run() -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Cmd::Apply {
+            keys,
+            env_file,
+            keep,
+            wait,
+            allow_downgrade,
+            project,
+            json,
+            bundle,
+        } => {
+            let opts = apply::Options {
+                keys: keys.load()?,
+                env_file,
+                keep,
+                wait,
+                allow_downgrade,
+                project,
+            };
+            let reporter = Reporter::new(false);
+            let result = apply::apply(&layout, &bundle, &opts, &reporter);
+            drop(reporter);
+            match result {
+                Ok(o) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&o)?);
+                    } else {
+                        println!(
+                            "{} {} generation {} ({}): {}",
+                            o.profile,
+                            o.version,
+                            o.generation,
+                            o.result,
+                            o.health
+                                .as_ref()
+                                .map(|h| h.summary.as_str())
+                                .unwrap_or("already current")
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"ok": false, "error": e.to_string()})
+                        );
+                    }
+                    Err(e.into())
+                }
+            }
+        }
+        Cmd::Rollback {
+            profile,
+            to,
+            wait,
+            json,
+        } => {
+            let name = only_profile(&layout, profile)?;
+            let o = smoker::rollback::rollback(&layout, &name, to, wait, &Reporter::new(false))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&o)?);
+            } else {
+                println!(
+                    "{}: generation {} is current ({}); switch took {} ms, up + health gate {} ms",
+                    o.profile,
+                    o.to,
+                    o.health.summary,
+                    o.durations_ms.get("switch").copied().unwrap_or(0),
+                    o.durations_ms.get("up+health").copied().unwrap_or(0)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { profile, json } => {
+            let names = match profile {
+                Some(p) => vec![p],
+                None => layout.profile_names(),
+            };
+            let mut out = Vec::new();
+            for name in names {
+                let p = Profile::open(&layout, &name)?
+                    .with_context(|| format!("no profile `{name}`"))?;
+                let cur = p.current();
+                let g = cur.and_then(|n| p.generation(n)).cloned();
+                let pending: Vec<u32> = p
+                    .state
+                    .generations
+                    .iter()
+                    .filter(|g| g.status == smoker::profile::Status::Pending)
+                    .map(|g| g.number)
+                    .collect();
+                let failed: Vec<u32> = p
+                    .state
+                    .generations
+                    .iter()
+                    .filter(|g| g.status == smoker::profile::Status::Failed)
+                    .map(|g| g.number)
+                    .collect();
+                out.push(serde_json::json!({
+                    "profile": name,
+                    "project": p.state.project,
+                    "current": cur,
+                    "version": g.as_ref().map(|g| g.version.clone()),
+                    "arch": g.as_ref().map(|g| g.arch.clone()),
+                    "environment": g.as_ref().map(|g| g.environment.clone()),
+                    "bundle_sha256": g.as_ref().map(|g| g.bundle_sha256.clone()),
+                    "health": g.as_ref().map(|g| g.status.to_string()),
+                    "installed_at": g.as_ref().map(|g| g.installed_at.clone()),
+                    "pending": pending,
+                    "failed": failed,
+                    "locked": smoker::hostlock::is_locked(&layout, &name),
+                }));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else if out.is_empty() {
+                println!("no profiles under {}", layout.root().display());
+            } else {
+                for s in out {
+                    let f = |k: &str| s[k].as_str().unwrap_or("-").to_string();
+                    println!(
+                        "{}: generation {} — {} {} env={} health={} installed {} bundle {}{}{}",
+                        f("profile"),
+                        s["current"],
+                        f("version"),
+                        f("arch"),
+                        f("environment"),
+                        f("health"),
+                        f("installed_at"),
+                        f("bundle_sha256"),
+                        if s["pending"].as_array().is_some_and(|a| !a.is_empty()) {
+                            format!(" pending={}", s["pending"])
+                        } else {
+                            String::new()
+                        },
+                        if s["failed"].as_array().is_some_and(|a| !a.is_empty()) {
+                            format!(" failed={}", s["failed"])
+                        } else {
+                            String::new()
+                        },
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::History { profile, json } => {
+            let names = match profile {
+                Some(p) => vec![p],
+                None => layout.profile_names(),
+            };
+            let mut all = Vec::new();
+            for name in names {
+                let p = Profile::open(&layout, &name)?
+                    .with_context(|| format!("no profile `{name}`"))?;
+                let cur = p.current();
+                if !json {
+                    println!("{name} (project {}):", p.state.project);
+                    for g in p.state.generations.iter().rev() {
+                        println!(
+                            "  {} {:>4}  {:<10} {:<6} {:<8} {:<8} {}{}",
+                            if Some(g.number) == cur { "*" } else { " " },
+                            g.number,
+                            g.version,
+                            g.arch,
+                            g.environment,
+                            g.status,
+                            g.installed_at,
+                            g.reason
+                                .as_ref()
+                                .map(|r| format!("  ({r})"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+                all.push(serde_json::json!({"profile": name, "current": cur, "generations": p.state.generations}));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Recover { wait } => {
+            for (name, msg) in smoker::rollback::recover_all(&layout, wait, &Reporter::new(false))?
+            {
+                println!("{name}: {msg}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Gc { keep } => {
+            let runtime = smoker::runtime::Runtime::detect()?;
+            let mut locks = Vec::new();
+            for name in layout.profile_names() {
+                locks.push(smoker::hostlock::acquire(&layout, &name, false)?);
+            }
+            let r = smoker::gc::gc(&layout, &runtime, keep, None)?;
+            drop(locks);
+            smoker::audit::append(&layout, "gc", serde_json::to_value(&r)?)?;
+            println!(
+                "removed {} generations, {} store entries, {} images",
+                r.generations.len(),
+                r.store_entries.len(),
+                r.images.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Unlock { profile, force } => {
+            let name = only_profile(&layout, profile)?;
+            if !force {
+                match smoker::hostlock::holder(&layout, &name)
+                    .filter(|_| smoker::hostlock::is_locked(&layout, &name))
+                {
+                    Some(h) => bail!(
+                        "profile `{name}` is locked by {}; pass --force to end it",
+                        h.describe()
+                    ),
+                    None => {
+                        println!("profile `{name}` is not locked");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                }
+            }
+            println!("{}", smoker::hostlock::force_unlock(&layout, &name)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Audit {
+            cmd: AuditCmd::Verify,
+        } => match smoker::audit::verify(&layout) {
+            Ok(n) => {
+                println!("audit log intact: {n} entries");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("audit log NOT intact: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
     }
 }
 

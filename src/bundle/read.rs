@@ -732,3 +732,42 @@ pub enum Trust<'a> {
     /// It is parsed but not verified: content checks only (see [`inspect_file`]).
     ContentOnly,
 }
+
+/// Reads only the manifest of a bundle and checks its signature (the payload is not read).
+/// Used to learn which profile a bundle belongs to before taking that profile's lock; the full
+/// verification still runs afterwards.
+pub fn peek_manifest(path: &Path, keys: &TrustedKeys) -> Result<Manifest, VerifyError> {
+    let f = std::fs::File::open(path).map_err(VerifyError::Io)?;
+    let mut decoder =
+        zstd::stream::read::Decoder::new(io::BufReader::new(f)).map_err(VerifyError::Io)?;
+    decoder
+        .window_log_max(ZSTD_WINDOW_LOG_MAX)
+        .map_err(|e| VerifyError::Compression(e.to_string()))?;
+    let mut archive =
+        tar::Archive::new(decoder.take(MAX_MANIFEST_BYTES + MAX_SIGNATURE_BYTES + 8192));
+    let mut entries = archive.entries().map_err(tar_err)?;
+    let mut read_named = |name: &str, max: u64| -> Result<Vec<u8>, VerifyError> {
+        let mut e = next_entry(&mut entries)?.ok_or(VerifyError::Truncated)?;
+        let path = check_entry(&e)?;
+        if path != name {
+            return Err(if name == MANIFEST_PATH {
+                VerifyError::ManifestMissing { found: path }
+            } else {
+                VerifyError::SignatureMissing { found: path }
+            });
+        }
+        read_small(&mut e, max)
+    };
+    let manifest_bytes = read_named(MANIFEST_PATH, MAX_MANIFEST_BYTES)?;
+    let sig = read_named(MANIFEST_SIG_PATH, MAX_SIGNATURE_BYTES)?;
+    let sig =
+        String::from_utf8(sig).map_err(|_| VerifyError::MalformedSignature("not UTF-8".into()))?;
+    keys.verify(&manifest_bytes, &sig).map_err(|e| match e {
+        SigningError::UntrustedKey { key_id, trusted } => {
+            VerifyError::UntrustedKey { key_id, trusted }
+        }
+        SigningError::BadSignature { key_id } => VerifyError::BadSignature { key_id },
+        other => VerifyError::MalformedSignature(other.to_string()),
+    })?;
+    Ok(Manifest::from_json(&manifest_bytes)?)
+}

@@ -1,0 +1,119 @@
+//! Durable file operations: atomic replace, atomic symlink switch, directory fsync.
+
+use crate::error::{Result, io_at};
+use std::io::Write as _;
+use std::path::Path;
+
+/// fsyncs a directory so a rename or create inside it survives a power cut.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_at(dir))
+}
+
+/// Replaces `path` with `bytes` atomically: temp file in the same directory, fsync, rename(2),
+/// fsync of the directory. Readers see the old or the new content, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(io_at(dir))?;
+    tmp.write_all(bytes)
+        .and_then(|_| {
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(mode))
+        })
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(io_at(path))?;
+    tmp.persist(path).map_err(|e| crate::error::Error::Io {
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    fsync_dir(dir)
+}
+
+/// Points symlink `link` at `target` atomically: a new link under a temporary name, then
+/// rename(2) over `link`, then fsync of the directory.
+pub fn symlink_atomic(target: &Path, link: &Path) -> Result<()> {
+    let dir = link.parent().unwrap_or(Path::new("."));
+    let name = link
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).map_err(io_at(&tmp))?;
+    std::fs::rename(&tmp, link).map_err(io_at(link))?;
+    fsync_dir(dir)
+}
+
+/// Sets every file under `root` to read-only (0444, or 0555 when executable) and every
+/// directory to 0555.
+pub fn make_read_only(root: &Path) -> Result<()> {
+    set_tree_modes(root, false)
+}
+
+/// Makes a read-only tree writable again (before deleting it).
+pub fn make_writable(root: &Path) -> Result<()> {
+    set_tree_modes(root, true)
+}
+
+fn set_tree_modes(path: &Path, writable: bool) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::symlink_metadata(path).map_err(io_at(path))?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mode = meta.permissions().mode();
+    if meta.is_dir() {
+        if writable {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+                .map_err(io_at(path))?;
+        }
+        for e in std::fs::read_dir(path).map_err(io_at(path))? {
+            let e = e.map_err(io_at(path))?;
+            set_tree_modes(&e.path(), writable)?;
+        }
+        if !writable {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o555))
+                .map_err(io_at(path))?;
+        }
+    } else {
+        let exec = mode & 0o111 != 0;
+        let new = match (writable, exec) {
+            (true, true) => 0o755,
+            (true, false) => 0o644,
+            (false, true) => 0o555,
+            (false, false) => 0o444,
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(new))
+            .map_err(io_at(path))?;
+    }
+    Ok(())
+}
+
+/// Removes a (possibly read-only) tree.
+pub fn remove_tree(root: &Path) -> Result<()> {
+    if !root.exists() {
+        return Ok(());
+    }
+    make_writable(root)?;
+    std::fs::remove_dir_all(root).map_err(io_at(root))
+}
+
+/// Free bytes available to unprivileged users on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut p = path;
+    while !p.exists() {
+        p = p.parent()?;
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}

@@ -1,0 +1,323 @@
+//! Rollback (automatic and manual) and recovery of interrupted runs.
+//!
+//! A rollback is a switch of `current` back to a kept generation, `compose up` of that
+//! generation's files from the store (its images are still present: gc keeps them), and the
+//! health gate. It needs neither the network nor the original bundle file.
+
+use crate::apply::{Progress, Timer, activate, entry_env, env_file_for};
+use crate::error::{Error, Result};
+use crate::fault;
+use crate::health::Report;
+use crate::hostlock;
+use crate::layout::Layout;
+use crate::profile::{Profile, Status};
+use crate::runtime::{Runtime, Stack};
+use crate::store;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// What a rollback did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackOutcome {
+    /// Profile.
+    pub profile: String,
+    /// Generation left.
+    pub from: Option<u32>,
+    /// Generation now serving.
+    pub to: u32,
+    /// Health report of the target.
+    pub health: Report,
+    /// Milliseconds per step (`switch`, `up+health`).
+    pub durations_ms: BTreeMap<String, u64>,
+}
+
+/// After generation `failed` failed its gate: go back to `previous` if it is usable, else to
+/// the newest good generation. Returns the generation serving afterwards.
+pub(crate) fn restore_previous(
+    layout: &Layout,
+    runtime: &Runtime,
+    profile: &mut Profile,
+    failed: u32,
+    previous: Option<u32>,
+    progress: &dyn Progress,
+) -> Result<u32> {
+    let target = previous
+        .filter(|p| {
+            *p != failed
+                && profile
+                    .generation(*p)
+                    .is_some_and(|g| g.status == Status::Good)
+        })
+        .or_else(|| profile.last_good(Some(failed)).map(|g| g.number));
+    let Some(target) = target else {
+        // Nothing to return to (first install): stop the failed stack so it does not linger.
+        let entry = current_entry(layout, profile, failed)?;
+        let env = entry_env(&entry, &env_file_of(profile))?;
+        let stack = Stack {
+            project: &profile.state.project,
+            dir: &entry.path,
+            manifest: &entry.manifest,
+            env: &env,
+        };
+        let _ = runtime.down(&stack);
+        return Err(Error::Broken(format!(
+            "generation {failed} failed its health gate and there is no earlier good generation to return to; its containers were stopped. See `smoker-install history`."
+        )));
+    };
+    progress.step(&format!("rolling back to generation {target}"));
+    let (report, _) = switch_and_activate(layout, runtime, profile, target)?;
+    if report.healthy {
+        Ok(target)
+    } else {
+        Err(Error::Broken(format!(
+            "rolled back to generation {target}, but it is not healthy either: {}. The host needs attention.",
+            report.summary
+        )))
+    }
+}
+
+fn env_file_of(profile: &Profile) -> std::path::PathBuf {
+    env_file_for(&profile.state.name, None, profile.state.env_file.as_deref())
+}
+
+fn current_entry(layout: &Layout, profile: &Profile, n: u32) -> Result<store::StoreEntry> {
+    let g = profile
+        .generation(n)
+        .ok_or_else(|| Error::State(format!("generation {n} is not recorded")))?;
+    store::open(layout, &g.store)
+}
+
+fn switch_and_activate(
+    layout: &Layout,
+    runtime: &Runtime,
+    profile: &Profile,
+    target: u32,
+) -> Result<(Report, BTreeMap<String, u64>)> {
+    let entry = current_entry(layout, profile, target)?;
+    let env = entry_env(&entry, &env_file_of(profile))?;
+    let mut timer = Timer::default();
+    timer.time("switch", || profile.switch(target))?;
+    fault::point("rollback:switched");
+    let project = profile.state.project.clone();
+    let report = timer.time("up+health", || {
+        activate(runtime, &project, &entry, &env, "rollback:compose-up")
+    })?;
+    Ok((report, timer.steps))
+}
+
+/// `smoker-install rollback [--to N]`: back to generation `to`, or to the newest good
+/// generation before the current one.
+pub fn rollback(
+    layout: &Layout,
+    name: &str,
+    to: Option<u32>,
+    wait: bool,
+    progress: &dyn Progress,
+) -> Result<RollbackOutcome> {
+    let _lock = hostlock::acquire(layout, name, wait)?;
+    let result = rollback_locked(layout, name, to, progress);
+    let fields = match &result {
+        Ok(o) => serde_json::to_value(o).unwrap_or_default(),
+        Err(e) => serde_json::json!({"profile": name, "to": to, "error": e.to_string()}),
+    };
+    let mut fields = fields;
+    if let serde_json::Value::Object(m) = &mut fields {
+        m.insert(
+            "outcome".into(),
+            if result.is_ok() { "ok" } else { "error" }.into(),
+        );
+        m.insert("automatic".into(), false.into());
+    }
+    crate::audit::append(layout, "rollback", fields)?;
+    result
+}
+
+fn rollback_locked(
+    layout: &Layout,
+    name: &str,
+    to: Option<u32>,
+    progress: &dyn Progress,
+) -> Result<RollbackOutcome> {
+    let mut profile = Profile::open(layout, name)?
+        .ok_or_else(|| Error::State(format!("no profile `{name}` on this host")))?;
+    let from = profile.current();
+    let target = match to {
+        Some(n) => {
+            if profile.generation(n).is_none() {
+                let kept: Vec<String> = profile
+                    .state
+                    .generations
+                    .iter()
+                    .map(|g| g.number.to_string())
+                    .collect();
+                return Err(Error::State(format!(
+                    "generation {n} is not kept on this host (kept: {})",
+                    kept.join(", ")
+                )));
+            }
+            n
+        }
+        None => {
+            let cur = from.unwrap_or(0);
+            profile
+                .state
+                .generations
+                .iter()
+                .rev()
+                .find(|g| g.status == Status::Good && g.number < cur)
+                .map(|g| g.number)
+                .ok_or_else(|| {
+                    Error::State(format!(
+                        "no good generation before the current one ({cur}) to roll back to; see `smoker-install history`"
+                    ))
+                })?
+        }
+    };
+    if Some(target) == from {
+        return Err(Error::State(format!(
+            "generation {target} is already current"
+        )));
+    }
+    let runtime = Runtime::detect()?;
+    progress.step(&format!("rolling back to generation {target}"));
+    let (report, durations) = switch_and_activate(layout, &runtime, &profile, target)?;
+    if let Some(f) = from {
+        if profile
+            .generation(f)
+            .is_some_and(|g| g.status == Status::Pending)
+        {
+            profile.decide(
+                f,
+                Status::Failed,
+                Some("rolled back before its health gate finished".into()),
+            )?;
+        }
+    }
+    if report.healthy {
+        if profile
+            .generation(target)
+            .is_some_and(|g| g.status != Status::Good)
+        {
+            profile.decide(target, Status::Good, None)?;
+        }
+        return Ok(RollbackOutcome {
+            profile: name.to_string(),
+            from,
+            to: target,
+            health: report,
+            durations_ms: durations,
+        });
+    }
+    // The target is not healthy: go back to where we were, if that was good.
+    let summary = report.summary.clone();
+    if let Some(f) = from.filter(|f| {
+        profile
+            .generation(*f)
+            .is_some_and(|g| g.status == Status::Good)
+    }) {
+        let (back, _) = switch_and_activate(layout, &runtime, &profile, f)?;
+        return Err(Error::RolledBack(format!(
+            "generation {target} is not healthy ({summary}); returned to generation {f} ({})",
+            if back.healthy {
+                "healthy"
+            } else {
+                "NOT healthy either"
+            }
+        )));
+    }
+    Err(Error::Broken(format!(
+        "generation {target} is not healthy: {summary}"
+    )))
+}
+
+/// Finishes an interrupted apply or rollback of one profile (the caller holds its lock):
+/// a current generation still `pending` gets its health gate now, then is committed or rolled
+/// back; a pending generation that never became current is marked failed.
+pub fn recover_profile(
+    layout: &Layout,
+    name: &str,
+    progress: &dyn Progress,
+) -> Result<Option<String>> {
+    let Some(mut profile) = Profile::open(layout, name)? else {
+        return Ok(None);
+    };
+    let current = profile.current();
+    let stray: Vec<u32> = profile
+        .state
+        .generations
+        .iter()
+        .filter(|g| g.status == Status::Pending && Some(g.number) != current)
+        .map(|g| g.number)
+        .collect();
+    for n in &stray {
+        profile.decide(
+            *n,
+            Status::Failed,
+            Some("interrupted before it was switched to".into()),
+        )?;
+    }
+    let Some(cur) = current else {
+        return Ok((!stray.is_empty()).then(|| format!("marked {stray:?} failed (interrupted)")));
+    };
+    let pending = profile
+        .generation(cur)
+        .is_some_and(|g| g.status == Status::Pending);
+    if !pending {
+        return Ok((!stray.is_empty()).then(|| format!("marked {stray:?} failed (interrupted)")));
+    }
+    progress.step(&format!(
+        "recovering: generation {cur} was interrupted before its health gate"
+    ));
+    let runtime = Runtime::detect()?;
+    let entry = current_entry(layout, &profile, cur)?;
+    let env = entry_env(&entry, &env_file_of(&profile))?;
+    let project = profile.state.project.clone();
+    let report = match activate(&runtime, &project, &entry, &env, "recover:compose-up") {
+        Ok(r) => r,
+        Err(e) => Report {
+            healthy: false,
+            rounds: 0,
+            elapsed_ms: 0,
+            checks: Vec::new(),
+            summary: format!("compose up failed: {e}"),
+        },
+    };
+    let message = if report.healthy {
+        profile.decide(cur, Status::Good, None)?;
+        format!("generation {cur} passed its health gate and is committed")
+    } else {
+        profile.decide(cur, Status::Failed, Some(report.summary.clone()))?;
+        match restore_previous(layout, &runtime, &mut profile, cur, None, progress) {
+            Ok(to) => format!(
+                "generation {cur} failed its health gate ({}); rolled back to {to}",
+                report.summary
+            ),
+            Err(e) => format!(
+                "generation {cur} failed its health gate ({}); {e}",
+                report.summary
+            ),
+        }
+    };
+    crate::audit::append(
+        layout,
+        "recover",
+        serde_json::json!({"profile": name, "generation": cur, "healthy": report.healthy, "message": message}),
+    )?;
+    Ok(Some(message))
+}
+
+/// `smoker-install recover`: recovers every profile (fit for a boot-time unit).
+pub fn recover_all(
+    layout: &Layout,
+    wait: bool,
+    progress: &dyn Progress,
+) -> Result<Vec<(String, String)>> {
+    let mut done = Vec::new();
+    for name in layout.profile_names() {
+        let _lock = hostlock::acquire(layout, &name, wait)?;
+        let msg = recover_profile(layout, &name, progress)?
+            .unwrap_or_else(|| "nothing to recover".into());
+        done.push((name, msg));
+    }
+    Ok(done)
+}
