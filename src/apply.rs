@@ -71,8 +71,8 @@ pub struct Outcome {
     pub current: Option<u32>,
     /// The health gate's report for the new generation.
     pub health: Option<Report>,
-    /// Milliseconds per step.
-    pub durations_ms: BTreeMap<String, u64>,
+    /// Microseconds per step.
+    pub durations_us: BTreeMap<String, u64>,
     /// What gc removed.
     pub gc: crate::gc::GcReport,
 }
@@ -88,7 +88,7 @@ impl Timer {
         let t = Instant::now();
         let r = f();
         self.steps
-            .insert(name.to_string(), t.elapsed().as_millis() as u64);
+            .insert(name.to_string(), t.elapsed().as_micros() as u64);
         r
     }
 }
@@ -225,7 +225,7 @@ fn apply_locked(
                     result: "unchanged".into(),
                     current: Some(cur.number),
                     health: None,
-                    durations_ms: timer.steps.clone(),
+                    durations_us: timer.steps.clone(),
                     gc: Default::default(),
                 });
             }
@@ -295,7 +295,7 @@ fn apply_locked(
         result: String::new(),
         current: Some(number),
         health: Some(report.clone()),
-        durations_ms: BTreeMap::new(),
+        durations_us: BTreeMap::new(),
         gc: Default::default(),
     };
     if report.healthy {
@@ -322,7 +322,7 @@ fn apply_locked(
                 progress,
             )
         });
-        outcome.durations_ms = timer.steps.clone();
+        outcome.durations_us = timer.steps.clone();
         return match back {
             Ok(to) => {
                 outcome.result = "rolled-back".into();
@@ -345,7 +345,7 @@ fn apply_locked(
     outcome.gc = timer.time("gc", || {
         crate::gc::gc(layout, &runtime, opts.keep, Some(name))
     })?;
-    outcome.durations_ms = timer.steps.clone();
+    outcome.durations_us = timer.steps.clone();
     Ok(outcome)
 }
 

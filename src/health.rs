@@ -2,7 +2,8 @@
 //!
 //! Each round checks every HTTP check of the bundle (status, optional body substring, latency)
 //! and every container of the compose project (running, or exited 0; Docker health not
-//! `unhealthy`). The gate passes at the first round in which everything passes. It fails when
+//! `unhealthy`). The gate passes once everything passes in `successes` consecutive rounds
+//! (so a service that answers once and then crashes is caught). It fails when
 //! one check fails `failures` rounds in a row, or when the window ends first. A refused
 //! connection or a container whose health check is still starting does not count towards
 //! `failures` (the service may still be starting) but keeps the gate from passing; a wrong
@@ -59,6 +60,7 @@ pub fn gate(
         .build();
     let mut consecutive: BTreeMap<String, u32> = BTreeMap::new();
     let mut rounds = 0;
+    let mut passing_rounds = 0;
     loop {
         rounds += 1;
         let mut results = Vec::new();
@@ -111,12 +113,24 @@ pub fn gate(
             summary,
         };
         if results.iter().all(|r| r.ok) {
-            return report(true, format!("all {} checks passed", results.len()));
+            passing_rounds += 1;
+            if passing_rounds >= health.successes.max(1) {
+                return report(
+                    true,
+                    format!(
+                        "all {} checks passed {} rounds in a row",
+                        results.len(),
+                        passing_rounds
+                    ),
+                );
+            }
+        } else {
+            passing_rounds = 0;
         }
         if let Some(why) = tripped {
             return report(false, format!("unhealthy: {why}"));
         }
-        if elapsed + interval > window {
+        if elapsed + interval > window && passing_rounds == 0 {
             let failing: Vec<String> = results
                 .iter()
                 .filter(|r| !r.ok)

@@ -200,6 +200,8 @@ pub struct Health {
     pub window_secs: u64,
     /// Consecutive failures of one check that make the stack unhealthy.
     pub failures: u32,
+    /// Consecutive rounds in which every check passes before the stack counts as healthy.
+    pub successes: u32,
     /// Pause between rounds of checks, in milliseconds.
     pub interval_ms: u64,
     /// HTTP checks.

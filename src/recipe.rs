@@ -85,6 +85,10 @@ pub struct HealthSection {
     /// Milliseconds between rounds (default 1000).
     #[serde(default = "default_interval")]
     pub interval_ms: u64,
+    /// Consecutive all-passing rounds required (default 2), so a service that crashes right
+    /// after its first good answer is caught.
+    #[serde(default = "default_successes")]
+    pub successes: u32,
     /// HTTP checks.
     #[serde(default)]
     pub http: Vec<HttpCheckSection>,
@@ -96,6 +100,7 @@ impl Default for HealthSection {
             window_secs: default_window(),
             failures: default_failures(),
             interval_ms: default_interval(),
+            successes: default_successes(),
             http: Vec::new(),
         }
     }
@@ -109,6 +114,9 @@ fn default_failures() -> u32 {
 }
 fn default_interval() -> u64 {
     1000
+}
+fn default_successes() -> u32 {
+    2
 }
 
 /// `[[health.http]]`.
@@ -308,6 +316,7 @@ impl Recipe {
             window_secs: h.window_secs,
             failures: h.failures,
             interval_ms: h.interval_ms,
+            successes: h.successes.max(1),
             http,
         })
     }

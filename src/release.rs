@@ -570,19 +570,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReleaseError> {
     Ok(())
 }
 
-/// Writes `SHA256SUMS` (sha256sum format, sorted by file name) for the given files.
+/// Writes `SHA256SUMS` (sha256sum format, sorted by file name) in `dir`: the given files, plus
+/// the lines of an existing `SHA256SUMS` for other files that are still there.
 pub fn write_sums(dir: &Path, files: &[PathBuf]) -> Result<PathBuf, ReleaseError> {
-    let mut lines = Vec::new();
+    let path = dir.join("SHA256SUMS");
+    let mut sums: BTreeMap<String, String> = BTreeMap::new();
+    if let Ok(old) = std::fs::read_to_string(&path) {
+        for line in old.lines() {
+            if let Some((sha, name)) = line.split_once("  ") {
+                if dir.join(name).is_file() {
+                    sums.insert(name.to_string(), sha.to_string());
+                }
+            }
+        }
+    }
     for f in files {
         let (sha, _) = sha256_file(f).map_err(io_err(f))?;
         let name = f
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        lines.push(format!("{sha}  {name}\n"));
+        sums.insert(name, sha);
     }
-    lines.sort_by(|a, b| a[66..].cmp(&b[66..]));
-    let path = dir.join("SHA256SUMS");
-    write_atomic(&path, lines.concat().as_bytes())?;
+    let text: String = sums
+        .iter()
+        .map(|(name, sha)| format!("{sha}  {name}\n"))
+        .collect();
+    write_atomic(&path, text.as_bytes())?;
     Ok(path)
 }

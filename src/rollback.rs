@@ -27,8 +27,8 @@ pub struct RollbackOutcome {
     pub to: u32,
     /// Health report of the target.
     pub health: Report,
-    /// Milliseconds per step (`switch`, `up+health`).
-    pub durations_ms: BTreeMap<String, u64>,
+    /// Microseconds per step (`switch`, `up+health`).
+    pub durations_us: BTreeMap<String, u64>,
 }
 
 /// After generation `failed` failed its gate: go back to `previous` if it is usable, else to
@@ -205,7 +205,7 @@ fn rollback_locked(
             from,
             to: target,
             health: report,
-            durations_ms: durations,
+            durations_us: durations,
         });
     }
     // The target is not healthy: go back to where we were, if that was good.

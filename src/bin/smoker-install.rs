@@ -315,12 +315,12 @@ fn run() -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&o)?);
             } else {
                 println!(
-                    "{}: generation {} is current ({}); switch took {} ms, up + health gate {} ms",
+                    "{}: generation {} is current ({}); switch took {} µs, up + health gate {} ms",
                     o.profile,
                     o.to,
                     o.health.summary,
-                    o.durations_ms.get("switch").copied().unwrap_or(0),
-                    o.durations_ms.get("up+health").copied().unwrap_or(0)
+                    o.durations_us.get("switch").copied().unwrap_or(0),
+                    o.durations_us.get("up+health").copied().unwrap_or(0) / 1000
                 );
             }
             Ok(ExitCode::SUCCESS)
