@@ -7,7 +7,7 @@
 //! one check fails `failures` rounds in a row, or when the window ends first. A refused
 //! connection or a container whose health check is still starting does not count towards
 //! `failures` (the service may still be starting) but keeps the gate from passing; a wrong
-//! answer, a slow answer, a crash or an `unhealthy` container does count.
+//! answer, a timeout, a slow answer, a crash or an `unhealthy` container does count.
 
 use crate::manifest::{Health, HttpCheck};
 use crate::runtime::{Container, Runtime};
@@ -223,9 +223,6 @@ fn http_result(client: &reqwest::blocking::Client, check: &HttpCheck) -> CheckRe
     };
     let resp = match resp {
         Ok(r) => r,
-        Err(e) if e.is_connect() => {
-            return fail(false, format!("GET {}: connection refused", check.url));
-        }
         Err(e) if e.is_timeout() => {
             return fail(
                 true,
@@ -235,7 +232,18 @@ fn http_result(client: &reqwest::blocking::Client, check: &HttpCheck) -> CheckRe
                 ),
             );
         }
-        Err(e) => return fail(true, format!("GET {}: {e}", check.url)),
+        // Refused, reset or closed before an answer: not listening yet (a published port
+        // accepts and then drops connections while the process inside has not bound). The
+        // window bounds this; a crashed container is caught by its container check.
+        Err(e) => {
+            let mut cause = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                cause = s.to_string();
+                source = s.source();
+            }
+            return fail(false, format!("GET {}: not answering ({cause})", check.url));
+        }
     };
     let status = resp.status().as_u16();
     let body = resp.text().unwrap_or_default();

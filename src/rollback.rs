@@ -87,21 +87,39 @@ fn current_entry(layout: &Layout, profile: &Profile, n: u32) -> Result<store::St
     store::open(layout, &g.store)
 }
 
+/// Switches to kept generation `target` and gates it. The target is marked `pending` before
+/// the switch, so an interruption anywhere in between is finished by [`recover_profile`];
+/// afterwards it is `good` or `failed` according to the gate.
 fn switch_and_activate(
     layout: &Layout,
     runtime: &Runtime,
-    profile: &Profile,
+    profile: &mut Profile,
     target: u32,
 ) -> Result<(Report, BTreeMap<String, u64>)> {
     let entry = current_entry(layout, profile, target)?;
     let env = entry_env(&entry, &env_file_of(profile))?;
     let mut timer = Timer::default();
+    profile.decide(target, Status::Pending, None)?;
     timer.time("switch", || profile.switch(target))?;
     fault::point("rollback:switched");
     let project = profile.state.project.clone();
-    let report = timer.time("up+health", || {
+    let report = match timer.time("up+health", || {
         activate(runtime, &project, &entry, &env, "rollback:compose-up")
-    })?;
+    }) {
+        Ok(r) => r,
+        Err(e) => Report {
+            healthy: false,
+            rounds: 0,
+            elapsed_ms: 0,
+            checks: Vec::new(),
+            summary: format!("compose up failed: {e}"),
+        },
+    };
+    if report.healthy {
+        profile.decide(target, Status::Good, None)?;
+    } else {
+        profile.decide(target, Status::Failed, Some(report.summary.clone()))?;
+    }
     Ok((report, timer.steps))
 }
 
@@ -180,7 +198,6 @@ fn rollback_locked(
     }
     let runtime = Runtime::detect()?;
     progress.step(&format!("rolling back to generation {target}"));
-    let (report, durations) = switch_and_activate(layout, &runtime, &profile, target)?;
     if let Some(f) = from {
         if profile
             .generation(f)
@@ -193,13 +210,8 @@ fn rollback_locked(
             )?;
         }
     }
+    let (report, durations) = switch_and_activate(layout, &runtime, &mut profile, target)?;
     if report.healthy {
-        if profile
-            .generation(target)
-            .is_some_and(|g| g.status != Status::Good)
-        {
-            profile.decide(target, Status::Good, None)?;
-        }
         return Ok(RollbackOutcome {
             profile: name.to_string(),
             from,
@@ -215,7 +227,7 @@ fn rollback_locked(
             .generation(*f)
             .is_some_and(|g| g.status == Status::Good)
     }) {
-        let (back, _) = switch_and_activate(layout, &runtime, &profile, f)?;
+        let (back, _) = switch_and_activate(layout, &runtime, &mut profile, f)?;
         return Err(Error::RolledBack(format!(
             "generation {target} is not healthy ({summary}); returned to generation {f} ({})",
             if back.healthy {

@@ -108,7 +108,9 @@ impl SecretKey {
         }
         let encrypted = raw[2..4] != [0, 0];
         let sk_box = minisign::SecretKeyBox::from_string(&text).map_err(|e| bad(&e.to_string()))?;
-        let sk = if encrypted {
+        // Layout of the decrypted key: alg(2) kdf(2) chk(2) salt(32) ops(8) mem(8) keynum(8)
+        // secret(64: seed + public) checksum(32).
+        let bytes = if encrypted {
             let password = match password.or_else(|| std::env::var(PASSWORD_ENV).ok()) {
                 Some(p) => Some(p),
                 None if std::io::stdin().is_terminal() => None,
@@ -119,13 +121,14 @@ impl SecretKey {
                 }
             };
             minisign::SecretKey::from_box(sk_box, password)
+                .map_err(|e| bad(&format!("{e} (wrong password?)")))?
+                .to_bytes()
         } else {
-            minisign::SecretKey::from_unencrypted_box(sk_box)
-        }
-        .map_err(|e| bad(&format!("{e} (wrong password?)")))?;
-        // Layout of the decrypted key: alg(2) kdf(2) chk(2) salt(32) ops(8) mem(8) keynum(8)
-        // secret(64: seed + public) checksum(32).
-        let bytes = sk.to_bytes();
+            // The reference CLI (`minisign -G -W`) leaves the checksum of an unencrypted key
+            // zeroed, which the minisign crate rejects as corrupted; check such keys here.
+            check_unencrypted(&raw).map_err(bad)?;
+            raw
+        };
         let (Some(keynum), Some(seed)) = (bytes.get(54..62), bytes.get(62..94)) else {
             return Err(bad("key is truncated"));
         };
@@ -184,6 +187,36 @@ impl SecretKey {
             B64.encode(global_sig.to_bytes())
         ))
     }
+}
+
+/// Checks an unencrypted secret key (decoded bytes, layout as in [`SecretKey::load`]): its
+/// checksum must be right or, as the reference CLI writes it, all zero; and its public half
+/// must be the one its seed gives.
+fn check_unencrypted(raw: &[u8]) -> Result<(), &'static str> {
+    use blake2::digest::consts::U32;
+    let (Some(alg), Some(keynum_sk), Some(seed), Some(public), Some(chk)) = (
+        raw.get(0..2),
+        raw.get(54..126),
+        raw.get(62..94),
+        raw.get(94..126),
+        raw.get(126..158),
+    ) else {
+        return Err("key is truncated");
+    };
+    if chk.iter().any(|b| *b != 0) {
+        let mut h = blake2::Blake2b::<U32>::new();
+        h.update(alg);
+        h.update(keynum_sk);
+        if h.finalize().as_slice() != chk {
+            return Err("corrupted key (checksum mismatch)");
+        }
+    }
+    let mut s = [0u8; 32];
+    s.copy_from_slice(seed);
+    if SigningKey::from_bytes(&s).verifying_key().as_bytes() != public {
+        return Err("corrupted key (the public half does not match the secret half)");
+    }
+    Ok(())
 }
 
 /// Generates a key pair in minisign format and writes both files (the secret one mode 600).

@@ -390,7 +390,10 @@ pub fn read_bundle<R: Read>(
         ..Meter::default()
     }));
     let source = SharedReader(hashed.clone());
-    let mut decoder = zstd::stream::read::Decoder::new(source).map_err(VerifyError::Io)?;
+    // One frame only: anything after it is trailing data, not a further frame to decode.
+    let mut decoder = zstd::stream::read::Decoder::new(source)
+        .map_err(VerifyError::Io)?
+        .single_frame();
     decoder
         .window_log_max(ZSTD_WINDOW_LOG_MAX)
         .map_err(|e| VerifyError::Compression(e.to_string()))?;
@@ -439,16 +442,15 @@ pub fn read_bundle<R: Read>(
             return Err(VerifyError::TrailingData);
         }
     }
-    drop(rest);
-    // Also require the compressed file to end with the zstd frame.
+    // Also require the compressed file to end with the zstd frame (bytes after it may already
+    // sit in the decoder's input buffer, so read through that buffer).
+    let mut source = rest.inner.finish();
     let mut tail = [0u8; 1];
-    let extra = hashed
-        .borrow_mut()
-        .read(&mut tail)
-        .map_err(VerifyError::Io)?;
+    let extra = source.read(&mut tail).map_err(VerifyError::Io)?;
     if extra != 0 {
         return Err(VerifyError::TrailingData);
     }
+    drop(source);
     let decompressed_bytes = meter.borrow().read;
     let hashed = Rc::try_unwrap(hashed)
         .map_err(|_| VerifyError::Io(io::Error::other("reader still shared")))?
@@ -547,7 +549,8 @@ fn verify_entries<R: Read>(
     if path != MANIFEST_PATH {
         return Err(VerifyError::ManifestMissing { found: path });
     }
-    let size = entry.header().size().map_err(tar_err)?;
+    // The size the tar reader will read (a PAX `size` record overrides the header's).
+    let size = entry.size();
     if size > MAX_MANIFEST_BYTES {
         return Err(VerifyError::ManifestTooLarge { size });
     }
@@ -635,7 +638,8 @@ fn verify_entries<R: Read>(
                 None => VerifyError::UnexpectedEntry { path },
             });
         }
-        let size = entry.header().size().map_err(tar_err)?;
+        // The size the tar reader will read (a PAX `size` record overrides the header's).
+        let size = entry.size();
         if size != expected.size {
             return Err(VerifyError::SizeMismatch {
                 path,
