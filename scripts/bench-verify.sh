@@ -1,0 +1,191 @@
+#!/bin/sh
+# Benchmark: how fast does `smoker-install verify` check a large bundle, and with how much
+# memory, compared with the bare cost of decompressing and hashing it
+# (`zstd -dc BUNDLE | sha256sum`)?
+#
+# Builds a scratch recipe in a temporary git repository whose compose file bind-mounts a
+# directory of about BENCH_MIB MiB (default 1024) of mixed-compressibility data (random bytes,
+# base64 text, log-like text), a hand-written lock, and one signed amd64 bundle from it; then
+# times both commands RUNS times (default 3) on the same file, warm page cache, and prints the
+# best wall time of each, verify's peak RSS and the throughput ratio. Decompression alone
+# (`zstd -dc BUNDLE >/dev/null`) is timed too, for reference.
+#
+# Usage: scripts/bench-verify.sh            (from anywhere inside the repository)
+#        BENCH_MIB=256 RUNS=5 scripts/bench-verify.sh
+# Needs: cargo, git, zstd, sha256sum, GNU time at /usr/bin/time (Debian packages `zstd`,
+# `coreutils`, `time`). Temporary data goes to $TMPDIR (default /tmp) and is deleted on exit.
+set -eu
+
+BENCH_MIB=${BENCH_MIB:-1024}
+RUNS=${RUNS:-3}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+
+need() {
+    command -v "$1" >/dev/null 2>&1 || {
+        echo "bench-verify: \`$1\` is missing; install the Debian package \`$2\`" >&2
+        exit 2
+    }
+}
+need cargo cargo
+need git git
+need zstd zstd
+need sha256sum coreutils
+[ -x /usr/bin/time ] || {
+    echo "bench-verify: /usr/bin/time is missing; install the Debian package \`time\`" >&2
+    exit 2
+}
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-verify.XXXXXX")
+cleanup() { rm -rf "$WORK"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "== building release binaries"
+(cd "$ROOT" && cargo build --release --quiet)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+case $TARGET in /*) ;; *) TARGET=$ROOT/$TARGET ;; esac
+XTASK=$TARGET/release/xtask
+INSTALL=$TARGET/release/smoker-install
+
+echo "== generating about $BENCH_MIB MiB of payload in $WORK"
+REPO=$WORK/repo
+RECIPE=$REPO/recipes/bench
+mkdir -p "$RECIPE/data"
+# Sixteen files: 6/16 random bytes (incompressible), 5/16 base64 text (compresses ~25%),
+# 5/16 log-like lines (compresses well).
+PART=$((BENCH_MIB / 16))
+[ "$PART" -ge 1 ] || PART=1
+i=0
+while [ $i -lt 16 ]; do
+    f=$(printf '%s/data/part-%02d' "$RECIPE" $i)
+    if [ $i -lt 6 ]; then
+        head -c "$((PART * 1048576))" /dev/urandom >"$f.bin"
+    elif [ $i -lt 11 ]; then
+        head -c "$((PART * 786432))" /dev/urandom | base64 -w 76 | head -c "$((PART * 1048576))" >"$f.b64"
+    else
+        awk -v seed=$i -v bytes="$((PART * 1048576))" 'BEGIN {
+            srand(seed); n = 0
+            while (n < bytes) {
+                line = sprintf("2026-03-%02d %02d:%02d:%02d level=%s probe=%d temp_c=%.1f target_c=%d fan=%d%% msg=\"%s\"\n",
+                    1 + int(rand() * 28), int(rand() * 24), int(rand() * 60), int(rand() * 60),
+                    (rand() < 0.9 ? "info" : "warn"), int(rand() * 4), 90 + rand() * 60,
+                    105 + 5 * int(rand() * 6), int(rand() * 100),
+                    (rand() < 0.5 ? "probe reading" : "controller step"))
+                printf "%s", line; n += length(line)
+            }
+        }' >"$f.log"
+    fi
+    i=$((i + 1))
+done
+
+cat >"$RECIPE/recipe.toml" <<'EOF'
+description = "Benchmark stack: one service with a large bind-mounted data directory"
+
+[health]
+window_secs = 30
+
+[[health.http]]
+name = "web"
+url = "http://127.0.0.1:${PORT}/health"
+
+[env.prod.config]
+PORT = "8080"
+EOF
+cat >"$RECIPE/compose.yaml" <<'EOF'
+services:
+  web:
+    image: registry.example/bench/web:1.0
+    ports:
+      - "127.0.0.1:${PORT}:8080"
+    volumes:
+      - ./data:/srv/data:ro
+EOF
+# A lock written by hand (placeholder digests: valid for building and verifying, not pulling).
+cat >"$REPO/recipes/bench.lock" <<EOF
+version = 1
+
+[[image]]
+reference = "registry.example/bench/web:1.0"
+
+[image.platforms.amd64]
+digest = "sha256:$(printf 'bench-web-amd64' | sha256sum | cut -c1-64)"
+config_digest = "sha256:$(printf 'bench-web-amd64-config' | sha256sum | cut -c1-64)"
+EOF
+(
+    cd "$REPO"
+    git init --quiet
+    git add --all
+    # Store without compression: the repository is only a source for the release.
+    git -c core.compression=0 -c user.name=bench -c user.email=bench@example.invalid \
+        commit --quiet -m "benchmark recipe"
+)
+
+echo "== building the bundle"
+"$XTASK" keygen --no-password --secret-key "$WORK/bench.key" --public-key "$WORK/bench.pub" >/dev/null
+/usr/bin/time -f "   release took %e s, peak RSS %M KiB" \
+    "$XTASK" release --version 1.0.0 --project-dir "$REPO" --recipe bench --arch amd64 \
+    --env prod --secret-key "$WORK/bench.key" --out "$WORK/out" >/dev/null
+BUNDLE=$WORK/out/prod/bench-1.0.0-amd64.tar.zst
+rm -rf "$REPO" # the payload is in the bundle now; free the space
+
+COMPRESSED=$(wc -c <"$BUNDLE")
+DECOMPRESSED=$(zstd -dc -- "$BUNDLE" | wc -c)
+echo "   bundle: $COMPRESSED bytes compressed, $DECOMPRESSED bytes of tar"
+
+# Seconds from GNU time's "Elapsed (wall clock)" field ([h:]mm:ss.ss).
+wall_secs() {
+    awk -F': ' '/Elapsed \(wall clock\)/ {
+        n = split($2, p, ":"); s = 0
+        for (i = 1; i <= n; i++) s = s * 60 + p[i]
+        print s
+    }' "$1"
+}
+rss_kib() {
+    awk -F': ' '/Maximum resident set size/ { print $2 }' "$1"
+}
+
+cat "$BUNDLE" >/dev/null # warm the page cache for both contenders
+
+best_verify=""
+best_base=""
+best_dec=""
+peak_verify=0
+peak_base=0
+run=1
+while [ "$run" -le "$RUNS" ]; do
+    /usr/bin/time -v -o "$WORK/verify.time" \
+        "$INSTALL" verify --key "$WORK/bench.pub" "$BUNDLE" >"$WORK/verify.out"
+    # shellcheck disable=SC2016 # "$1" expands in the inner shell
+    /usr/bin/time -v -o "$WORK/base.time" \
+        sh -c 'zstd -dc -- "$1" | sha256sum' sh "$BUNDLE" >"$WORK/base.out"
+    # shellcheck disable=SC2016
+    /usr/bin/time -v -o "$WORK/dec.time" sh -c 'zstd -dc -- "$1" >/dev/null' sh "$BUNDLE"
+    td=$(wall_secs "$WORK/dec.time")
+    tv=$(wall_secs "$WORK/verify.time")
+    tb=$(wall_secs "$WORK/base.time")
+    rv=$(rss_kib "$WORK/verify.time")
+    rb=$(rss_kib "$WORK/base.time")
+    echo "   run $run: verify ${tv}s (peak RSS ${rv} KiB); zstd -dc | sha256sum ${tb}s (peak RSS ${rb} KiB); zstd -dc >/dev/null ${td}s"
+    best_dec=$(awk -v a="$td" -v b="$best_dec" 'BEGIN { print (b == "" || a < b) ? a : b }')
+    best_verify=$(awk -v a="$tv" -v b="$best_verify" 'BEGIN { print (b == "" || a < b) ? a : b }')
+    best_base=$(awk -v a="$tb" -v b="$best_base" 'BEGIN { print (b == "" || a < b) ? a : b }')
+    [ "$rv" -gt "$peak_verify" ] && peak_verify=$rv
+    [ "$rb" -gt "$peak_base" ] && peak_base=$rb
+    run=$((run + 1))
+done
+grep -q '^OK ' "$WORK/verify.out" || {
+    echo "bench-verify: verify did not accept the bundle:" >&2
+    cat "$WORK/verify.out" >&2
+    exit 1
+}
+
+echo "== result (best of $RUNS, same file, warm cache)"
+awk -v tv="$best_verify" -v tb="$best_base" -v td="$best_dec" -v bytes="$DECOMPRESSED" -v comp="$COMPRESSED" \
+    -v rv="$peak_verify" -v rb="$peak_base" 'BEGIN {
+    mib = bytes / 1048576
+    printf "   bundle                       %.0f MiB compressed, %.0f MiB decompressed\n", comp / 1048576, mib
+    printf "   smoker-install verify        %6.2f s  %7.1f MiB/s  peak RSS %.1f MiB\n", tv, mib / tv, rv / 1024
+    printf "   zstd -dc | sha256sum         %6.2f s  %7.1f MiB/s  peak RSS %.1f MiB\n", tb, mib / tb, rb / 1024
+    printf "   (zstd -dc >/dev/null         %6.2f s  %7.1f MiB/s: decompression alone)\n", td, mib / td
+    printf "   throughput ratio verify/baseline = %.2f\n", tb / tv
+}'

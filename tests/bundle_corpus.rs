@@ -1,0 +1,755 @@
+//! A corpus of hostile and broken bundles, each crafted by hand with the tar and zstd crates.
+//!
+//! Every case must be rejected with one exact [`VerifyError::kind`]. The genuine bundle and an
+//! unmodified reassembly of it are the positive controls that show the crafting itself is
+//! faithful, so each rejection is caused by the one thing the case changes.
+
+mod support;
+
+use smoker::bundle::read::{Discard, Limits, Trust, VerifiedBundle, VerifyError, read_bundle};
+use smoker::manifest::{FileEntry, MANIFEST_PATH, Manifest};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::{Fixture, Raw, tar_bytes, zstd};
+use tar::EntryType;
+
+/// One hostile or broken bundle and the kind of error it must produce.
+struct Case {
+    name: String,
+    bytes: Vec<u8>,
+    expected: &'static str,
+}
+
+fn case(name: &str, bytes: Vec<u8>, expected: &'static str) -> Case {
+    Case {
+        name: name.to_string(),
+        bytes,
+        expected,
+    }
+}
+
+fn verify(f: &Fixture, bytes: &[u8]) -> Result<VerifiedBundle, VerifyError> {
+    read_bundle(
+        std::io::Cursor::new(bytes),
+        Trust::Keys(&f.keys),
+        &mut Discard,
+        Limits::default(),
+    )
+}
+
+fn kind_of(f: &Fixture, bytes: &[u8]) -> String {
+    match verify(f, bytes) {
+        Ok(_) => "ACCEPTED".to_string(),
+        Err(e) => format!("{} ({e})", e.kind()),
+    }
+}
+
+/// The fixture's entries with `edit` applied, as a compressed bundle.
+fn altered(f: &Fixture, edit: impl FnOnce(&mut Vec<Raw>)) -> Vec<u8> {
+    let mut e = f.entries();
+    edit(&mut e);
+    zstd(&tar_bytes(&e))
+}
+
+/// A bundle whose manifest is `m`, signed by the fixture key, with the fixture's payload.
+fn resigned(f: &Fixture, m: &Manifest) -> Vec<u8> {
+    zstd(&tar_bytes(&f.entries_for(m, &f.sign(m))))
+}
+
+fn insert_after_signature(f: &Fixture, raw: Raw) -> Vec<u8> {
+    altered(f, |e| e.insert(2, raw))
+}
+
+fn structural_cases(f: &Fixture) -> Vec<Case> {
+    let mut v = Vec::new();
+    let i_app = f.index_of("stack/config/app.toml");
+    let i_env = f.index_of("config/prod.env");
+    let i_mig = f.index_of("migrations/0001-init.sh");
+    let i_compose = f.index_of("stack/compose.yaml");
+
+    // Entry types other than regular files.
+    v.push(case(
+        "symlink entry (absolute target)",
+        insert_after_signature(
+            f,
+            Raw::special("stack/passwd", EntryType::Symlink, "/etc/shadow"),
+        ),
+        "forbidden-type",
+    ));
+    v.push(case(
+        "listed file replaced by a symlink",
+        altered(f, |e| {
+            e[i_app] = Raw::special("stack/config/app.toml", EntryType::Symlink, "../../../etc");
+        }),
+        "forbidden-type",
+    ));
+    v.push(case(
+        "symlink named manifest.json as the first entry",
+        altered(f, |e| {
+            e[0] = Raw::special(MANIFEST_PATH, EntryType::Symlink, "/etc/passwd");
+        }),
+        "forbidden-type",
+    ));
+    v.push(case(
+        "hard link entry",
+        insert_after_signature(
+            f,
+            Raw::special("stack/hard", EntryType::Link, "stack/compose.yaml"),
+        ),
+        "forbidden-type",
+    ));
+    v.push(case(
+        "character device entry",
+        insert_after_signature(f, Raw::special("dev/console", EntryType::Char, "")),
+        "forbidden-type",
+    ));
+    v.push(case(
+        "block device entry",
+        insert_after_signature(f, Raw::special("dev/sda", EntryType::Block, "")),
+        "forbidden-type",
+    ));
+    v.push(case(
+        "FIFO entry",
+        insert_after_signature(f, Raw::special("stack/fifo", EntryType::Fifo, "")),
+        "forbidden-type",
+    ));
+    v.push(case(
+        "directory entry",
+        insert_after_signature(f, Raw::special("stack/", EntryType::Directory, "")),
+        "forbidden-type",
+    ));
+    v.push(case(
+        "GNU sparse entry",
+        insert_after_signature(f, Raw::special("stack/sparse", EntryType::GNUSparse, "")),
+        "forbidden-type",
+    ));
+    v.push(case(
+        "global pax header entry",
+        insert_after_signature(f, {
+            let mut g = support::pax(&[("comment", "x")]);
+            g.kind = EntryType::XGlobalHeader;
+            g
+        }),
+        "forbidden-type",
+    ));
+
+    // Paths.
+    v.push(case(
+        "absolute path",
+        insert_after_signature(
+            f,
+            Raw::file(
+                "/etc/cron.d/evil",
+                0o644,
+                b"* * * * * root sh\n".to_vec(),
+                0,
+            ),
+        ),
+        "absolute-path",
+    ));
+    v.push(case(
+        "`..` path",
+        insert_after_signature(
+            f,
+            Raw::file("stack/../../etc/evil", 0o644, b"x".to_vec(), 0),
+        ),
+        "unsafe-path",
+    ));
+    let long_escape = format!("stack/{}{}etc/evil", "a/".repeat(60), "../".repeat(70));
+    v.push(case(
+        "`..` path in a GNU long-name entry",
+        insert_after_signature(f, Raw::file(&long_escape, 0o644, b"x".to_vec(), 0)),
+        "unsafe-path",
+    ));
+    v.push(case(
+        "`..` path in a PAX path record",
+        altered(f, |e| {
+            e.insert(2, support::pax(&[("path", "../../etc/evil")]));
+            e.insert(3, Raw::file("harmless.txt", 0o644, b"x".to_vec(), 0));
+        }),
+        "unsafe-path",
+    ));
+
+    // Entries against the manifest.
+    v.push(case(
+        "extra entry at the end, not in the manifest",
+        altered(f, |e| {
+            e.push(Raw::file(
+                "stack/extra.sh",
+                0o755,
+                b"#!/bin/sh\n".to_vec(),
+                0,
+            ))
+        }),
+        "unexpected-entry",
+    ));
+    v.push(case(
+        "extra entry between listed files",
+        altered(f, |e| {
+            e.insert(
+                i_env + 1,
+                Raw::file("config/zz-unlisted.env", 0o644, b"A=1\n".to_vec(), 0),
+            );
+        }),
+        "unexpected-entry",
+    ));
+    v.push(case(
+        "missing entry (last listed file absent)",
+        altered(f, |e| {
+            e.remove(i_app);
+        }),
+        "missing-entry",
+    ));
+    v.push(case(
+        "duplicate entry",
+        altered(f, |e| {
+            let dup = e[i_env].clone();
+            e.insert(i_env + 1, dup);
+        }),
+        "duplicate-entry",
+    ));
+    v.push(case(
+        "duplicate entry with other content at the end",
+        altered(f, |e| {
+            e.push(Raw::file(
+                "config/prod.env",
+                0o644,
+                b"MODE=evil\n".to_vec(),
+                0,
+            ))
+        }),
+        "duplicate-entry",
+    ));
+    v.push(case(
+        "second manifest.json after the payload",
+        altered(f, |e| {
+            let m = e[0].clone();
+            e.push(m);
+        }),
+        "duplicate-entry",
+    ));
+    v.push(case(
+        "out-of-order entries",
+        altered(f, |e| e.swap(i_mig, i_compose)),
+        "out-of-order",
+    ));
+    v.push(case(
+        "size mismatch (one byte more than the manifest says)",
+        altered(f, |e| {
+            let mut d = e[i_app].data.clone();
+            d.push(b'\n');
+            e[i_app] = e[i_app].clone().with_data(d);
+        }),
+        "size-mismatch",
+    ));
+    v.push(case(
+        "PAX size record disagreeing with the manifest",
+        altered(f, |e| {
+            let mut d = e[i_app].data.clone();
+            let header_size = e[i_app].size;
+            d.extend_from_slice(&[b'#'; 600]);
+            let size = d.len().to_string();
+            e[i_app].data = d;
+            e[i_app].size = header_size;
+            e.insert(i_app, support::pax(&[("size", &size)]));
+        }),
+        "size-mismatch",
+    ));
+    v.push(case(
+        "mode mismatch (755 listed, 644 stored)",
+        altered(f, |e| e[i_mig].mode = 0o644),
+        "mode-mismatch",
+    ));
+    v.push(case(
+        "mode mismatch (setuid bit added)",
+        altered(f, |e| e[i_mig].mode = 0o4755),
+        "mode-mismatch",
+    ));
+    v.push(case(
+        "one flipped bit in a payload file",
+        altered(f, |e| support::flip(&mut e[i_compose].data, 10, 0)),
+        "hash-mismatch",
+    ));
+    v.push(case(
+        "one flipped bit in the manifest",
+        altered(f, |e| support::flip(&mut e[0].data, 40, 1)),
+        "bad-signature",
+    ));
+    v.push(case(
+        "trusted comment of the signature altered",
+        altered(f, |e| {
+            let s = String::from_utf8(e[1].data.clone()).expect("utf-8 signature");
+            let s = s.replace("version:1.0.0", "version:9.0.0");
+            e[1] = e[1].clone().with_data(s.into_bytes());
+        }),
+        "bad-signature",
+    ));
+
+    // Header entries.
+    v.push(case(
+        "manifest not first (signature first)",
+        altered(f, |e| e.swap(0, 1)),
+        "manifest-missing",
+    ));
+    v.push(case(
+        "manifest not first (a payload file first)",
+        altered(f, |e| {
+            let p = e.remove(i_env);
+            e.insert(0, p);
+        }),
+        "manifest-missing",
+    ));
+    v.push(case(
+        "signature missing",
+        altered(f, |e| {
+            e.remove(1);
+        }),
+        "signature-missing",
+    ));
+    v.push(case(
+        "oversized manifest (5 MiB)",
+        altered(f, |e| {
+            let mut d = e[0].data.clone();
+            d.resize(5 * 1024 * 1024, b' ');
+            e[0] = e[0].clone().with_data(d);
+        }),
+        "manifest-too-large",
+    ));
+    v.push(case(
+        "signature is not minisign",
+        altered(f, |e| {
+            e[1] = e[1].clone().with_data(b"hello\nworld\n".to_vec())
+        }),
+        "malformed-signature",
+    ));
+    v.push(case(
+        "oversized signature (8 KiB)",
+        altered(f, |e| {
+            let mut d = e[1].data.clone();
+            d.resize(8192, b'\n');
+            e[1] = e[1].clone().with_data(d);
+        }),
+        "malformed-signature",
+    ));
+    v.push(case(
+        "empty tar archive",
+        zstd(&tar_bytes(&[])),
+        "manifest-missing",
+    ));
+    v
+}
+
+fn signature_cases(f: &Fixture) -> Vec<Case> {
+    let mut v = Vec::new();
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let (other, _) = support::new_key(other_dir.path(), "other");
+    v.push(case(
+        "signed by an untrusted key",
+        zstd(&tar_bytes(&f.entries_for(
+            &f.manifest,
+            &support::sign_manifest(&other, &f.manifest),
+        ))),
+        "untrusted-key",
+    ));
+    let mut another = f.manifest.clone();
+    another.version = "1.0.1".into();
+    v.push(case(
+        "valid signature over another manifest",
+        zstd(&tar_bytes(&f.entries_for(&f.manifest, &f.sign(&another)))),
+        "bad-signature",
+    ));
+    let mut fewer = f.manifest.clone();
+    fewer.files.retain(|e| e.path != "stack/config/app.toml");
+    v.push(case(
+        "signed manifest lists fewer files than present",
+        resigned(f, &fewer),
+        "unexpected-entry",
+    ));
+    let mut more = f.manifest.clone();
+    more.files.push(FileEntry {
+        path: "stack/config/zz-more.toml".into(),
+        size: 3,
+        sha256: "00".repeat(32),
+        mode: 0o644,
+    });
+    v.push(case(
+        "signed manifest lists more files than present",
+        resigned(f, &more),
+        "missing-entry",
+    ));
+    let mut escaping = f.manifest.clone();
+    escaping.files.insert(
+        0,
+        FileEntry {
+            path: "../escape".into(),
+            size: 1,
+            sha256: "00".repeat(32),
+            mode: 0o644,
+        },
+    );
+    v.push(case(
+        "signed manifest listing a `..` path",
+        resigned(f, &escaping),
+        "invalid-manifest",
+    ));
+    let mut future = f.manifest.clone();
+    future.format = 2;
+    v.push(case(
+        "signed manifest of an unknown format",
+        resigned(f, &future),
+        "invalid-manifest",
+    ));
+    v
+}
+
+fn stream_cases(f: &Fixture) -> Vec<Case> {
+    let mut v = Vec::new();
+    let genuine = f.bundle();
+
+    let mut b = genuine.clone();
+    support::flip(&mut b, 0, 0);
+    v.push(case("one flipped bit in the zstd magic", b, "compression"));
+    let mut b = genuine.clone();
+    let last = b.len() - 1;
+    support::flip(&mut b, last, 3);
+    v.push(case(
+        "one flipped bit in the zstd frame checksum",
+        b,
+        "compression",
+    ));
+    // The blob is incompressible, so zstd stores it verbatim: flip a bit inside it.
+    let blob = &f.files[f.index_of(support::BLOB_PATH) - 2].1;
+    let mid = support::BLOB_LEN / 2;
+    let at = support::find(&genuine, &blob[mid..mid + 64]).expect("blob stored verbatim");
+    let mut b = genuine.clone();
+    support::flip(&mut b, at + 7, 5);
+    v.push(case(
+        "one flipped bit in a stored block of the compressed stream",
+        b,
+        "hash-mismatch",
+    ));
+    let tar = tar_bytes(&f.entries());
+    v.push(case(
+        "plain tar, not zstd-compressed",
+        tar.clone(),
+        "compression",
+    ));
+
+    // Trailing data.
+    let mut b = genuine.clone();
+    b.extend_from_slice(b"garbage after the frame\n");
+    v.push(case(
+        "trailing garbage after the zstd frame",
+        b,
+        "trailing-data",
+    ));
+    let mut b = genuine.clone();
+    b.extend(zstd(&[0u8; 4096]));
+    v.push(case(
+        "a second zstd frame (of zeros) after the bundle",
+        b,
+        "trailing-data",
+    ));
+    let mut t = tar.clone();
+    t.extend_from_slice(b"not zeros after the end-of-archive marker");
+    v.push(case(
+        "data after the end-of-archive marker",
+        zstd(&t),
+        "trailing-data",
+    ));
+
+    // Truncations of the genuine bundle.
+    for (what, len) in [
+        ("inside the zstd magic", 3),
+        ("inside the zstd frame header", 5),
+        ("at half the file", genuine.len() / 2),
+        ("before the frame checksum", genuine.len() - 4),
+        ("one byte short", genuine.len() - 1),
+    ] {
+        v.push(case(
+            &format!("truncated {what} (genuine bundle, {len} bytes)"),
+            genuine[..len].to_vec(),
+            "truncated",
+        ));
+    }
+    v.push(case("empty file", Vec::new(), "truncated"));
+
+    // Truncations at known places of the tar stream: a bundle compressed in 256-byte blocks.
+    let (blocks, marks) = support::zstd_in_blocks(&tar, 256);
+    assert!(
+        verify(f, &blocks).is_ok(),
+        "the block-compressed bundle must verify"
+    );
+    let manifest_len = f.manifest.to_canonical_json().len();
+    assert!(
+        manifest_len > 1024,
+        "fixture manifest is {manifest_len} bytes"
+    );
+    let sig_data = 512 + manifest_len.div_ceil(512) * 512 + 512;
+    let i_blob = f.index_of(support::BLOB_PATH);
+    let blob_data = tar_bytes(&f.entries()[..i_blob]).len() - 1024 + 512;
+    let cut = |decompressed: usize| {
+        marks
+            .iter()
+            .find(|(d, _)| *d == decompressed)
+            .map(|(_, c)| *c)
+            .unwrap_or_else(|| panic!("no block boundary at {decompressed}"))
+    };
+    for (what, at) in [
+        ("in the manifest's tar header", 256),
+        ("in the manifest", 1024),
+        ("in the signature's tar header", sig_data - 256),
+        ("in the signature", sig_data + 256),
+        ("in a payload file's tar header", blob_data - 256),
+        ("in the middle of a payload file", blob_data + 512 * 300),
+        ("in the end-of-archive marker", tar.len() - 512),
+        ("after the last block, before the frame end", tar.len()),
+    ] {
+        let c = cut(at);
+        v.push(case(
+            &format!("truncated {what} (tar offset {at}, {c} bytes)"),
+            blocks[..c].to_vec(),
+            "truncated",
+        ));
+    }
+    v
+}
+
+fn all_cases(f: &Fixture) -> Vec<Case> {
+    let mut v = structural_cases(f);
+    v.extend(signature_cases(f));
+    v.extend(stream_cases(f));
+    v
+}
+
+#[test]
+fn genuine_and_faithfully_reassembled_bundles_verify() {
+    let f = Fixture::new();
+    let v = verify(&f, &f.bundle()).expect("the genuine bundle must verify");
+    assert_eq!(v.manifest, f.manifest);
+    assert_eq!(v.manifest.files.len(), 6);
+    // The crafting tools, with no change, give a bundle that verifies too (so every rejection
+    // below comes from the one thing a case alters).
+    let crafted = zstd(&tar_bytes(&f.entries()));
+    let v2 = verify(&f, &crafted).expect("an unaltered reassembly must verify");
+    assert_eq!(v2.manifest_sha256, v.manifest_sha256);
+    let frame = support::zstd_frame_with_zero_tail(&tar_bytes(&f.entries()), 0);
+    verify(&f, &frame).expect("a hand-written zstd frame of the same tar must verify");
+}
+
+#[test]
+fn every_hostile_bundle_is_rejected_with_its_exact_kind() {
+    let f = Fixture::new();
+    let cases = all_cases(&f);
+    assert!(cases.len() >= 20, "only {} cases", cases.len());
+    let mut wrong = Vec::new();
+    for c in &cases {
+        let got = kind_of(&f, &c.bytes);
+        if !got.starts_with(&format!("{} (", c.expected)) {
+            wrong.push(format!("  {}: expected {}, got {got}", c.name, c.expected));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases were not rejected as expected:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
+    eprintln!(
+        "{} hostile bundles rejected with their exact kind",
+        cases.len()
+    );
+}
+
+#[test]
+fn manifest_listing_more_files_than_the_limit_is_refused() {
+    let f = Fixture::new();
+    let limits = Limits {
+        max_files: 3,
+        ..Limits::default()
+    };
+    let err = read_bundle(
+        std::io::Cursor::new(f.bundle()),
+        Trust::Keys(&f.keys),
+        &mut Discard,
+        limits,
+    )
+    .expect_err("six files with a limit of three");
+    assert_eq!(err.kind(), "too-many-entries", "{err}");
+}
+
+/// Decompression bombs: each must stop early, without producing gigabytes.
+#[test]
+fn decompression_bombs_stop_early() {
+    const HUGE: u64 = 16 * 1024 * 1024 * 1024;
+    let f = Fixture::new();
+    let entries = f.entries();
+    let mut cases = Vec::new();
+
+    // 16 GiB of zeros after the end-of-archive marker (inside the same zstd frame).
+    cases.push((
+        "16 GiB of zeros after the archive end",
+        support::zstd_frame_with_zero_tail(&tar_bytes(&entries), HUGE),
+        "too-large",
+    ));
+    // A GNU long-name entry of 16 GiB (the tar reader keeps a long name in memory).
+    let bomb_header = |after: usize| {
+        let mut t = tar_bytes(&entries[..after]);
+        t.truncate(t.len() - 1024);
+        let long = Raw {
+            path: b"././@LongLink".to_vec(),
+            kind: EntryType::GNULongName,
+            mode: 0o644,
+            size: HUGE,
+            data: Vec::new(),
+            link: Vec::new(),
+            mtime: 0,
+            uid: 0,
+            gid: 0,
+        };
+        t.extend(support::header_bytes(&long));
+        t
+    };
+    cases.push((
+        "16 GiB GNU long name after the signature",
+        support::zstd_frame_with_zero_tail(&bomb_header(2), HUGE),
+        "too-large",
+    ));
+    cases.push((
+        "16 GiB GNU long name before the manifest",
+        support::zstd_frame_with_zero_tail(&bomb_header(0), HUGE),
+        "too-large",
+    ));
+    // A PAX header of 16 GiB (also read into memory by the tar reader).
+    let mut t = tar_bytes(&entries[..3]);
+    t.truncate(t.len() - 1024);
+    let mut x = support::pax(&[]);
+    x.size = HUGE;
+    t.extend(support::header_bytes(&x));
+    cases.push((
+        "16 GiB PAX header",
+        support::zstd_frame_with_zero_tail(&t, HUGE),
+        "too-large",
+    ));
+    // A listed small file whose header claims 16 GiB of zeros.
+    let mut t = tar_bytes(&entries[..2]);
+    t.truncate(t.len() - 1024);
+    let mut big = entries[2].clone();
+    big.size = HUGE;
+    big.data.clear();
+    t.extend(support::header_bytes(&big));
+    cases.push((
+        "listed small file declared 16 GiB in its header",
+        support::zstd_frame_with_zero_tail(&t, HUGE),
+        "size-mismatch",
+    ));
+
+    let mut wrong = Vec::new();
+    for (name, bytes, expected) in &cases {
+        assert!(
+            bytes.len() < 4 * 1024 * 1024,
+            "{name}: bomb is {} bytes",
+            bytes.len()
+        );
+        let start = Instant::now();
+        let result = verify(&f, bytes);
+        let took = start.elapsed();
+        match result {
+            Ok(_) => wrong.push(format!("  {name}: ACCEPTED")),
+            Err(e) if e.kind() != *expected => wrong.push(format!(
+                "  {name}: expected {expected}, got {} ({e})",
+                e.kind()
+            )),
+            Err(_) => {}
+        }
+        // Reading 16 GiB would take far longer than this even from memory.
+        assert!(
+            took < Duration::from_secs(20),
+            "{name}: took {took:?}; the reader did not stop early"
+        );
+    }
+    assert!(
+        wrong.is_empty(),
+        "bombs not stopped as expected:\n{}",
+        wrong.join("\n")
+    );
+}
+
+/// The CLI reports the same kinds, exits non-zero, and writes nothing anywhere.
+#[test]
+fn cli_verify_rejects_with_the_kind_and_writes_nothing() {
+    let f = Fixture::new();
+    let cases = all_cases(&f);
+    let pick = [
+        "symlink entry (absolute target)",
+        "`..` path",
+        "one flipped bit in a payload file",
+        "signed by an untrusted key",
+        "trailing garbage after the zstd frame",
+        "out-of-order entries",
+    ];
+    let work = tempfile::tempdir().expect("tempdir");
+    let input = work.path().join("in");
+    let cwd = work.path().join("cwd");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    std::fs::create_dir_all(&cwd).expect("mkdir");
+    let mut checked = 0;
+    let mut run_cli = |name: &str, bytes: &[u8]| {
+        let bundle = input.join("corpus-1.0.0-amd64.tar.zst");
+        std::fs::write(&bundle, bytes).expect("writing the bundle");
+        let out = support::run(
+            Command::new(support::smoker_install())
+                .args(["verify", "--json", "--key"])
+                .arg(&f.pub_path)
+                .arg(&bundle)
+                .current_dir(&cwd),
+        );
+        let listing = |d: &std::path::Path| {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .expect("readdir")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert!(
+            listing(&cwd).is_empty(),
+            "{name}: verify wrote into its working directory"
+        );
+        assert_eq!(
+            listing(&input),
+            vec!["corpus-1.0.0-amd64.tar.zst".to_string()],
+            "{name}: verify wrote next to the bundle"
+        );
+        checked += 1;
+        out
+    };
+
+    let out = run_cli("genuine", &f.bundle());
+    let (stdout, stderr) = support::text(&out);
+    assert!(
+        out.status.success(),
+        "genuine bundle refused: {stdout}{stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON verdict");
+    assert_eq!(v["ok"], true, "{stdout}");
+
+    for name in pick {
+        let c = cases
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no case named {name}"));
+        let out = run_cli(name, &c.bytes);
+        let (stdout, stderr) = support::text(&out);
+        assert!(
+            !out.status.success(),
+            "{name}: smoker-install verify exited 0\n{stdout}{stderr}"
+        );
+        let v: serde_json::Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("{name}: stdout is not one JSON verdict ({e}): {stdout}"));
+        assert_eq!(v["ok"], false, "{name}: {stdout}");
+        assert_eq!(v["error"], c.expected, "{name}: {stdout}");
+    }
+    assert_eq!(checked, pick.len() + 1);
+}
