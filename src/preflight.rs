@@ -1,0 +1,242 @@
+//! Preflight: everything an apply needs, checked before anything changes, every problem
+//! listed at once. Runs inside every apply and as `smoker-install preflight <bundle>`.
+
+use crate::error::{Error, Result};
+use crate::hostconfig::HostConfig;
+use crate::hostenv;
+use crate::layout::Layout;
+use crate::manifest::{Arch, Manifest};
+use crate::profile::Profile;
+use crate::runtime::{Runtime, Stack};
+use serde::Serialize;
+use std::path::Path;
+
+/// Free space kept in reserve on every filesystem the apply writes to.
+pub const MARGIN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// One check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was checked.
+    pub name: String,
+    /// Passed?
+    pub ok: bool,
+    /// What was found.
+    pub detail: String,
+}
+
+/// The preflight report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Every check, in order.
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    fn add(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
+        self.checks.push(Check {
+            name: name.to_string(),
+            ok,
+            detail: detail.into(),
+        });
+    }
+
+    /// The failed checks' details.
+    pub fn problems(&self) -> Vec<String> {
+        self.checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect()
+    }
+}
+
+/// What preflight looks at.
+pub struct Inputs<'a> {
+    /// Host layout.
+    pub layout: &'a Layout,
+    /// The bundle's manifest.
+    pub manifest: &'a Manifest,
+    /// A directory holding the bundle's payload (store entry or a verified temporary copy).
+    pub payload_dir: &'a Path,
+    /// Bytes the bundle needs on disk (its size).
+    pub bundle_bytes: u64,
+    /// Host env file.
+    pub env_file: &'a Path,
+    /// Host config.
+    pub host: &'a HostConfig,
+    /// Allow a bundle of another environment.
+    pub allow_env_change: bool,
+    /// Compose project the stack runs as.
+    pub project: &'a str,
+    /// Whether the caller holds the profile lock (inside an apply) — else the lock is checked.
+    pub holds_lock: bool,
+}
+
+fn free(path: &Path, need: u64, what: &str, r: &mut Report) {
+    match crate::fsutil::free_bytes(path) {
+        Some(f) if f >= need + MARGIN_BYTES => r.add(
+            what,
+            true,
+            format!("{} MiB free under {}", f >> 20, path.display()),
+        ),
+        Some(f) => r.add(
+            what,
+            false,
+            format!(
+                "only {} MiB free under {}; need {} MiB + {} MiB margin — free space (`smoker-install gc`, `docker image prune`) and retry",
+                f >> 20,
+                path.display(),
+                need.div_ceil(1 << 20),
+                MARGIN_BYTES >> 20
+            ),
+        ),
+        None => r.add(what, false, format!("cannot read free space of {}", path.display())),
+    }
+}
+
+/// The environment this host expects, and where that comes from.
+pub fn host_environment(layout: &Layout, host: &HostConfig, profile: &str) -> Option<(String, String)> {
+    if let Some(e) = &host.environment {
+        return Some((e.clone(), "declared in the host config".into()));
+    }
+    let p = Profile::open(layout, profile).ok().flatten()?;
+    let g = p.current().and_then(|n| p.generation(n))?;
+    Some((
+        g.environment.clone(),
+        format!("the environment of its current generation {}", g.number),
+    ))
+}
+
+/// Runs every check. Returns the runtime (when Docker answered) and the report.
+pub fn run(i: &Inputs<'_>) -> Result<(Option<Runtime>, Report)> {
+    let mut r = Report { checks: Vec::new() };
+    let m = i.manifest;
+    let runtime = match Runtime::detect() {
+        Ok(rt) => {
+            r.add("docker", true, format!("Docker Engine {}", rt.docker_version));
+            r.add(
+                "compose",
+                true,
+                format!("{:?} front end, version {}", rt.frontend, rt.compose_version),
+            );
+            Some(rt)
+        }
+        Err(e) => {
+            r.add("docker", false, e.to_string());
+            None
+        }
+    };
+    match Arch::host() {
+        Some(h) if h == m.arch || std::env::var("SMOKER_ALLOW_FOREIGN_ARCH").is_ok() => {
+            r.add("arch", true, format!("bundle {} on a {h} host", m.arch))
+        }
+        Some(h) => r.add(
+            "arch",
+            false,
+            format!("bundle is for {}, this host is {h}; use the {h} bundle", m.arch),
+        ),
+        None => r.add("arch", false, format!("this host's architecture ({}) is not supported", std::env::consts::ARCH)),
+    }
+    match host_environment(i.layout, i.host, &m.name) {
+        Some((env, _)) if env == m.environment => {
+            r.add("environment", true, format!("{env}"))
+        }
+        Some((env, from)) if i.allow_env_change => r.add(
+            "environment",
+            true,
+            format!("bundle is for {}, host is {env} ({from}); allowed by --allow-env-change", m.environment),
+        ),
+        Some((env, from)) => r.add(
+            "environment",
+            false,
+            format!(
+                "bundle is for environment `{}`, but this host is `{env}` ({from}); use the `{env}` bundle, or pass --allow-env-change if the host really changes environment",
+                m.environment
+            ),
+        ),
+        None => r.add("environment", true, format!("{} (the host declares none)", m.environment)),
+    }
+    let host_vars = hostenv::read_host(i.env_file)?;
+    let missing = hostenv::missing(&m.required_secrets, &host_vars);
+    if missing.is_empty() {
+        r.add("variables", true, format!("{} required, all present", m.required_secrets.len()));
+    } else {
+        r.add(
+            "variables",
+            false,
+            format!(
+                "missing from {}: {} — add them (KEY=value, file mode 600)",
+                i.env_file.display(),
+                missing.join(", ")
+            ),
+        );
+    }
+    free(i.layout.root(), i.bundle_bytes, "disk (store)", &mut r);
+    if m.backup.is_some() {
+        free(&i.layout.root().join("backups"), 0, "disk (backups)", &mut r);
+    }
+    if !i.holds_lock {
+        if crate::hostlock::is_locked(i.layout, &m.name) {
+            let who = crate::hostlock::holder(i.layout, &m.name)
+                .map(|h| h.describe())
+                .unwrap_or_else(|| "an unknown process".into());
+            r.add("lock", false, format!("profile `{}` is locked by {who}", m.name));
+        } else {
+            r.add("lock", true, "free");
+        }
+    }
+    if let Some(rt) = &runtime {
+        match rt.data_root() {
+            Some(root) => free(&root, 0, "disk (docker)", &mut r),
+            None => r.add("disk (docker)", false, "cannot read Docker's data root"),
+        }
+        if missing.is_empty() {
+            let env = hostenv::stack_env(i.payload_dir, m.compose.env_file.as_deref(), &host_vars)?;
+            let stack = Stack {
+                project: i.project,
+                dir: i.payload_dir,
+                manifest: m,
+                env: &env,
+            };
+            match rt.published_ports(&stack) {
+                Ok(ports) => {
+                    let mut busy = Vec::new();
+                    for (ip, port) in &ports {
+                        let addr = if ip.is_empty() { "0.0.0.0" } else { ip.as_str() };
+                        let taken = std::net::TcpListener::bind((addr, *port)).is_err();
+                        if taken && !rt.project_publishes(i.project, *port) {
+                            busy.push(format!("{addr}:{port}"));
+                        }
+                    }
+                    if busy.is_empty() {
+                        r.add("ports", true, format!("{} published, none held by another process", ports.len()));
+                    } else {
+                        r.add(
+                            "ports",
+                            false,
+                            format!(
+                                "held by another process: {} — stop it or change the stack's ports",
+                                busy.join(", ")
+                            ),
+                        );
+                    }
+                }
+                Err(e) => r.add("compose config", false, e.to_string()),
+            }
+        } else {
+            r.add("compose config", false, "not checked: required variables are missing");
+        }
+    }
+    Ok((runtime, r))
+}
+
+/// Runs preflight and turns problems into an error.
+pub fn require(i: &Inputs<'_>) -> Result<Runtime> {
+    let (rt, report) = run(i)?;
+    let problems = report.problems();
+    match rt {
+        Some(rt) if problems.is_empty() => Ok(rt),
+        _ => Err(Error::Preflight(problems)),
+    }
+}

@@ -1,0 +1,307 @@
+//! Data safety on the real engine: backups before migrations, a failing migration restoring
+//! the data and the previous generation, rollback across migrations with `--restore-data`,
+//! backup retention, environments, preflight and deploy notifications.
+
+mod common;
+mod fixture;
+
+use common::{Cleanup, Registry};
+use fixture::{Host, StatefulProject, pinned_testsvc, text, version_at};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn records_hash(port: u16) -> String {
+    let r = common::http::get(&format!("http://127.0.0.1:{port}/records/sha256")).expect("GET /records/sha256");
+    assert_eq!(r.status, 200);
+    r.text().trim().to_string()
+}
+
+fn records(port: u16) -> String {
+    common::http::get(&format!("http://127.0.0.1:{port}/records")).expect("GET /records").text()
+}
+
+fn post(port: u16, line: &str) {
+    let r = common::http::post(&format!("http://127.0.0.1:{port}/records"), line.as_bytes()).expect("POST");
+    assert!(r.status == 200 || r.status == 201, "POST answered {}", r.status);
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+#[test]
+fn migrations_backups_and_rollback_across_them_keep_the_data_exact() {
+    common::require_docker();
+    let mut cleanup = Cleanup::new();
+    let registry = Registry::start();
+    let image = pinned_testsvc(&registry, &mut cleanup);
+    let port = common::free_port();
+    let project = StatefulProject::new(&image, port);
+    let v1 = project.release("1.0.0", &[]);
+    let v2 = project.release("2.0.0", &[("0002-upper.txt", "uppercase\n")]);
+    let v3 = project.release(
+        "3.0.0",
+        &[("0002-upper.txt", "uppercase\n"), ("0003-broken.txt", "append half\nfail\n")],
+    );
+    let host = Host::new(&mut cleanup, None);
+
+    // v1 with data.
+    let out = host.apply(&project.inner, &v1);
+    assert!(out.status.success(), "apply v1: {}", text(&out));
+    post(port, "alpha");
+    post(port, "beta");
+    let h1 = records_hash(port);
+    assert_eq!(h1, sha256_hex(b"alpha\nbeta\n"));
+
+    // v2: backup of v1's data, then the migration transforms it.
+    let out = host.apply(&project.inner, &v2);
+    assert!(out.status.success(), "apply v2: {}", text(&out));
+    assert_eq!(version_at(port).as_deref(), Some("v2"));
+    assert_eq!(records(port), "ALPHA\nBETA\n");
+    post(port, "gamma");
+    let h2 = records_hash(port);
+    let backups = host.run(&["backups", "--json"]);
+    let idx: serde_json::Value = serde_json::from_slice(&backups.stdout).expect("backups json");
+    let list = idx["backups"].as_array().expect("list");
+    assert_eq!(list.len(), 1, "{idx}");
+    assert_eq!(list[0]["generation"], 1);
+    assert_eq!(list[0]["sha256"], sha256_hex(b"alpha\nbeta\n"), "the backup holds v1's data");
+    let ledger: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(host.root.path().join("profiles").join(fixture::NAME).join("migrations.json")).expect("ledger"),
+    )
+    .expect("ledger json");
+    assert_eq!(ledger["applied"][0]["id"], "0002-upper");
+    assert_eq!(ledger["applied"][0]["generation"], 2);
+
+    // v3: its migration fails; the data is exactly v2's afterwards and v2 serves.
+    let out = host.apply(&project.inner, &v3);
+    assert!(!out.status.success(), "apply v3 must fail: {}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("migration 0003-broken failed"), "{err}");
+    assert!(err.contains("data restored from backup"), "{err}");
+    assert_eq!(version_at(port).as_deref(), Some("v2"));
+    assert_eq!(records_hash(port), h2, "data is exactly v2's");
+    assert_eq!(host.status()["current"], 2);
+    assert_eq!(host.generation_status(3), "failed");
+
+    // Rolling back to v1 over migration 0002 without --restore-data is refused, explained.
+    let out = host.run(&["rollback", "--to", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("0002-upper") && err.contains("--restore-data"), "{err}");
+    assert_eq!(version_at(port).as_deref(), Some("v2"));
+    assert_eq!(records_hash(port), h2, "a refused rollback changes nothing");
+
+    // With --restore-data the data is exactly v1's snapshot and v1 serves.
+    let out = host.run(&["rollback", "--to", "1", "--restore-data", "--json"]);
+    assert!(out.status.success(), "rollback --restore-data: {}", text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(r["to"], 1);
+    assert!(r["restored_backup"].is_string(), "{r}");
+    assert_eq!(version_at(port).as_deref(), Some("v1"));
+    assert_eq!(records_hash(port), h1, "data is exactly v1's snapshot");
+    // The data written under v2 was kept in a safety backup before the restore.
+    let idx: serde_json::Value =
+        serde_json::from_slice(&host.run(&["backups", "--json"]).stdout).expect("backups json");
+    let safety = idx["backups"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|b| b["reason"] == "pre-restore")
+        .cloned()
+        .expect("a safety backup");
+    assert_eq!(safety["sha256"], h2);
+}
+
+#[test]
+fn backup_retention_keeps_exactly_n() {
+    common::require_docker();
+    let mut cleanup = Cleanup::new();
+    let registry = Registry::start();
+    let image = pinned_testsvc(&registry, &mut cleanup);
+    let port = common::free_port();
+    let project = StatefulProject::new(&image, port);
+    let v1 = project.release("1.0.0", &[]);
+    let host = Host::new(&mut cleanup, None);
+    std::fs::write(host.host_config(), "[backups]\nkeep = 4\n").expect("host config");
+    let out = host.apply(&project.inner, &v1);
+    assert!(out.status.success(), "apply: {}", text(&out));
+    post(port, "one");
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        post(port, &format!("record {i}"));
+        let out = host.run(&["backup"]);
+        assert!(out.status.success(), "backup: {}", text(&out));
+        let line = String::from_utf8_lossy(&out.stdout).to_string();
+        ids.push(line.split_whitespace().nth(1).unwrap_or_default().to_string());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let idx: serde_json::Value =
+        serde_json::from_slice(&host.run(&["backups", "--json"]).stdout).expect("backups json");
+    let kept: Vec<String> = idx["backups"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|b| b["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(kept, ids[3..].to_vec(), "the newest 4 remain");
+    let dir = host.root.path().join("backups").join(fixture::NAME);
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("backup dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".txt"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 4, "{files:?}");
+    // Each kept dump is the exact data at its time.
+    let last = &idx["backups"][3];
+    let bytes = std::fs::read(dir.join(last["file"].as_str().expect("file"))).expect("dump");
+    assert_eq!(sha256_hex(&bytes), last["sha256"].as_str().expect("sha"));
+    assert_eq!(String::from_utf8_lossy(&bytes), records(port));
+}
+
+#[test]
+fn another_environment_is_refused_and_preflight_lists_every_problem() {
+    common::require_docker();
+    let mut cleanup = Cleanup::new();
+    let registry = Registry::start();
+    let image = pinned_testsvc(&registry, &mut cleanup);
+    let port = common::free_port();
+    let project = StatefulProject::new(&image, port);
+    let v1 = project.release("1.0.0", &[]);
+    let host = Host::new(&mut cleanup, None);
+
+    // The host says it is staging; the bundle is prod.
+    std::fs::write(host.host_config(), "environment = \"staging\"\n").expect("host config");
+    let out = host.apply(&project.inner, &v1);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`prod`") && err.contains("`staging`") && err.contains("--allow-env-change"), "{err}");
+    assert!(!host.root.path().join("profiles").join(fixture::NAME).join("current").exists());
+
+    // Preflight: wrong environment, a missing secret and a port held by another process,
+    // all in one run.
+    let squatter = TcpListener::bind(("127.0.0.1", port)).expect("hold the port");
+    let empty_env = host.root.path().join("empty.env");
+    std::fs::write(&empty_env, "").expect("env");
+    let out = host
+        .cmd()
+        .args(["preflight", "--json", "--key"])
+        .arg(&project.inner.public_key)
+        .arg("--env-file")
+        .arg(&empty_env)
+        .arg(&v1)
+        .output()
+        .expect("preflight");
+    assert!(!out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let failed: Vec<String> = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(failed.contains(&"environment".to_string()), "{report}");
+    assert!(failed.contains(&"variables".to_string()), "{report}");
+    let detail = report.to_string();
+    assert!(detail.contains("TEST_SECRET"), "{report}");
+    // Ports are read from `compose config`, which needs the variables; with them present the
+    // squatter is named.
+    let out = host
+        .cmd()
+        .args(["preflight", "--json", "--allow-env-change", "--key"])
+        .arg(&project.inner.public_key)
+        .arg("--env-file")
+        .arg(&project.inner.env_file)
+        .arg(&v1)
+        .output()
+        .expect("preflight");
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let ports = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "ports")
+        .cloned()
+        .expect("ports check");
+    assert_eq!(ports["ok"], false);
+    assert!(ports["detail"].as_str().unwrap_or("").contains(&format!("127.0.0.1:{port}")), "{ports}");
+    drop(squatter);
+    // Nothing was written by preflight.
+    assert!(!host.root.path().join("store").exists());
+}
+
+/// A loopback HTTP receiver recording request bodies.
+fn receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut s) = stream else { continue };
+            let mut reader = BufReader::new(s.try_clone().expect("clone"));
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let l = line.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; len];
+            let _ = reader.read_exact(&mut body);
+            sink.lock().expect("lock").push(String::from_utf8_lossy(&body).into_owned());
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn webhooks_are_told_and_a_dead_one_never_fails_the_deploy() {
+    common::require_docker();
+    let mut cleanup = Cleanup::new();
+    let registry = Registry::start();
+    let image = pinned_testsvc(&registry, &mut cleanup);
+    let port = common::free_port();
+    let project = StatefulProject::new(&image, port);
+    let v1 = project.release("1.0.0", &[]);
+    let host = Host::new(&mut cleanup, None);
+    let (rport, got) = receiver();
+    // A listener that accepts but never answers: the webhook times out.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let sport = silent.local_addr().expect("addr").port();
+    std::fs::write(
+        host.host_config(),
+        format!(
+            "[[webhook]]\nurl = \"http://127.0.0.1:{rport}/hook\"\nkind = \"slack\"\n\n[[webhook]]\nurl = \"http://127.0.0.1:{sport}/hook\"\nkind = \"discord\"\ntimeout_ms = 400\n"
+        ),
+    )
+    .expect("host config");
+    let out = host.apply(&project.inner, &v1);
+    assert!(out.status.success(), "a dead webhook must not fail the deploy: {}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("127.0.0.1:{sport}")) && err.contains("not notified"), "{err}");
+    let bodies = got.lock().expect("lock").clone();
+    assert_eq!(bodies.len(), 2, "started + succeeded: {bodies:?}");
+    let started: serde_json::Value = serde_json::from_str(&bodies[0]).expect("json");
+    let done: serde_json::Value = serde_json::from_str(&bodies[1]).expect("json");
+    assert!(started["text"].as_str().unwrap_or("").starts_with("[started] svc 1.0.0 (prod)"), "{started}");
+    assert!(done["text"].as_str().unwrap_or("").starts_with("[succeeded] svc 1.0.0 (prod)"), "{done}");
+    let audit = std::fs::read_to_string(host.root.path().join("audit.log")).expect("audit");
+    assert!(audit.contains("\"event\":\"notify-failed\""), "{audit}");
+    drop(silent);
+}
