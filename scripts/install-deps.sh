@@ -13,8 +13,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages: minisign (signature interop), zstd + GNU tar (bundle inspection), the
-# loopback registry, curl, GNU time (benchmarks), git, and Docker with a compose front end.
-pkgs=(minisign zstd tar docker-registry curl time git ca-certificates)
+# loopback registry, curl, GNU time (benchmarks), git, iproute2 (offline tests bring up loopback
+# in a network namespace of their own), and Docker with a compose front end.
+pkgs=(minisign zstd tar docker-registry curl time git ca-certificates iproute2)
 command -v docker >/dev/null || pkgs+=(docker.io)
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
   pkgs+=(docker-compose)

@@ -8,13 +8,17 @@
 //! `pending` from before the switch until the gate decides, so an interruption anywhere is
 //! finished by the next run ([`crate::rollback::recover_profile`]).
 
+use crate::backup;
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::health::{self, Report};
+use crate::hostconfig::HostConfig;
 use crate::hostenv;
 use crate::hostlock;
 use crate::layout::Layout;
-use crate::manifest::{Arch, Manifest};
+use crate::manifest::{Arch, Manifest, Migration};
+use crate::migrate::{self, Applied, Ledger};
+use crate::notify::{self, Event, Notice};
 use crate::profile::{Generation, Profile, Status, now};
 use crate::runtime::{Runtime, Stack};
 use crate::signing::TrustedKeys;
@@ -54,6 +58,10 @@ pub struct Options {
     pub allow_downgrade: bool,
     /// Compose project name for a new profile; default `smoker-<profile>`.
     pub project: Option<String>,
+    /// The host's declaration (environment, backup retention, webhooks).
+    pub host: HostConfig,
+    /// Allow a bundle built for another environment than the host's.
+    pub allow_env_change: bool,
 }
 
 /// What an apply did.
@@ -94,11 +102,7 @@ impl Timer {
 }
 
 /// The env file a profile uses.
-pub(crate) fn env_file_for(
-    profile: &str,
-    explicit: Option<&Path>,
-    remembered: Option<&Path>,
-) -> PathBuf {
+pub fn env_file_for(profile: &str, explicit: Option<&Path>, remembered: Option<&Path>) -> PathBuf {
     explicit
         .or(remembered)
         .map(Path::to_path_buf)
@@ -136,7 +140,7 @@ pub(crate) fn gate(runtime: &Runtime, project: &str, manifest: &Manifest) -> Rep
 }
 
 /// Environment for a store entry with the profile's host env file.
-pub(crate) fn entry_env(entry: &StoreEntry, env_file: &Path) -> Result<BTreeMap<String, String>> {
+pub fn entry_env(entry: &StoreEntry, env_file: &Path) -> Result<BTreeMap<String, String>> {
     let host = hostenv::read_host(env_file)?;
     hostenv::stack_env(
         &entry.path,
@@ -163,7 +167,40 @@ pub fn apply(
     // Finish whatever an interrupted run left behind before starting anew.
     crate::rollback::recover_profile(layout, &name, progress)?;
 
+    let notice = |event: Event, generation: Option<u32>, message: String| Notice {
+        event,
+        profile: name.clone(),
+        version: peek.version.clone(),
+        environment: peek.environment.clone(),
+        generation,
+        message,
+    };
+    notify::send(
+        layout,
+        &opts.host,
+        &notice(
+            Event::Started,
+            None,
+            format!("applying {}", bundle.display()),
+        ),
+    );
     let result = apply_locked(layout, bundle, opts, progress, &mut timer, &name);
+    let end = match &result {
+        Ok(o) if o.result == "unchanged" => None,
+        Ok(o) => Some(notice(
+            Event::Succeeded,
+            Some(o.generation),
+            o.health
+                .as_ref()
+                .map(|h| h.summary.clone())
+                .unwrap_or_default(),
+        )),
+        Err(Error::RolledBack(m)) => Some(notice(Event::RolledBack, None, m.clone())),
+        Err(e) => Some(notice(Event::Failed, None, e.to_string())),
+    };
+    if let Some(n) = end {
+        notify::send(layout, &opts.host, &n);
+    }
     let (fields, event_outcome) = match &result {
         Ok(o) => (
             serde_json::to_value(o).unwrap_or_default(),
@@ -194,7 +231,7 @@ fn apply_locked(
     // Policy checks that need only the signed manifest.
     let existing = Profile::open(layout, name)?;
     let peek = crate::bundle::read::peek_manifest(bundle, &opts.keys)?;
-    check_policy(&peek, existing.as_ref(), opts)?;
+    check_policy(layout, &peek, existing.as_ref(), opts)?;
 
     progress.step("verifying and storing the bundle");
     let (entry, verified) = timer.time("verify+store", || {
@@ -211,48 +248,84 @@ fn apply_locked(
     ));
 
     // Already serving exactly this bundle?
-    if let Some(p) = &existing {
-        if let Some(cur) = p.current().and_then(|n| p.generation(n)) {
-            if cur.manifest_sha256 == entry.manifest_sha256 && cur.status == Status::Good {
-                progress.info(&format!(
-                    "generation {} already runs this bundle",
-                    cur.number
-                ));
-                return Ok(Outcome {
-                    profile: name.to_string(),
-                    generation: cur.number,
-                    version: cur.version.clone(),
-                    result: "unchanged".into(),
-                    current: Some(cur.number),
-                    health: None,
-                    durations_us: timer.steps.clone(),
-                    gc: Default::default(),
-                });
-            }
-        }
+    if let Some(p) = &existing
+        && let Some(cur) = p.current().and_then(|n| p.generation(n))
+        && cur.manifest_sha256 == entry.manifest_sha256
+        && cur.status == Status::Good
+    {
+        progress.info(&format!(
+            "generation {} already runs this bundle",
+            cur.number
+        ));
+        return Ok(Outcome {
+            profile: name.to_string(),
+            generation: cur.number,
+            version: cur.version.clone(),
+            result: "unchanged".into(),
+            current: Some(cur.number),
+            health: None,
+            durations_us: timer.steps.clone(),
+            gc: Default::default(),
+        });
     }
 
     progress.step("preflight");
     let remembered = existing.as_ref().and_then(|p| p.state.env_file.clone());
     let env_file = env_file_for(name, opts.env_file.as_deref(), remembered.as_deref());
-    let runtime = timer.time("preflight", || preflight(layout, &entry, &env_file, bundle))?;
+    let project = opts
+        .project
+        .clone()
+        .or_else(|| existing.as_ref().map(|p| p.state.project.clone()))
+        .unwrap_or_else(|| format!("smoker-{name}"));
+    let bundle_bytes = std::fs::metadata(bundle).map(|m| m.len()).unwrap_or(0);
+    let runtime = timer.time("preflight", || {
+        crate::preflight::require(&crate::preflight::Inputs {
+            layout,
+            manifest: &entry.manifest,
+            payload_dir: &entry.path,
+            bundle_bytes,
+            env_file: &env_file,
+            host: &opts.host,
+            allow_env_change: opts.allow_env_change,
+            project: &project,
+            holds_lock: true,
+        })
+    })?;
     fault::point("apply:preflight");
     let env = entry_env(&entry, &env_file)?;
 
     progress.step("images");
     timer.time("images", || {
-        ensure_images(&runtime, &entry.manifest, progress)
+        crate::images::ensure_images(&runtime, &entry, progress)
     })?;
     fault::point("apply:images");
 
-    let project = opts
-        .project
-        .clone()
-        .unwrap_or_else(|| format!("smoker-{name}"));
+    // Data: the ledger decides which migrations run (checksums of applied ones are checked
+    // here, before anything changes).
+    let mut ledger = Ledger::load(layout, name)?;
+    let to_run: Vec<Migration> = ledger
+        .pending(&entry.manifest)?
+        .into_iter()
+        .cloned()
+        .collect();
+
     let mut profile = Profile::open_or_create(layout, name, &project)?;
     profile.state.env_file = Some(env_file.clone());
     let project = profile.state.project.clone();
     let previous = profile.current();
+
+    // A backup of the data as it is now, before any migration touches it.
+    let pre_backup = if to_run.is_empty() {
+        None
+    } else {
+        progress.step("backing up data before migrations");
+        timer.time("backup", || {
+            pre_migration_backup(
+                layout, &runtime, &profile, previous, &entry, &ledger, progress,
+            )
+        })?
+    };
+
     let number = profile.next_number();
     profile.add_pending(Generation {
         number,
@@ -273,18 +346,59 @@ fn apply_locked(
     timer.time("switch", || profile.switch(number))?;
     fault::point("apply:switched");
 
-    progress.step("starting the stack and running the health gate");
-    let report = match timer.time("up+health", || {
-        activate(&runtime, &project, &entry, &env, "apply:compose-up")
-    }) {
-        Ok(r) => r,
-        Err(e) => Report {
+    progress.step("starting the stack");
+    let stack = Stack {
+        project: &project,
+        dir: &entry.path,
+        manifest: &entry.manifest,
+        env: &env,
+    };
+    let mut failure = timer
+        .time("up", || runtime.up(&stack))
+        .err()
+        .map(|e| format!("compose up failed: {e}"));
+    fault::point("apply:compose-up");
+    let mut migrated = false;
+    if failure.is_none() {
+        for mig in &to_run {
+            progress.step(&format!("migration {}", mig.id));
+            migrated = true;
+            match timer.time(&format!("migration {}", mig.id), || {
+                migrate::run(&runtime, &stack, &entry.path, mig)
+            }) {
+                Ok(_) => {
+                    ledger.applied.push(Applied {
+                        id: mig.id.clone(),
+                        sha256: mig.sha256.clone(),
+                        applied_at: now(),
+                        generation: number,
+                    });
+                    ledger.save(layout, name)?;
+                }
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+    }
+    let what = if failure.is_some() {
+        "failed"
+    } else {
+        "failed the health gate"
+    };
+    let report = match failure {
+        Some(summary) => Report {
             healthy: false,
             rounds: 0,
             elapsed_ms: 0,
             checks: Vec::new(),
-            summary: format!("compose up failed: {e}"),
+            summary,
         },
+        None => {
+            progress.step("health gate");
+            timer.time("health", || gate(&runtime, &project, &entry.manifest))
+        }
     };
     fault::point("apply:health");
 
@@ -298,20 +412,23 @@ fn apply_locked(
         durations_us: BTreeMap::new(),
         gc: Default::default(),
     };
-    if report.healthy {
-        profile.decide(number, Status::Good, None)?;
-        fault::point("apply:committed");
-        progress.info(&format!(
-            "generation {number} is healthy: {}",
-            report.summary
-        ));
-        outcome.result = "committed".into();
-    } else {
+    if !report.healthy {
         profile.decide(number, Status::Failed, Some(report.summary.clone()))?;
-        progress.info(&format!(
-            "generation {number} failed the health gate: {}",
-            report.summary
-        ));
+        progress.info(&format!("generation {number} {what}: {}", report.summary));
+        // Data first: migrations may have changed it, so the pre-migration backup goes back
+        // before the previous code runs again.
+        let data_note = if migrated {
+            restore_after_failed_migration(
+                layout,
+                &runtime,
+                &stack,
+                pre_backup.as_ref(),
+                &mut ledger,
+                progress,
+            )
+        } else {
+            String::new()
+        };
         let back = timer.time("rollback", || {
             crate::rollback::restore_previous(
                 layout,
@@ -330,33 +447,151 @@ fn apply_locked(
                 crate::audit::append(
                     layout,
                     "rollback",
-                    serde_json::json!({"profile": name, "from": number, "to": to, "automatic": true, "reason": report.summary}),
+                    serde_json::json!({"profile": name, "from": number, "to": to, "automatic": true, "reason": report.summary, "data": data_note}),
                 )?;
                 Err(Error::RolledBack(format!(
-                    "generation {number} ({} {}) failed the health gate — {} — and was rolled back; generation {to} is serving again",
+                    "generation {number} ({} {}) {what} — {} — and was rolled back; {data_note}generation {to} is serving again",
                     entry.manifest.name, entry.manifest.version, report.summary
                 )))
             }
-            Err(e) => Err(e),
+            Err(e) => Err(Error::Broken(format!("{data_note}{e}"))),
         };
     }
+    profile.decide(number, Status::Good, None)?;
+    fault::point("apply:committed");
+    progress.info(&format!(
+        "generation {number} is healthy: {}",
+        report.summary
+    ));
+    outcome.result = "committed".into();
 
     progress.step("gc");
     outcome.gc = timer.time("gc", || {
-        crate::gc::gc(layout, &runtime, opts.keep, Some(name))
+        crate::gc::gc(layout, &runtime, opts.keep, &[name.to_string()])
     })?;
+    let kept: std::collections::BTreeSet<u32> = Profile::open(layout, name)?
+        .map(|p| p.state.generations.iter().map(|g| g.number).collect())
+        .unwrap_or_default();
+    let pruned = backup::prune(layout, name, opts.host.backups.keep, &kept)?;
+    if !pruned.is_empty() {
+        progress.info(&format!("removed old backups: {}", pruned.join(", ")));
+    }
     outcome.durations_us = timer.steps.clone();
     Ok(outcome)
 }
 
-fn check_policy(m: &Manifest, existing: Option<&Profile>, opts: &Options) -> Result<()> {
-    if let Some(host) = Arch::host() {
-        if m.arch != host && std::env::var("SMOKER_ALLOW_FOREIGN_ARCH").is_err() {
-            return Err(Error::Policy(format!(
-                "bundle is for {}, this host is {host}; use the {host} bundle",
-                m.arch
-            )));
+/// Backs up the data of the generation serving now, before migrations run. `None` when there
+/// is nothing to back up (first install) or no backup hook is declared (said on the way).
+fn pre_migration_backup(
+    layout: &Layout,
+    runtime: &Runtime,
+    profile: &Profile,
+    previous: Option<u32>,
+    entry: &StoreEntry,
+    ledger: &Ledger,
+    progress: &dyn Progress,
+) -> Result<Option<backup::Record>> {
+    let Some(prev) = previous.and_then(|n| profile.generation(n)) else {
+        progress.info("first install: no data to back up before migrations");
+        return Ok(None);
+    };
+    let prev_entry = store::open(layout, &prev.store)?;
+    let Some(hooks) = prev_entry
+        .manifest
+        .backup
+        .clone()
+        .or_else(|| entry.manifest.backup.clone())
+    else {
+        progress
+            .info("warning: no backup hook declared; migrations run without a backup to restore");
+        return Ok(None);
+    };
+    let env_file = env_file_for(&profile.state.name, None, profile.state.env_file.as_deref());
+    let env = entry_env(&prev_entry, &env_file)?;
+    let stack = Stack {
+        project: &profile.state.project,
+        dir: &prev_entry.path,
+        manifest: &prev_entry.manifest,
+        env: &env,
+    };
+    let rec = backup::take(
+        layout,
+        runtime,
+        &stack,
+        &hooks,
+        prev.number,
+        ledger.ids(),
+        "pre-migration",
+    )?;
+    progress.info(&format!(
+        "backup {} ({} bytes, sha256 {})",
+        rec.id, rec.size, rec.sha256
+    ));
+    Ok(Some(rec))
+}
+
+/// After a failed migration or health gate that followed migrations: restores the
+/// pre-migration backup into the running stack and rewinds the ledger. Returns a sentence for
+/// the report.
+fn restore_after_failed_migration(
+    layout: &Layout,
+    runtime: &Runtime,
+    stack: &Stack<'_>,
+    pre: Option<&backup::Record>,
+    ledger: &mut Ledger,
+    progress: &dyn Progress,
+) -> String {
+    let Some(rec) = pre else {
+        return "WARNING: migrations ran but there is no backup to restore, so the data stays as they left it; ".into();
+    };
+    let Some(hooks) = stack.manifest.backup.clone() else {
+        return format!(
+            "WARNING: no restore hook in this bundle; restore backup {} by hand with `smoker-install restore {}`; ",
+            rec.id, rec.id
+        );
+    };
+    progress.step(&format!("restoring data from backup {}", rec.id));
+    match backup::restore(layout, runtime, stack, &hooks, rec) {
+        Ok(()) => {
+            ledger.applied.retain(|a| rec.ledger.contains(&a.id));
+            match ledger.save(layout, &stack.manifest.name) {
+                Ok(()) => format!("data restored from backup {}; ", rec.id),
+                Err(e) => format!(
+                    "data restored from backup {}, but the migration ledger could not be saved ({e}); ",
+                    rec.id
+                ),
+            }
         }
+        Err(e) => format!(
+            "WARNING: restoring backup {} failed ({e}); restore it with `smoker-install restore {}`; ",
+            rec.id, rec.id
+        ),
+    }
+}
+
+fn check_policy(
+    layout: &Layout,
+    m: &Manifest,
+    existing: Option<&Profile>,
+    opts: &Options,
+) -> Result<()> {
+    if let Some(host) = Arch::host()
+        && m.arch != host
+        && std::env::var("SMOKER_ALLOW_FOREIGN_ARCH").is_err()
+    {
+        return Err(Error::Policy(format!(
+            "bundle is for {}, this host is {host}; use the {host} bundle",
+            m.arch
+        )));
+    }
+    if let Some((env, from)) = crate::preflight::host_environment(layout, &opts.host, &m.name)
+        && env != m.environment
+        && !opts.allow_env_change
+    {
+        return Err(Error::Policy(format!(
+            "bundle is for environment `{}`, but this host is `{env}` ({from}); use the `{env}` bundle, or pass --allow-env-change if the host really changes environment",
+            m.environment
+        )));
     }
     if let Some(p) = existing {
         let new = semver::Version::parse(&m.version).ok();
@@ -367,100 +602,13 @@ fn check_policy(m: &Manifest, existing: Option<&Profile>, opts: &Options) -> Res
             .filter(|g| g.status == Status::Good)
             .filter_map(|g| semver::Version::parse(&g.version).ok())
             .max();
-        if let (Some(new), Some(good)) = (new, newest_good) {
-            if new < good && !opts.allow_downgrade {
-                return Err(Error::Policy(format!(
-                    "bundle version {new} is older than the newest good generation ({good}); use `smoker-install rollback` to return to a kept generation, or pass --allow-downgrade"
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Checks everything an apply needs and lists every problem at once.
-pub fn preflight(
-    layout: &Layout,
-    entry: &StoreEntry,
-    env_file: &Path,
-    bundle: &Path,
-) -> Result<Runtime> {
-    let mut problems = Vec::new();
-    let runtime = match Runtime::detect() {
-        Ok(r) => Some(r),
-        Err(e) => {
-            problems.push(e.to_string());
-            None
-        }
-    };
-    let host = hostenv::read_host(env_file)?;
-    let missing = hostenv::missing(&entry.manifest.required_secrets, &host);
-    if !missing.is_empty() {
-        problems.push(format!(
-            "required variables missing from {}: {}",
-            env_file.display(),
-            missing.join(", ")
-        ));
-    }
-    let bundle_size = std::fs::metadata(bundle).map(|m| m.len()).unwrap_or(0);
-    let margin = 64 * 1024 * 1024;
-    if let Some(free) = crate::fsutil::free_bytes(layout.root()) {
-        if free < bundle_size + margin {
-            problems.push(format!(
-                "only {} MiB free under {}; need {} MiB (bundle) + {} MiB margin",
-                free >> 20,
-                layout.root().display(),
-                bundle_size >> 20,
-                margin >> 20
-            ));
-        }
-    }
-    if let Some(rt) = &runtime {
-        if let Some(root) = rt.data_root() {
-            if let Some(free) = crate::fsutil::free_bytes(&root) {
-                if free < margin {
-                    problems.push(format!(
-                        "only {} MiB free in Docker's data root {}",
-                        free >> 20,
-                        root.display()
-                    ));
-                }
-            }
-        }
-        if missing.is_empty() {
-            let env = entry_env(entry, env_file)?;
-            let stack = Stack {
-                project: "smoker-preflight",
-                dir: &entry.path,
-                manifest: &entry.manifest,
-                env: &env,
-            };
-            if let Err(e) = rt.check_config(&stack) {
-                problems.push(e.to_string());
-            }
-        }
-    }
-    match runtime {
-        Some(rt) if problems.is_empty() => Ok(rt),
-        _ => Err(Error::Preflight(problems)),
-    }
-}
-
-/// Makes sure every image is present locally, pulling by digest when it is not.
-pub fn ensure_images(runtime: &Runtime, m: &Manifest, progress: &dyn Progress) -> Result<()> {
-    for img in &m.images {
-        let r = img.pinned_ref();
-        if runtime.image_id(&r).is_none() {
-            progress.info(&format!("pulling {r}"));
-            runtime.pull(&r)?;
-        }
-        if let (Some(want), Some(got)) = (&img.config_digest, runtime.image_id(&r)) {
-            if &got != want {
-                return Err(Error::Runtime(format!(
-                    "image {r} of service `{}` has id {got}, but the signed manifest says {want}; refusing to run it",
-                    img.service
-                )));
-            }
+        if let (Some(new), Some(good)) = (new, newest_good)
+            && new < good
+            && !opts.allow_downgrade
+        {
+            return Err(Error::Policy(format!(
+                "bundle version {new} is older than the newest good generation ({good}); use `smoker-install rollback` to return to a kept generation, or pass --allow-downgrade"
+            )));
         }
     }
     Ok(())

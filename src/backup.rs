@@ -60,7 +60,11 @@ pub fn list(layout: &Layout, profile: &str) -> Result<Index> {
 
 fn save(layout: &Layout, profile: &str, index: &Index) -> Result<()> {
     let p = dir(layout, profile).join("index.json");
-    fsutil::write_atomic(&p, &serde_json::to_vec_pretty(index).unwrap_or_default(), 0o600)
+    fsutil::write_atomic(
+        &p,
+        &serde_json::to_vec_pretty(index).unwrap_or_default(),
+        0o600,
+    )
 }
 
 /// Takes a backup of the running stack through `hooks.command`. An empty or failed dump is an

@@ -133,12 +133,12 @@ pub fn analyze(text: &str, vars: &BTreeMap<String, String>) -> Result<ComposeInf
             Some(item) => env_file_ref(item, vars, &owner, &mut out.references)?,
             None => {}
         }
-        if let Some(ext) = body.get("extends").and_then(merged) {
-            if let Some(file) = ext.get("file").and_then(scalar) {
-                let file = interpolate(&file, vars, &owner)?;
-                out.references
-                    .push(reference(&file, &owner, "extends", true));
-            }
+        if let Some(ext) = body.get("extends").and_then(merged)
+            && let Some(file) = ext.get("file").and_then(scalar)
+        {
+            let file = interpolate(&file, vars, &owner)?;
+            out.references
+                .push(reference(&file, &owner, "extends", true));
         }
         out.services.push(Service { name, image });
     }
@@ -214,10 +214,10 @@ fn merged(y: &Yaml) -> Option<BTreeMap<String, Yaml>> {
     let Yaml::Hash(h) = y else { return None };
     let mut out = BTreeMap::new();
     for (k, v) in h {
-        if let Some(k) = scalar(k) {
-            if k != "<<" {
-                out.insert(k, v.clone());
-            }
+        if let Some(k) = scalar(k)
+            && k != "<<"
+        {
+            out.insert(k, v.clone());
         }
     }
     match h.get(&key("<<")) {
@@ -258,7 +258,23 @@ pub fn interpolate(
             out.push('$');
             rest = r;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body.find('}').ok_or_else(|| {
+            // The matching brace: defaults may nest `${…}`.
+            let mut depth = 1usize;
+            let mut end = None;
+            for (i, c) in body.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = Some(i);
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let end = end.ok_or_else(|| {
                 ComposeError::Invalid(format!("{owner}: unterminated `${{` in `{s}`"))
             })?;
             out.push_str(&expand(&body[..end], vars, owner)?);

@@ -1,8 +1,9 @@
 //! Garbage collection: old generations, unreferenced store entries and their images.
 //!
-//! Keeps the newest `keep` generations of each profile, and always the current one and the
-//! newest good one. A store entry is deleted only when no kept generation of any profile
-//! refers to it; an image only when no kept generation's manifest uses it.
+//! Keeps the newest `keep` good generations of each profile (so the newest good one always),
+//! the current one and any pending one; failed generations go unless current. A store entry is
+//! deleted only when no kept generation of any profile refers to it; an image only when no kept
+//! generation's manifest uses it.
 
 use crate::error::Result;
 use crate::layout::Layout;
@@ -23,10 +24,10 @@ pub struct GcReport {
     pub images: Vec<String>,
 }
 
-/// Runs gc over every profile. `own` is the profile whose lock the caller holds; another
+/// Runs gc over every profile. `held` are the profiles whose locks the caller holds; another
 /// profile whose lock is held by someone else is left untouched (all its generations count as
 /// kept).
-pub fn gc(layout: &Layout, runtime: &Runtime, keep: usize, own: Option<&str>) -> Result<GcReport> {
+pub fn gc(layout: &Layout, runtime: &Runtime, keep: usize, held: &[String]) -> Result<GcReport> {
     let keep = keep.max(1);
     let mut report = GcReport::default();
     let mut kept_entries = BTreeSet::new();
@@ -38,8 +39,19 @@ pub fn gc(layout: &Layout, runtime: &Runtime, keep: usize, own: Option<&str>) ->
         let last_good = profile.last_good(None).map(|g| g.number);
         let mut numbers: Vec<u32> = profile.state.generations.iter().map(|g| g.number).collect();
         numbers.sort_unstable_by(|a, b| b.cmp(a));
-        let newest: BTreeSet<u32> = numbers.iter().take(keep).copied().collect();
-        let busy = own != Some(name.as_str()) && crate::hostlock::is_locked(layout, &name);
+        // The newest `keep` generations that can be returned to (good ones); failed ones are
+        // kept only while current.
+        let newest: BTreeSet<u32> = numbers
+            .iter()
+            .filter(|n| {
+                profile
+                    .generation(**n)
+                    .is_some_and(|g| g.status == Status::Good)
+            })
+            .take(keep)
+            .copied()
+            .collect();
+        let busy = !held.contains(&name) && crate::hostlock::is_locked(layout, &name);
         for n in numbers {
             let pending = profile
                 .generation(n)
@@ -62,7 +74,13 @@ pub fn gc(layout: &Layout, runtime: &Runtime, keep: usize, own: Option<&str>) ->
     let mut kept_images = BTreeSet::new();
     for e in &kept_entries {
         if let Ok(entry) = store::open(layout, e) {
-            kept_images.extend(entry.manifest.images.iter().map(|i| i.pinned_ref()));
+            kept_images.extend(
+                entry
+                    .manifest
+                    .images
+                    .iter()
+                    .map(crate::image_archive::run_reference),
+            );
         }
     }
     for e in store::list(layout) {
@@ -75,7 +93,7 @@ pub fn gc(layout: &Layout, runtime: &Runtime, keep: usize, own: Option<&str>) ->
                     .manifest
                     .images
                     .iter()
-                    .map(|i| i.pinned_ref())
+                    .map(crate::image_archive::run_reference)
                     .collect()
             })
             .unwrap_or_default();

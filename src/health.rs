@@ -164,18 +164,18 @@ fn container_result(
         };
     }
     for c in containers {
-        if let Some(want) = image {
-            if &c.image_id != want {
-                return CheckResult {
-                    name,
-                    ok: false,
-                    counts: true,
-                    detail: format!(
-                        "{} runs image {}, but the signed manifest says {want}",
-                        c.name, c.image_id
-                    ),
-                };
-            }
+        if let Some(want) = image
+            && &c.image_id != want
+        {
+            return CheckResult {
+                name,
+                ok: false,
+                counts: true,
+                detail: format!(
+                    "{} runs image {}, but the signed manifest says {want}",
+                    c.name, c.image_id
+                ),
+            };
         }
         let bad = match (c.state.as_str(), c.health.as_deref()) {
             ("exited", _) if c.exit_code == 0 => None,
@@ -256,18 +256,18 @@ fn http_result(client: &reqwest::blocking::Client, check: &HttpCheck) -> CheckRe
             ),
         );
     }
-    if let Some(want) = &check.body_contains {
-        if !body.contains(want.as_str()) {
-            return fail(true, format!("GET {} body lacks {want:?}", check.url));
-        }
+    if let Some(want) = &check.body_contains
+        && !body.contains(want.as_str())
+    {
+        return fail(true, format!("GET {} body lacks {want:?}", check.url));
     }
-    if let Some(max) = check.max_latency_ms {
-        if latency > max {
-            return fail(
-                true,
-                format!("GET {} took {latency} ms, limit {max} ms", check.url),
-            );
-        }
+    if let Some(max) = check.max_latency_ms
+        && latency > max
+    {
+        return fail(
+            true,
+            format!("GET {} took {latency} ms, limit {max} ms", check.url),
+        );
     }
     CheckResult {
         name,

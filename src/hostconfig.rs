@@ -80,8 +80,8 @@ impl HostConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HostConfig::default()),
             Err(e) => return Err(Error::Io { path, source: e }),
         };
-        let cfg: HostConfig = toml::from_str(&text)
-            .map_err(|e| Error::State(format!("{}: {e}", path.display())))?;
+        let cfg: HostConfig =
+            toml::from_str(&text).map_err(|e| Error::State(format!("{}: {e}", path.display())))?;
         for w in &cfg.webhooks {
             if !matches!(w.kind.as_str(), "slack" | "discord" | "json") {
                 return Err(Error::State(format!(

@@ -238,6 +238,10 @@ pub struct Backup {
     pub restore: Vec<String>,
     /// File extension of dumps (e.g. `archive.gz`).
     pub extension: String,
+    /// Restore the matching backup by itself when rolling back across migrations (otherwise
+    /// such a rollback needs `--restore-data`).
+    #[serde(default)]
+    pub restore_on_rollback: bool,
 }
 
 /// One payload file.
@@ -291,12 +295,12 @@ impl Manifest {
     /// Parses and checks manifest bytes (call only after the signature over them is checked).
     pub fn from_json(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         let probe: serde_json::Value = serde_json::from_slice(bytes)?;
-        if let Some(found) = probe.get("format").and_then(|f| f.as_u64()) {
-            if found != u64::from(FORMAT_VERSION) {
-                return Err(ManifestError::Format {
-                    found: found.min(u64::from(u32::MAX)) as u32,
-                });
-            }
+        if let Some(found) = probe.get("format").and_then(|f| f.as_u64())
+            && found != u64::from(FORMAT_VERSION)
+        {
+            return Err(ManifestError::Format {
+                found: found.min(u64::from(u32::MAX)) as u32,
+            });
         }
         let m: Manifest = serde_json::from_value(probe)?;
         m.validate()?;
@@ -330,10 +334,10 @@ impl Manifest {
             if f.path == MANIFEST_PATH || f.path == MANIFEST_SIG_PATH {
                 return bad(format!("payload may not be named `{}`", f.path));
             }
-            if let Some(p) = prev {
-                if p >= f.path.as_str() {
-                    return bad(format!("files are not sorted or repeat at `{}`", f.path));
-                }
+            if let Some(p) = prev
+                && p >= f.path.as_str()
+            {
+                return bad(format!("files are not sorted or repeat at `{}`", f.path));
             }
             if f.mode != 0o644 && f.mode != 0o755 {
                 return bad(format!(

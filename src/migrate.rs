@@ -100,9 +100,10 @@ pub fn run(
     entry_dir: &Path,
     mig: &crate::manifest::Migration,
 ) -> Result<String> {
-    let runner = stack.manifest.migration_runner.as_ref().ok_or_else(|| {
-        Error::Policy("the bundle has migrations but no migration runner".into())
-    })?;
+    let runner =
+        stack.manifest.migration_runner.as_ref().ok_or_else(|| {
+            Error::Policy("the bundle has migrations but no migration runner".into())
+        })?;
     let file = Path::new(&mig.path)
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
@@ -113,7 +114,11 @@ pub fn run(
         .iter()
         .map(|c| c.replace("{script}", &script))
         .collect();
-    let dir = entry_dir.join(Path::new(&mig.path).parent().unwrap_or(Path::new("migrations")));
+    let dir = entry_dir.join(
+        Path::new(&mig.path)
+            .parent()
+            .unwrap_or(Path::new("migrations")),
+    );
     runtime
         .run_oneoff(stack, &runner.service, &dir, MOUNT, &command)
         .map_err(|e| Error::Runtime(format!("migration {} failed: {e}", mig.id)))

@@ -86,18 +86,18 @@ fn payload(hook: &Webhook, n: &Notice, host: &str) -> serde_json::Value {
 /// Sends a notice everywhere configured. Never fails: returns what could not be delivered.
 pub fn send(layout: &Layout, cfg: &HostConfig, n: &Notice) -> Vec<Delivery> {
     let host = crate::hostlock::hostname();
-    let _ = crate::audit::append(
-        layout,
-        "notify",
-        serde_json::json!({"notice": n}),
-    );
+    let _ = crate::audit::append(layout, "notify", serde_json::json!({"notice": n}));
     if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
         let level = match n.event {
             Event::Failed => "error",
             Event::RolledBack => "warning",
             _ => "notice",
         };
-        let msg = n.message.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A");
+        let msg = n
+            .message
+            .replace('%', "%25")
+            .replace('\r', "%0D")
+            .replace('\n', "%0A");
         println!(
             "::{level} title=smoker-install {} {}::{} {} {}: {msg}",
             n.event.as_str(),
@@ -135,7 +135,10 @@ pub fn send(layout: &Layout, cfg: &HostConfig, n: &Notice) -> Vec<Delivery> {
             });
         let error = result.err();
         if let Some(e) = &error {
-            eprintln!("warning: webhook {} was not notified ({e}); the deploy is not affected", hook.url);
+            eprintln!(
+                "warning: webhook {} was not notified ({e}); the deploy is not affected",
+                hook.url
+            );
             let _ = crate::audit::append(
                 layout,
                 "notify-failed",

@@ -105,8 +105,22 @@ pub fn backup_now(layout: &Layout, name: &str, keep: usize) -> Result<Record> {
         env: &env,
     };
     let ledger = Ledger::load(layout, name)?;
-    let rec = backup::take(layout, &runtime, &stack, &hooks, c.number, ledger.ids(), "on-demand")?;
-    let kept = c.profile.state.generations.iter().map(|g| g.number).collect();
+    let rec = backup::take(
+        layout,
+        &runtime,
+        &stack,
+        &hooks,
+        c.number,
+        ledger.ids(),
+        "on-demand",
+    )?;
+    let kept = c
+        .profile
+        .state
+        .generations
+        .iter()
+        .map(|g| g.number)
+        .collect();
     let pruned = backup::prune(layout, name, keep, &kept)?;
     crate::audit::append(
         layout,
@@ -152,7 +166,15 @@ pub fn restore_backup(layout: &Layout, name: &str, id: &str) -> Result<String> {
         manifest: &c.entry.manifest,
         env: &env,
     };
-    let safety = backup::take(layout, &runtime, &stack, &hooks, c.number, ledger.ids(), "pre-restore")?;
+    let safety = backup::take(
+        layout,
+        &runtime,
+        &stack,
+        &hooks,
+        c.number,
+        ledger.ids(),
+        "pre-restore",
+    )?;
     backup::restore(layout, &runtime, &stack, &hooks, &rec)?;
     crate::audit::append(
         layout,

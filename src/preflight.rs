@@ -96,7 +96,11 @@ fn free(path: &Path, need: u64, what: &str, r: &mut Report) {
 }
 
 /// The environment this host expects, and where that comes from.
-pub fn host_environment(layout: &Layout, host: &HostConfig, profile: &str) -> Option<(String, String)> {
+pub fn host_environment(
+    layout: &Layout,
+    host: &HostConfig,
+    profile: &str,
+) -> Option<(String, String)> {
     if let Some(e) = &host.environment {
         return Some((e.clone(), "declared in the host config".into()));
     }
@@ -114,11 +118,18 @@ pub fn run(i: &Inputs<'_>) -> Result<(Option<Runtime>, Report)> {
     let m = i.manifest;
     let runtime = match Runtime::detect() {
         Ok(rt) => {
-            r.add("docker", true, format!("Docker Engine {}", rt.docker_version));
+            r.add(
+                "docker",
+                true,
+                format!("Docker Engine {}", rt.docker_version),
+            );
             r.add(
                 "compose",
                 true,
-                format!("{:?} front end, version {}", rt.frontend, rt.compose_version),
+                format!(
+                    "{:?} front end, version {}",
+                    rt.frontend, rt.compose_version
+                ),
             );
             Some(rt)
         }
@@ -134,13 +145,23 @@ pub fn run(i: &Inputs<'_>) -> Result<(Option<Runtime>, Report)> {
         Some(h) => r.add(
             "arch",
             false,
-            format!("bundle is for {}, this host is {h}; use the {h} bundle", m.arch),
+            format!(
+                "bundle is for {}, this host is {h}; use the {h} bundle",
+                m.arch
+            ),
         ),
-        None => r.add("arch", false, format!("this host's architecture ({}) is not supported", std::env::consts::ARCH)),
+        None => r.add(
+            "arch",
+            false,
+            format!(
+                "this host's architecture ({}) is not supported",
+                std::env::consts::ARCH
+            ),
+        ),
     }
     match host_environment(i.layout, i.host, &m.name) {
         Some((env, _)) if env == m.environment => {
-            r.add("environment", true, format!("{env}"))
+            r.add("environment", true, env.to_string())
         }
         Some((env, from)) if i.allow_env_change => r.add(
             "environment",
@@ -160,7 +181,11 @@ pub fn run(i: &Inputs<'_>) -> Result<(Option<Runtime>, Report)> {
     let host_vars = hostenv::read_host(i.env_file)?;
     let missing = hostenv::missing(&m.required_secrets, &host_vars);
     if missing.is_empty() {
-        r.add("variables", true, format!("{} required, all present", m.required_secrets.len()));
+        r.add(
+            "variables",
+            true,
+            format!("{} required, all present", m.required_secrets.len()),
+        );
     } else {
         r.add(
             "variables",
@@ -174,14 +199,23 @@ pub fn run(i: &Inputs<'_>) -> Result<(Option<Runtime>, Report)> {
     }
     free(i.layout.root(), i.bundle_bytes, "disk (store)", &mut r);
     if m.backup.is_some() {
-        free(&i.layout.root().join("backups"), 0, "disk (backups)", &mut r);
+        free(
+            &i.layout.root().join("backups"),
+            0,
+            "disk (backups)",
+            &mut r,
+        );
     }
     if !i.holds_lock {
         if crate::hostlock::is_locked(i.layout, &m.name) {
             let who = crate::hostlock::holder(i.layout, &m.name)
                 .map(|h| h.describe())
                 .unwrap_or_else(|| "an unknown process".into());
-            r.add("lock", false, format!("profile `{}` is locked by {who}", m.name));
+            r.add(
+                "lock",
+                false,
+                format!("profile `{}` is locked by {who}", m.name),
+            );
         } else {
             r.add("lock", true, "free");
         }
@@ -203,14 +237,22 @@ pub fn run(i: &Inputs<'_>) -> Result<(Option<Runtime>, Report)> {
                 Ok(ports) => {
                     let mut busy = Vec::new();
                     for (ip, port) in &ports {
-                        let addr = if ip.is_empty() { "0.0.0.0" } else { ip.as_str() };
+                        let addr = if ip.is_empty() {
+                            "0.0.0.0"
+                        } else {
+                            ip.as_str()
+                        };
                         let taken = std::net::TcpListener::bind((addr, *port)).is_err();
                         if taken && !rt.project_publishes(i.project, *port) {
                             busy.push(format!("{addr}:{port}"));
                         }
                     }
                     if busy.is_empty() {
-                        r.add("ports", true, format!("{} published, none held by another process", ports.len()));
+                        r.add(
+                            "ports",
+                            true,
+                            format!("{} published, none held by another process", ports.len()),
+                        );
                     } else {
                         r.add(
                             "ports",
@@ -225,7 +267,11 @@ pub fn run(i: &Inputs<'_>) -> Result<(Option<Runtime>, Report)> {
                 Err(e) => r.add("compose config", false, e.to_string()),
             }
         } else {
-            r.add("compose config", false, "not checked: required variables are missing");
+            r.add(
+                "compose config",
+                false,
+                "not checked: required variables are missing",
+            );
         }
     }
     Ok((runtime, r))

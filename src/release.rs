@@ -8,6 +8,7 @@
 use crate::bundle::write::{Payload, write_bundle};
 use crate::compose::{self, PinnedService};
 use crate::digest::{sha256_file, sha256_hex};
+use crate::image_archive;
 use crate::lock::{Lock, LockError, repository_of};
 use crate::manifest::{
     Arch, ComposeSpec, FORMAT_VERSION, FileEntry, Image, Manifest, Migration, Source,
@@ -156,6 +157,16 @@ pub struct Plan {
     pub payload: Vec<(FileEntry, Payload)>,
 }
 
+/// The images an offline bundle carries (built by `cargo xtask release --offline`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineImages {
+    /// The image archive ([`crate::image_archive`]) holding every image of the bundle.
+    pub archive: PathBuf,
+    /// The config digest (image ID) of each platform manifest digest, as the registry's
+    /// manifests say; used for images whose lock entry records none.
+    pub config_digests: BTreeMap<String, String>,
+}
+
 /// Computes one bundle's manifest and payload.
 pub fn plan(
     recipe: &Recipe,
@@ -165,6 +176,46 @@ pub fn plan(
     env: &str,
     version: &semver::Version,
     source: &SourceInfo,
+) -> Result<Plan, ReleaseError> {
+    plan_with(recipe, lock, lock_path, arch, env, version, source, None)
+}
+
+/// Computes one offline bundle's manifest and payload: like [`plan`], plus the image archive
+/// at [`image_archive::ARCHIVE_PATH`], every service pinned to its local reference with
+/// `pull_policy: never`, and every image's ID recorded (the installer checks it after loading).
+#[allow(clippy::too_many_arguments)]
+pub fn plan_offline(
+    recipe: &Recipe,
+    lock: &Lock,
+    lock_path: &Path,
+    arch: Arch,
+    env: &str,
+    version: &semver::Version,
+    source: &SourceInfo,
+    offline: &OfflineImages,
+) -> Result<Plan, ReleaseError> {
+    plan_with(
+        recipe,
+        lock,
+        lock_path,
+        arch,
+        env,
+        version,
+        source,
+        Some(offline),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plan_with(
+    recipe: &Recipe,
+    lock: &Lock,
+    lock_path: &Path,
+    arch: Arch,
+    env: &str,
+    version: &semver::Version,
+    source: &SourceInfo,
+    offline: Option<&OfflineImages>,
 ) -> Result<Plan, ReleaseError> {
     let rname = recipe.name.clone();
     let config = recipe.config(env).ok_or_else(|| {
@@ -238,31 +289,54 @@ pub fn plan(
                 path: lock_path.to_path_buf(),
             })?;
         let repository = repository_of(&svc.image).to_string();
-        let pinned = format!("{repository}@{}", pin.digest);
-        pins.insert(
-            svc.name.clone(),
-            PinnedService {
-                image: pinned,
-                pull_policy: None,
-            },
-        );
+        let (pinned, config_digest, archive) = match offline {
+            None => (
+                PinnedService {
+                    image: format!("{repository}@{}", pin.digest),
+                    pull_policy: None,
+                },
+                pin.config_digest.clone(),
+                None,
+            ),
+            Some(o) => {
+                let config = offline_config(o, &svc.image, &svc.name, arch, pin, lock_path)?;
+                (
+                    PinnedService {
+                        image: image_archive::local_reference(&repository, &pin.digest),
+                        pull_policy: Some("never".into()),
+                    },
+                    Some(config),
+                    Some(image_archive::ARCHIVE_PATH.to_string()),
+                )
+            }
+        };
+        pins.insert(svc.name.clone(), pinned);
         images.push(Image {
             service: svc.name.clone(),
             original: svc.image.clone(),
             repository,
             digest: pin.digest.clone(),
             index_digest: locked.index_digest.clone(),
-            config_digest: pin.config_digest.clone(),
-            archive: None,
+            config_digest,
+            archive,
         });
     }
     images.sort_by(|a, b| a.service.cmp(&b.service));
+    if let Some(o) = offline {
+        check_archive(o, &images)?;
+    }
 
     // Payload paths inside the bundle.
     let mut payload_files: BTreeMap<String, (Payload, u32)> = files
         .into_iter()
         .map(|(rel, v)| (format!("{STACK_DIR}/{rel}"), v))
         .collect();
+    if let Some(o) = offline {
+        payload_files.insert(
+            image_archive::ARCHIVE_PATH.to_string(),
+            (Payload::File(o.archive.clone()), 0o644),
+        );
+    }
     payload_files.insert(
         PIN_FILE.to_string(),
         (
@@ -380,6 +454,53 @@ pub fn plan(
         manifest,
         payload: entries,
     })
+}
+
+/// The image ID an offline image is recorded with: the lock's, which must agree with the
+/// registry's manifest, or the registry's when the lock records none.
+fn offline_config(
+    offline: &OfflineImages,
+    reference: &str,
+    service: &str,
+    arch: Arch,
+    pin: &crate::lock::PlatformPin,
+    lock_path: &Path,
+) -> Result<String, ReleaseError> {
+    let fetched = offline.config_digests.get(&pin.digest);
+    match (&pin.config_digest, fetched) {
+        (Some(locked), Some(seen)) if locked != seen => Err(ReleaseError::Invalid(format!(
+            "image `{reference}` of service `{service}` ({arch}, {}): {} records image ID {locked}, but the registry's manifest says {seen}; run `cargo xtask lock` again",
+            pin.digest,
+            lock_path.display()
+        ))),
+        (Some(locked), _) => Ok(locked.clone()),
+        (None, Some(seen)) => Ok(seen.clone()),
+        (None, None) => Err(ReleaseError::Invalid(format!(
+            "image `{reference}` of service `{service}` ({arch}) has no image ID: neither {} nor the fetched images record one; run `cargo xtask lock`",
+            lock_path.display()
+        ))),
+    }
+}
+
+/// Checks the archive holds every image under its local reference.
+fn check_archive(offline: &OfflineImages, images: &[Image]) -> Result<(), ReleaseError> {
+    let index = image_archive::read_index(&offline.archive)
+        .map_err(|e| ReleaseError::Invalid(e.to_string()))?;
+    for img in images {
+        let config = img.config_digest.as_deref().unwrap_or_default();
+        let local = image_archive::local_reference(&img.repository, &img.digest);
+        let held = index
+            .image(config)
+            .is_some_and(|e| e.repo_tags.contains(&local));
+        if !held {
+            return Err(ReleaseError::Invalid(format!(
+                "image archive {} does not hold image {config} as {local} (service `{}`); build it again",
+                offline.archive.display(),
+                img.service
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Normalizes a relative path (`./a/../b` → `b`); `None` if it is absolute or climbs out.
@@ -577,10 +698,10 @@ pub fn write_sums(dir: &Path, files: &[PathBuf]) -> Result<PathBuf, ReleaseError
     let mut sums: BTreeMap<String, String> = BTreeMap::new();
     if let Ok(old) = std::fs::read_to_string(&path) {
         for line in old.lines() {
-            if let Some((sha, name)) = line.split_once("  ") {
-                if dir.join(name).is_file() {
-                    sums.insert(name.to_string(), sha.to_string());
-                }
+            if let Some((sha, name)) = line.split_once("  ")
+                && dir.join(name).is_file()
+            {
+                sums.insert(name.to_string(), sha.to_string());
             }
         }
     }

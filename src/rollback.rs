@@ -29,6 +29,8 @@ pub struct RollbackOutcome {
     pub health: Report,
     /// Microseconds per step (`switch`, `up+health`).
     pub durations_us: BTreeMap<String, u64>,
+    /// The backup restored because the target predates applied migrations.
+    pub restored_backup: Option<String>,
 }
 
 /// After generation `failed` failed its gate: go back to `previous` if it is usable, else to
@@ -128,12 +130,12 @@ fn switch_and_activate(
 pub fn rollback(
     layout: &Layout,
     name: &str,
-    to: Option<u32>,
-    wait: bool,
+    req: Request,
     progress: &dyn Progress,
 ) -> Result<RollbackOutcome> {
-    let _lock = hostlock::acquire(layout, name, wait)?;
-    let result = rollback_locked(layout, name, to, progress);
+    let _lock = hostlock::acquire(layout, name, req.wait)?;
+    let to = req.to;
+    let result = rollback_locked(layout, name, req, progress);
     let fields = match &result {
         Ok(o) => serde_json::to_value(o).unwrap_or_default(),
         Err(e) => serde_json::json!({"profile": name, "to": to, "error": e.to_string()}),
@@ -150,12 +152,24 @@ pub fn rollback(
     result
 }
 
+/// What `smoker-install rollback` was asked to do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Request {
+    /// Target generation (default: the newest good one before the current).
+    pub to: Option<u32>,
+    /// Restore the matching backup when the target predates applied migrations.
+    pub restore_data: bool,
+    /// Wait for the profile lock.
+    pub wait: bool,
+}
+
 fn rollback_locked(
     layout: &Layout,
     name: &str,
-    to: Option<u32>,
+    req: Request,
     progress: &dyn Progress,
 ) -> Result<RollbackOutcome> {
+    let to = req.to;
     let mut profile = Profile::open(layout, name)?
         .ok_or_else(|| Error::State(format!("no profile `{name}` on this host")))?;
     let from = profile.current();
@@ -197,18 +211,26 @@ fn rollback_locked(
         )));
     }
     let runtime = Runtime::detect()?;
+    let data = rewind_data(
+        layout,
+        &runtime,
+        &profile,
+        from,
+        target,
+        req.restore_data,
+        progress,
+    )?;
     progress.step(&format!("rolling back to generation {target}"));
-    if let Some(f) = from {
-        if profile
+    if let Some(f) = from
+        && profile
             .generation(f)
             .is_some_and(|g| g.status == Status::Pending)
-        {
-            profile.decide(
-                f,
-                Status::Failed,
-                Some("rolled back before its health gate finished".into()),
-            )?;
-        }
+    {
+        profile.decide(
+            f,
+            Status::Failed,
+            Some("rolled back before its health gate finished".into()),
+        )?;
     }
     let (report, durations) = switch_and_activate(layout, &runtime, &mut profile, target)?;
     if report.healthy {
@@ -218,6 +240,7 @@ fn rollback_locked(
             to: target,
             health: report,
             durations_us: durations,
+            restored_backup: data,
         });
     }
     // The target is not healthy: go back to where we were, if that was good.
@@ -332,4 +355,98 @@ pub fn recover_all(
         done.push((name, msg));
     }
     Ok(done)
+}
+
+/// Before switching back to `target`: if migrations applied here are unknown to the target's
+/// bundle, its code must not run on this data. With `restore_data` (or the recipe's
+/// `restore_on_rollback` policy), restore the newest backup taken before those migrations
+/// (after a safety backup of the current data) and rewind the ledger; otherwise refuse.
+fn rewind_data(
+    layout: &Layout,
+    runtime: &Runtime,
+    profile: &Profile,
+    from: Option<u32>,
+    target: u32,
+    restore_data: bool,
+    progress: &dyn Progress,
+) -> Result<Option<String>> {
+    let name = profile.state.name.as_str();
+    let target_entry = current_entry(layout, profile, target)?;
+    let mut ledger = crate::migrate::Ledger::load(layout, name)?;
+    let newer = ledger.newer_than(&target_entry.manifest);
+    if newer.is_empty() {
+        return Ok(None);
+    }
+    let policy = target_entry
+        .manifest
+        .backup
+        .as_ref()
+        .is_some_and(|b| b.restore_on_rollback);
+    let target_ids: Vec<String> = target_entry
+        .manifest
+        .migrations
+        .iter()
+        .map(|m| m.id.clone())
+        .collect();
+    let backups = crate::backup::list(layout, name)?;
+    let candidate = backups
+        .backups
+        .iter()
+        .rev()
+        .find(|b| b.ledger.iter().all(|id| target_ids.contains(id)))
+        .cloned();
+    if !(restore_data || policy) {
+        return Err(Error::Policy(format!(
+            "generation {target} predates migrations applied on this host ({}): its code must not run on migrated data. {}",
+            newer.join(", "),
+            match &candidate {
+                Some(b) => format!(
+                    "Roll back with --restore-data to restore backup {} (taken {}, before those migrations) — data written since then is kept in a safety backup — or apply a newer bundle instead.",
+                    b.id, b.created
+                ),
+                None => "No backup from before those migrations is kept, so this rollback cannot be done safely; apply a newer bundle instead.".to_string(),
+            }
+        )));
+    }
+    let Some(rec) = candidate else {
+        return Err(Error::Policy(format!(
+            "generation {target} predates migrations applied here ({}) and no backup from before them is kept; refusing to run old code on migrated data",
+            newer.join(", ")
+        )));
+    };
+    // Restore through the stack that runs now (its containers are up).
+    let cur =
+        from.ok_or_else(|| Error::State("no current generation to restore data through".into()))?;
+    let cur_entry = current_entry(layout, profile, cur)?;
+    let hooks = cur_entry
+        .manifest
+        .backup
+        .clone()
+        .or_else(|| target_entry.manifest.backup.clone())
+        .ok_or_else(|| {
+            Error::Policy("no backup/restore hook is declared; cannot restore data".into())
+        })?;
+    let env = entry_env(&cur_entry, &env_file_of(profile))?;
+    let stack = Stack {
+        project: &profile.state.project,
+        dir: &cur_entry.path,
+        manifest: &cur_entry.manifest,
+        env: &env,
+    };
+    progress.step("safety backup of the current data");
+    let safety = crate::backup::take(
+        layout,
+        runtime,
+        &stack,
+        &hooks,
+        cur,
+        ledger.ids(),
+        "pre-restore",
+    )?;
+    progress.info(&format!("safety backup {}", safety.id));
+    progress.step(&format!("restoring data from backup {}", rec.id));
+    crate::backup::restore(layout, runtime, &stack, &hooks, &rec)?;
+    ledger.applied.retain(|a| rec.ledger.contains(&a.id));
+    ledger.save(layout, name)?;
+    Ok(Some(rec.id))
 }

@@ -288,3 +288,249 @@ impl Runtime {
             .filter(|p| !p.as_os_str().is_empty())
     }
 }
+
+/// Data operations inside a generation's containers (backups, restores, migrations).
+impl Runtime {
+    /// Runs `command` in the running container of `service` (`compose exec -T`) and streams its
+    /// standard output into `out`. Returns the bytes written.
+    pub fn exec_to(
+        &self,
+        stack: &Stack<'_>,
+        service: &str,
+        command: &[String],
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64> {
+        let mut child = self
+            .compose_cmd(stack)
+            .args(["exec", "-T", service])
+            .args(command)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Runtime(format!("cannot run compose exec: {e}")))?;
+        let mut stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Runtime("compose exec gave no stdout".into()))?;
+        let copied = std::io::copy(&mut stdout, out);
+        let status = child
+            .wait_with_output()
+            .map_err(|e| Error::Runtime(format!("compose exec: {e}")))?;
+        let n =
+            copied.map_err(|e| Error::Runtime(format!("writing the output of {service}: {e}")))?;
+        if !status.status.success() {
+            return Err(Error::Runtime(format!(
+                "`{}` in service `{service}` failed ({}): {}",
+                command.join(" "),
+                status.status,
+                text(&status.stderr)
+            )));
+        }
+        Ok(n)
+    }
+
+    /// Runs `command` in the running container of `service` with `input` on its standard input.
+    pub fn exec_from(
+        &self,
+        stack: &Stack<'_>,
+        service: &str,
+        command: &[String],
+        input: &mut dyn std::io::Read,
+    ) -> Result<()> {
+        let mut child = self
+            .compose_cmd(stack)
+            .args(["exec", "-T", service])
+            .args(command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Runtime(format!("cannot run compose exec: {e}")))?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| Error::Runtime("compose exec gave no stdin".into()))?;
+        let copied = std::io::copy(input, &mut stdin);
+        drop(stdin);
+        let out = child
+            .wait_with_output()
+            .map_err(|e| Error::Runtime(format!("compose exec: {e}")))?;
+        copied.map_err(|e| Error::Runtime(format!("feeding {service}: {e}")))?;
+        if !out.status.success() {
+            return Err(Error::Runtime(format!(
+                "`{}` in service `{service}` failed ({}): {}",
+                command.join(" "),
+                out.status,
+                text(&out.stderr)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs a one-off container of `service` (`compose run --rm -T --no-deps`) with the host
+    /// directory `mount` read-only at `target`; returns its combined output on success.
+    pub fn run_oneoff(
+        &self,
+        stack: &Stack<'_>,
+        service: &str,
+        mount: &Path,
+        target: &str,
+        command: &[String],
+    ) -> Result<String> {
+        let out = self
+            .compose_cmd(stack)
+            .args(["run", "--rm", "-T", "--no-deps", "-v"])
+            .arg(format!("{}:{target}:ro", mount.display()))
+            .arg(service)
+            .args(command)
+            .output()
+            .map_err(|e| Error::Runtime(format!("cannot run compose run: {e}")))?;
+        let both = format!("{}\n{}", text(&out.stdout), text(&out.stderr));
+        if !out.status.success() {
+            return Err(Error::Runtime(format!(
+                "`{}` in a one-off `{service}` container failed ({}): {}",
+                command.join(" "),
+                out.status,
+                both.trim()
+            )));
+        }
+        Ok(both.trim().to_string())
+    }
+
+    /// Host ports the stack publishes, as (host ip, port), from `compose config`.
+    pub fn published_ports(&self, stack: &Stack<'_>) -> Result<Vec<(String, u16)>> {
+        let out = self.compose(stack, &["config"], "reading the compose configuration")?;
+        let docs = yaml_rust2::YamlLoader::load_from_str(&String::from_utf8_lossy(&out.stdout))
+            .map_err(|e| Error::Runtime(format!("compose config printed invalid YAML: {e}")))?;
+        let mut ports = Vec::new();
+        let Some(services) = docs.first().and_then(|d| d["services"].as_hash()) else {
+            return Ok(ports);
+        };
+        for (_, svc) in services {
+            for p in svc["ports"].as_vec().map(Vec::as_slice).unwrap_or(&[]) {
+                if let Some(s) = p.as_str() {
+                    // "ip:published:target[/proto]" or "published:target".
+                    let s = s.split('/').next().unwrap_or(s);
+                    let parts: Vec<&str> = s.rsplitn(3, ':').collect();
+                    if let [_, published, rest @ ..] = parts.as_slice()
+                        && let Ok(port) = published.parse::<u16>()
+                    {
+                        let ip = rest
+                            .first()
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| "0.0.0.0".into());
+                        ports.push((ip, port));
+                    }
+                } else {
+                    let published = p["published"]
+                        .as_i64()
+                        .or_else(|| p["published"].as_str().and_then(|s| s.parse().ok()));
+                    if let Some(port) = published.and_then(|n| u16::try_from(n).ok()) {
+                        let ip = p["host_ip"].as_str().unwrap_or("0.0.0.0").to_string();
+                        ports.push((ip, port));
+                    }
+                }
+            }
+        }
+        Ok(ports)
+    }
+
+    /// Ids of the containers of `project` that publish host port `port`.
+    pub fn project_publishes(&self, project: &str, port: u16) -> bool {
+        run(Command::new("docker").args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.compose.project={project}"),
+            "--filter",
+            &format!("publish={port}"),
+        ]))
+        .map(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
+        .unwrap_or(false)
+    }
+}
+
+/// Image operations of the images step (see [`crate::images`]).
+impl Runtime {
+    /// True when an image with this ID (`sha256:…`) or reference is present locally.
+    pub fn has_image(&self, id_or_reference: &str) -> bool {
+        self.image_id(id_or_reference).is_some()
+    }
+
+    /// Tags the local image `source` (an ID or reference) as `target`.
+    pub fn tag(&self, source: &str, target: &str) -> Result<()> {
+        let out = run(Command::new("docker").args(["tag", source, target]))
+            .map_err(|e| Error::Runtime(format!("docker tag: {e}")))?;
+        if !out.status.success() {
+            return Err(Error::Runtime(format!(
+                "cannot tag {source} as {target}: {}",
+                text(&out.stderr)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Removes one tag (the image itself stays while other references or containers use it).
+    /// Returns true when the tag was removed.
+    pub fn untag(&self, reference: &str) -> bool {
+        run(Command::new("docker").args(["image", "rm", "--no-prune", reference]))
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    /// `docker load` of a docker-archive that `feed` writes into its standard input, so the
+    /// archive streams from disk to the daemon without being held in memory. Returns what
+    /// `feed` returned and the lines Docker printed (`Loaded image: …`).
+    pub fn load<T, E: std::fmt::Display>(
+        &self,
+        feed: impl FnOnce(&mut dyn std::io::Write) -> std::result::Result<T, E>,
+    ) -> Result<(T, Vec<String>)> {
+        let mut child = Command::new("docker")
+            .args(["load", "--quiet"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Runtime(format!("cannot run docker load: {e}")))?;
+        let (Some(stdin), Some(mut stdout), Some(mut stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::Runtime("docker load: no pipes to talk to it".into()));
+        };
+        // Drain Docker's output on threads so a full pipe can never stall the feed.
+        let drain = |r: &mut dyn std::io::Read| {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        };
+        let out_thread = std::thread::spawn(move || drain(&mut stdout));
+        let err_thread = std::thread::spawn(move || drain(&mut stderr));
+        let mut stdin = std::io::BufWriter::with_capacity(256 * 1024, stdin);
+        let fed = feed(&mut stdin);
+        let flushed = std::io::Write::flush(&mut stdin);
+        drop(stdin);
+        let status = child
+            .wait()
+            .map_err(|e| Error::Runtime(format!("docker load: {e}")))?;
+        let out = out_thread.join().unwrap_or_default();
+        let err = err_thread.join().unwrap_or_default();
+        if !status.success() {
+            let feed_note = match &fed {
+                Err(e) => format!(" (while streaming the archive: {e})"),
+                Ok(_) => String::new(),
+            };
+            return Err(Error::Runtime(format!(
+                "docker load failed ({status}): {}{feed_note}",
+                text(&err)
+            )));
+        }
+        let value = fed.map_err(|e| {
+            Error::Runtime(format!("streaming the image archive to docker load: {e}"))
+        })?;
+        flushed.map_err(|e| Error::Runtime(format!("streaming to docker load: {e}")))?;
+        let lines = text(&out).lines().map(str::to_string).collect();
+        Ok((value, lines))
+    }
+}

@@ -13,18 +13,26 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn records_hash(port: u16) -> String {
-    let r = common::http::get(&format!("http://127.0.0.1:{port}/records/sha256")).expect("GET /records/sha256");
+    let r = common::http::get(&format!("http://127.0.0.1:{port}/records/sha256"))
+        .expect("GET /records/sha256");
     assert_eq!(r.status, 200);
     r.text().trim().to_string()
 }
 
 fn records(port: u16) -> String {
-    common::http::get(&format!("http://127.0.0.1:{port}/records")).expect("GET /records").text()
+    common::http::get(&format!("http://127.0.0.1:{port}/records"))
+        .expect("GET /records")
+        .text()
 }
 
 fn post(port: u16, line: &str) {
-    let r = common::http::post(&format!("http://127.0.0.1:{port}/records"), line.as_bytes()).expect("POST");
-    assert!(r.status == 200 || r.status == 201, "POST answered {}", r.status);
+    let r = common::http::post(&format!("http://127.0.0.1:{port}/records"), line.as_bytes())
+        .expect("POST");
+    assert!(
+        r.status == 200 || r.status == 201,
+        "POST answered {}",
+        r.status
+    );
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -44,7 +52,10 @@ fn migrations_backups_and_rollback_across_them_keep_the_data_exact() {
     let v2 = project.release("2.0.0", &[("0002-upper.txt", "uppercase\n")]);
     let v3 = project.release(
         "3.0.0",
-        &[("0002-upper.txt", "uppercase\n"), ("0003-broken.txt", "append half\nfail\n")],
+        &[
+            ("0002-upper.txt", "uppercase\n"),
+            ("0003-broken.txt", "append half\nfail\n"),
+        ],
     );
     let host = Host::new(&mut cleanup, None);
 
@@ -68,9 +79,20 @@ fn migrations_backups_and_rollback_across_them_keep_the_data_exact() {
     let list = idx["backups"].as_array().expect("list");
     assert_eq!(list.len(), 1, "{idx}");
     assert_eq!(list[0]["generation"], 1);
-    assert_eq!(list[0]["sha256"], sha256_hex(b"alpha\nbeta\n"), "the backup holds v1's data");
+    assert_eq!(
+        list[0]["sha256"],
+        sha256_hex(b"alpha\nbeta\n"),
+        "the backup holds v1's data"
+    );
     let ledger: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(host.root.path().join("profiles").join(fixture::NAME).join("migrations.json")).expect("ledger"),
+        &std::fs::read(
+            host.root
+                .path()
+                .join("profiles")
+                .join(fixture::NAME)
+                .join("migrations.json"),
+        )
+        .expect("ledger"),
     )
     .expect("ledger json");
     assert_eq!(ledger["applied"][0]["id"], "0002-upper");
@@ -91,13 +113,20 @@ fn migrations_backups_and_rollback_across_them_keep_the_data_exact() {
     let out = host.run(&["rollback", "--to", "1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("0002-upper") && err.contains("--restore-data"), "{err}");
+    assert!(
+        err.contains("0002-upper") && err.contains("--restore-data"),
+        "{err}"
+    );
     assert_eq!(version_at(port).as_deref(), Some("v2"));
     assert_eq!(records_hash(port), h2, "a refused rollback changes nothing");
 
     // With --restore-data the data is exactly v1's snapshot and v1 serves.
     let out = host.run(&["rollback", "--to", "1", "--restore-data", "--json"]);
-    assert!(out.status.success(), "rollback --restore-data: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "rollback --restore-data: {}",
+        text(&out)
+    );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(r["to"], 1);
     assert!(r["restored_backup"].is_string(), "{r}");
@@ -136,7 +165,12 @@ fn backup_retention_keeps_exactly_n() {
         let out = host.run(&["backup"]);
         assert!(out.status.success(), "backup: {}", text(&out));
         let line = String::from_utf8_lossy(&out.stdout).to_string();
-        ids.push(line.split_whitespace().nth(1).unwrap_or_default().to_string());
+        ids.push(
+            line.split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string(),
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let idx: serde_json::Value =
@@ -180,8 +214,19 @@ fn another_environment_is_refused_and_preflight_lists_every_problem() {
     let out = host.apply(&project.inner, &v1);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("`prod`") && err.contains("`staging`") && err.contains("--allow-env-change"), "{err}");
-    assert!(!host.root.path().join("profiles").join(fixture::NAME).join("current").exists());
+    assert!(
+        err.contains("`prod`") && err.contains("`staging`") && err.contains("--allow-env-change"),
+        "{err}"
+    );
+    assert!(
+        !host
+            .root
+            .path()
+            .join("profiles")
+            .join(fixture::NAME)
+            .join("current")
+            .exists()
+    );
 
     // Preflight: wrong environment, a missing secret and a port held by another process,
     // all in one run.
@@ -231,7 +276,13 @@ fn another_environment_is_refused_and_preflight_lists_every_problem() {
         .cloned()
         .expect("ports check");
     assert_eq!(ports["ok"], false);
-    assert!(ports["detail"].as_str().unwrap_or("").contains(&format!("127.0.0.1:{port}")), "{ports}");
+    assert!(
+        ports["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("127.0.0.1:{port}")),
+        "{ports}"
+    );
     drop(squatter);
     // Nothing was written by preflight.
     assert!(!host.root.path().join("store").exists());
@@ -263,8 +314,11 @@ fn receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
             }
             let mut body = vec![0u8; len];
             let _ = reader.read_exact(&mut body);
-            sink.lock().expect("lock").push(String::from_utf8_lossy(&body).into_owned());
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+            sink.lock()
+                .expect("lock")
+                .push(String::from_utf8_lossy(&body).into_owned());
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
         }
     });
     (port, got)
@@ -292,15 +346,34 @@ fn webhooks_are_told_and_a_dead_one_never_fails_the_deploy() {
     )
     .expect("host config");
     let out = host.apply(&project.inner, &v1);
-    assert!(out.status.success(), "a dead webhook must not fail the deploy: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "a dead webhook must not fail the deploy: {}",
+        text(&out)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("127.0.0.1:{sport}")) && err.contains("not notified"), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{sport}")) && err.contains("not notified"),
+        "{err}"
+    );
     let bodies = got.lock().expect("lock").clone();
     assert_eq!(bodies.len(), 2, "started + succeeded: {bodies:?}");
     let started: serde_json::Value = serde_json::from_str(&bodies[0]).expect("json");
     let done: serde_json::Value = serde_json::from_str(&bodies[1]).expect("json");
-    assert!(started["text"].as_str().unwrap_or("").starts_with("[started] svc 1.0.0 (prod)"), "{started}");
-    assert!(done["text"].as_str().unwrap_or("").starts_with("[succeeded] svc 1.0.0 (prod)"), "{done}");
+    assert!(
+        started["text"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("[started] svc 1.0.0 (prod)"),
+        "{started}"
+    );
+    assert!(
+        done["text"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("[succeeded] svc 1.0.0 (prod)"),
+        "{done}"
+    );
     let audit = std::fs::read_to_string(host.root.path().join("audit.log")).expect("audit");
     assert!(audit.contains("\"event\":\"notify-failed\""), "{audit}");
     drop(silent);

@@ -116,10 +116,53 @@ fn scenario(compose: &str) {
                 .to_string()
         })
         .collect();
-    assert_eq!(events, ["apply", "apply", "rollback", "apply", "rollback"]);
+    let deploys: Vec<&str> = events
+        .iter()
+        .map(String::as_str)
+        .filter(|e| *e != "notify")
+        .collect();
+    assert_eq!(deploys, ["apply", "apply", "rollback", "apply", "rollback"]);
+    assert_eq!(
+        events.iter().filter(|e| *e == "notify").count(),
+        6,
+        "started + outcome per apply"
+    );
     std::fs::write(&log, body.replacen("\"1.0.0\"", "\"1.0.1\"", 1)).expect("edit");
     let out = host.run(&["audit", "verify"]);
     assert!(!out.status.success(), "an edited log must be detected");
+    // Truncation is detected too (restore the edit first).
+    let lines: Vec<&str> = body.lines().collect();
+    std::fs::write(&log, format!("{}\n", lines[..lines.len() - 1].join("\n"))).expect("truncate");
+    let out = host.run(&["audit", "verify"]);
+    assert!(!out.status.success(), "a truncated log must be detected");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("truncated"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(&log, &body).expect("restore log");
+
+    // gc --keep 1 keeps the newest good generation (2) and the current one (1); the failed
+    // generation 3 goes, with its store entry.
+    let out = host.run(&["gc", "--keep", "1"]);
+    assert!(out.status.success(), "gc: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed 1 generations, 1 store entries"),
+        "{}",
+        text(&out)
+    );
+    let kept: Vec<u64> = host
+        .history()
+        .iter()
+        .filter_map(|g| g["number"].as_u64())
+        .collect();
+    assert_eq!(kept, [1, 2]);
+    let entries = std::fs::read_dir(host.root.path().join("store"))
+        .expect("store")
+        .count();
+    assert_eq!(entries, 2);
+    assert_eq!(version_at(port).as_deref(), Some("v1"));
+    assert_image_ids(&host.project, &image.id);
 }
 
 #[test]

@@ -23,6 +23,9 @@ struct Cli {
     /// Host root holding the store, profiles, locks and audit log.
     #[arg(long, global = true, env = ROOT_ENV, default_value = DEFAULT_ROOT)]
     root: PathBuf,
+    /// The host's config: environment, backup retention, webhooks.
+    #[arg(long, global = true, env = smoker::hostconfig::HOST_CONFIG_ENV, default_value = smoker::hostconfig::DEFAULT_HOST_CONFIG)]
+    host_config: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -77,14 +80,24 @@ enum Cmd {
         /// Allow a version older than the newest good generation.
         #[arg(long)]
         allow_downgrade: bool,
+        /// Allow a bundle built for another environment than this host's.
+        #[arg(long)]
+        allow_env_change: bool,
         /// Compose project name for a new profile (default smoker-<profile>).
         #[arg(long)]
         project: Option<String>,
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
-        /// The bundle file.
-        bundle: PathBuf,
+        /// Find the bundle on removable media instead: the newest valid one for this host's
+        /// profile, architecture and environment (needs no network).
+        #[arg(long, conflicts_with = "bundle")]
+        usb: bool,
+        /// Where removable media are mounted (repeatable; default /media and /mnt).
+        #[arg(long = "media-root", requires = "usb")]
+        media_roots: Vec<PathBuf>,
+        /// The bundle file (or --usb).
+        bundle: Option<PathBuf>,
     },
     /// Switch back to a kept generation (default: the previous good one). Needs no network and
     /// no bundle file.
@@ -95,12 +108,55 @@ enum Cmd {
         /// Generation number to return to.
         #[arg(long)]
         to: Option<u32>,
+        /// When the target is older than migrations applied here, restore the backup taken
+        /// before them (otherwise such a rollback is refused).
+        #[arg(long)]
+        restore_data: bool,
         /// Wait for the profile lock instead of failing.
         #[arg(long)]
         wait: bool,
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
+    },
+    /// Check everything an apply of this bundle needs, listing every problem; changes nothing.
+    Preflight {
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// Host env file (default: the profile's, else /etc/smoker/<profile>.env).
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        /// Accept a bundle of another environment.
+        #[arg(long)]
+        allow_env_change: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The bundle file.
+        bundle: PathBuf,
+    },
+    /// Take a backup of a profile's data now (through the recipe's backup hook).
+    Backup {
+        /// Profile (default: the only profile on this host).
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// List a profile's backups.
+    Backups {
+        /// Profile (default: the only profile on this host).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup into the running stack (a safety backup is taken first).
+    Restore {
+        /// Profile (default: the only profile on this host).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Backup id (see `smoker-install backups`).
+        id: String,
     },
     /// Current generation of each profile.
     Status {
@@ -232,12 +288,11 @@ fn run() -> Result<ExitCode> {
     if needs_recovery {
         // Any invocation finishes an interrupted apply first (when nobody else is working).
         for name in layout.profile_names() {
-            if let Ok(_lock) = smoker::hostlock::acquire(&layout, &name, false) {
-                if let Some(msg) =
+            if let Ok(_lock) = smoker::hostlock::acquire(&layout, &name, false)
+                && let Some(msg) =
                     smoker::rollback::recover_profile(&layout, &name, &Reporter::new(true))?
-                {
-                    eprintln!("recovered `{name}`: {msg}");
-                }
+            {
+                eprintln!("recovered `{name}`: {msg}");
             }
         }
     }
@@ -258,8 +313,11 @@ fn run() -> Result<ExitCode> {
             keep,
             wait,
             allow_downgrade,
+            allow_env_change,
             project,
             json,
+            usb,
+            media_roots,
             bundle,
         } => {
             let opts = apply::Options {
@@ -269,9 +327,17 @@ fn run() -> Result<ExitCode> {
                 wait,
                 allow_downgrade,
                 project,
+                host: smoker::hostconfig::HostConfig::load(Some(&cli.host_config))?,
+                allow_env_change,
             };
             let reporter = Reporter::new(false);
-            let result = apply::apply(&layout, &bundle, &opts, &reporter);
+            let result = match (bundle, usb) {
+                (Some(bundle), _) => apply::apply(&layout, &bundle, &opts, &reporter),
+                (None, true) => apply_usb(&layout, &media_roots, &opts, &reporter),
+                (None, false) => bail!(
+                    "no bundle given: pass the bundle file (smoker-install apply BUNDLE), or --usb to find one on removable media"
+                ),
+            };
             drop(reporter);
             match result {
                 Ok(o) => {
@@ -306,11 +372,21 @@ fn run() -> Result<ExitCode> {
         Cmd::Rollback {
             profile,
             to,
+            restore_data,
             wait,
             json,
         } => {
             let name = only_profile(&layout, profile)?;
-            let o = smoker::rollback::rollback(&layout, &name, to, wait, &Reporter::new(false))?;
+            let o = smoker::rollback::rollback(
+                &layout,
+                &name,
+                smoker::rollback::Request {
+                    to,
+                    restore_data,
+                    wait,
+                },
+                &Reporter::new(false),
+            )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&o)?);
             } else {
@@ -446,7 +522,7 @@ fn run() -> Result<ExitCode> {
             for name in layout.profile_names() {
                 locks.push(smoker::hostlock::acquire(&layout, &name, false)?);
             }
-            let r = smoker::gc::gc(&layout, &runtime, keep, None)?;
+            let r = smoker::gc::gc(&layout, &runtime, keep, &layout.profile_names())?;
             drop(locks);
             smoker::audit::append(&layout, "gc", serde_json::to_value(&r)?)?;
             println!(
@@ -476,6 +552,84 @@ fn run() -> Result<ExitCode> {
             println!("{}", smoker::hostlock::force_unlock(&layout, &name)?);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Preflight {
+            keys,
+            env_file,
+            allow_env_change,
+            json,
+            bundle,
+        } => {
+            let host = smoker::hostconfig::HostConfig::load(Some(&cli.host_config))?;
+            let report = smoker::ops::preflight_bundle(
+                &layout,
+                &bundle,
+                &keys.load()?,
+                env_file.as_deref(),
+                &host,
+                allow_env_change,
+            )?;
+            let problems = report.problems();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for c in &report.checks {
+                    println!(
+                        "{} {:<16} {}",
+                        if c.ok { "ok  " } else { "FAIL" },
+                        c.name,
+                        c.detail
+                    );
+                }
+                if problems.is_empty() {
+                    println!("preflight passed: {} is ready to apply", bundle.display());
+                } else {
+                    eprintln!("preflight failed: {} problem(s)", problems.len());
+                }
+            }
+            Ok(if problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::Backup { profile } => {
+            let name = only_profile(&layout, profile)?;
+            let host = smoker::hostconfig::HostConfig::load(Some(&cli.host_config))?;
+            let rec = smoker::ops::backup_now(&layout, &name, host.backups.keep)?;
+            println!(
+                "backup {} of `{name}`: {} bytes, sha256 {}",
+                rec.id, rec.size, rec.sha256
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Backups { profile, json } => {
+            let name = only_profile(&layout, profile)?;
+            let index = smoker::backup::list(&layout, &name)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&index)?);
+            } else if index.backups.is_empty() {
+                println!("no backups of `{name}`");
+            } else {
+                for b in index.backups.iter().rev() {
+                    println!(
+                        "{}  gen {:<4} {:>12} bytes  {}  {}  migrations [{}]",
+                        b.id,
+                        b.generation,
+                        b.size,
+                        b.reason,
+                        b.created,
+                        b.ledger.join(", ")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Restore { profile, id } => {
+            let name = only_profile(&layout, profile)?;
+            let msg = smoker::ops::restore_backup(&layout, &name, &id)?;
+            println!("{msg}");
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Audit {
             cmd: AuditCmd::Verify,
         } => match smoker::audit::verify(&layout) {
@@ -489,6 +643,19 @@ fn run() -> Result<ExitCode> {
             }
         },
     }
+}
+
+/// `apply --usb`: the newest usable bundle on removable media (see `smoker::usb`).
+fn apply_usb(
+    layout: &Layout,
+    media_roots: &[PathBuf],
+    opts: &apply::Options,
+    reporter: &Reporter,
+) -> smoker::error::Result<apply::Outcome> {
+    let roots = smoker::usb::media_roots(media_roots);
+    let (outcome, chosen) = smoker::usb::apply_from_media(layout, &roots, opts, reporter)?;
+    reporter.info(&format!("applied {}", chosen.display()));
+    Ok(outcome)
 }
 
 fn print_verdict(path: &Path, result: &Result<VerifiedBundle, VerifyError>, json: bool) {

@@ -1,8 +1,16 @@
 //! `cargo xtask`: the project's build and release tasks.
 //!
-//! - `release`: recipes + lock → signed, reproducible bundles.
+//! - `lock`: resolve every image tag of a recipe to per-architecture digests.
+//! - `release`: recipes + lock → signed, reproducible bundles (`--offline`: with the images).
 //! - `keygen`: a minisign key pair for signing releases.
 //! - `verify-rebuild`: rebuild a bundle from its recorded source and compare.
+//! - `armv7`: cross-build the installer for the Pi and test it under qemu (see `armv7.rs`).
+
+mod armv7;
+mod lock;
+mod offline;
+mod registry;
+mod smoke;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -22,6 +30,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Cross-build smoker-install for armv7 (static, Debian's toolchain) and run the library
+    /// tests and a CLI smoke test against the host's Docker under qemu-arm-static.
+    Armv7(armv7::Armv7Args),
+    /// Resolve every image tag of a recipe to per-architecture digests (writes
+    /// recipes/<name>.lock and prints what changed).
+    Lock(LockArgs),
     /// Build signed bundles from recipes and their locks.
     Release(ReleaseArgs),
     /// Generate a minisign key pair for signing releases.
@@ -43,7 +57,23 @@ enum Cmd {
         /// Git repository holding the recorded commit (default: this workspace).
         #[arg(long)]
         repo: Option<PathBuf>,
+        /// Blob cache for rebuilding offline bundles (default: target/smoker-blobs).
+        #[arg(long, env = "SMOKER_BLOB_CACHE")]
+        blob_cache: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct LockArgs {
+    /// Recipe to lock (repeatable; default: every recipe).
+    #[arg(long = "recipe")]
+    recipes: Vec<String>,
+    /// Architecture (repeatable; default: those of the previous lock, else amd64 and armv7).
+    #[arg(long = "arch")]
+    arches: Vec<Arch>,
+    /// Project directory holding `recipes/` (default: the workspace root).
+    #[arg(long)]
+    project_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -69,6 +99,14 @@ struct ReleaseArgs {
     /// Project directory holding `recipes/` (default: the workspace root).
     #[arg(long)]
     project_dir: Option<PathBuf>,
+    /// Carry every image in the bundle (fetched from the registry by the locked digests), for
+    /// hosts without network access.
+    #[arg(long)]
+    offline: bool,
+    /// Where fetched registry blobs are cached by digest (default: target/smoker-blobs under
+    /// the project directory).
+    #[arg(long, env = "SMOKER_BLOB_CACHE")]
+    blob_cache: Option<PathBuf>,
 }
 
 fn main() {
@@ -80,13 +118,19 @@ fn main() {
 
 fn run() -> Result<()> {
     match Cli::parse().cmd {
+        Cmd::Armv7(args) => armv7::run(&args, &workspace_root()),
+        Cmd::Lock(args) => cmd_lock(args),
         Cmd::Release(args) => cmd_release(args),
         Cmd::Keygen {
             secret_key,
             public_key,
             no_password,
         } => cmd_keygen(&secret_key, &public_key, no_password),
-        Cmd::VerifyRebuild { bundle, repo } => cmd_verify_rebuild(&bundle, repo),
+        Cmd::VerifyRebuild {
+            bundle,
+            repo,
+            blob_cache,
+        } => cmd_verify_rebuild(&bundle, repo, blob_cache),
     }
 }
 
@@ -150,9 +194,66 @@ fn prompt_password(prompt: &str) -> Result<String> {
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
+fn cmd_lock(args: LockArgs) -> Result<()> {
+    let project = args.project_dir.clone().unwrap_or_else(workspace_root);
+    let recipes_dir = project.join("recipes");
+    let names = if args.recipes.is_empty() {
+        Recipe::discover(&recipes_dir)?
+    } else {
+        args.recipes.clone()
+    };
+    if names.is_empty() {
+        bail!("no recipes found in {}", recipes_dir.display());
+    }
+    let reg = registry::Registries::new()?;
+    for name in &names {
+        lock::lock_recipe(&reg, &recipes_dir, name, &args.arches)
+            .with_context(|| format!("locking recipe `{name}`"))?;
+    }
+    Ok(())
+}
+
+/// The default blob cache of a project.
+fn default_blob_cache(project: &Path) -> PathBuf {
+    project.join("target").join("smoker-blobs")
+}
+
+/// Plans one bundle, offline (with its images) when `offline` holds a registry client.
+#[allow(clippy::too_many_arguments)]
+fn plan_bundle(
+    recipe: &Recipe,
+    lock: &Lock,
+    lock_path: &Path,
+    arch: Arch,
+    env: &str,
+    version: &semver::Version,
+    source: &SourceInfo,
+    offline: Option<(&registry::Registries, &Path)>,
+) -> Result<release::Plan> {
+    let plan = release::plan(recipe, lock, lock_path, arch, env, version, source)?;
+    let Some((reg, cache)) = offline else {
+        return Ok(plan);
+    };
+    let images = offline::build(reg, cache, arch, &plan.manifest.images)
+        .with_context(|| format!("building the {arch} image archive of `{}`", recipe.name))?;
+    Ok(release::plan_offline(
+        recipe, lock, lock_path, arch, env, version, source, &images,
+    )?)
+}
+
 fn cmd_release(args: ReleaseArgs) -> Result<()> {
     let project = args.project_dir.clone().unwrap_or_else(workspace_root);
     let recipes_dir = project.join("recipes");
+    let reg = if args.offline {
+        Some(registry::Registries::new()?)
+    } else {
+        None
+    };
+    let cache = args
+        .blob_cache
+        .clone()
+        .unwrap_or_else(|| default_blob_cache(&project));
+    let offline = reg.as_ref().map(|r| (r, cache.as_path()));
     let key = SecretKey::load(&args.secret_key, None)
         .with_context(|| format!("loading the signing key {}", args.secret_key.display()))?;
     let names = if args.recipes.is_empty() {
@@ -194,7 +295,7 @@ fn cmd_release(args: ReleaseArgs) -> Result<()> {
         };
         for env in &envs {
             for arch in &arches {
-                let plan = release::plan(
+                let plan = plan_bundle(
                     &recipe,
                     &lock,
                     &lock_path,
@@ -202,6 +303,7 @@ fn cmd_release(args: ReleaseArgs) -> Result<()> {
                     env,
                     &args.version,
                     &source,
+                    offline,
                 )?;
                 let dir = args.out.join(env);
                 let w = release::write_release(&plan, &key, &dir)?;
@@ -222,7 +324,11 @@ fn cmd_release(args: ReleaseArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_verify_rebuild(bundle: &Path, repo: Option<PathBuf>) -> Result<()> {
+fn cmd_verify_rebuild(
+    bundle: &Path,
+    repo: Option<PathBuf>,
+    blob_cache: Option<PathBuf>,
+) -> Result<()> {
     let repo = repo.unwrap_or_else(workspace_root);
     let bytes_ok = smoker::bundle::read::inspect_file(bundle)
         .with_context(|| format!("reading {}", bundle.display()))?;
@@ -270,7 +376,14 @@ fn cmd_verify_rebuild(bundle: &Path, repo: Option<PathBuf>) -> Result<()> {
         epoch: m.created,
     };
     let version = semver::Version::parse(&m.version)?;
-    let plan = release::plan(
+    // An offline bundle's image archive is rebuilt from the registry (or the blob cache).
+    let reg = if m.images.iter().any(|i| i.archive.is_some()) {
+        Some(registry::Registries::new()?)
+    } else {
+        None
+    };
+    let cache = blob_cache.unwrap_or_else(|| default_blob_cache(&workspace_root()));
+    let plan = plan_bundle(
         &recipe,
         &lock,
         &lock_path,
@@ -278,6 +391,7 @@ fn cmd_verify_rebuild(bundle: &Path, repo: Option<PathBuf>) -> Result<()> {
         &m.environment,
         &version,
         &source,
+        reg.as_ref().map(|r| (r, cache.as_path())),
     )?;
     let rebuilt = plan.manifest.to_canonical_json();
     if rebuilt != bytes_ok.manifest_bytes {

@@ -1,0 +1,338 @@
+//! `smoker-install apply --usb`: install the right bundle from a USB stick, with no network.
+//!
+//! The media roots (`/media` and `/mnt` by default, or `--media-root`) are searched for
+//! `*.tar.zst` files (a few directory levels deep, skipping hidden directories such as
+//! `.Trash-1000`, never following directory links). Each one is judged by its signed manifest
+//! only — cheap, and the signature is checked against the trusted keys — and skipped, with the
+//! reason said, when it is not a bundle signed by a trusted key, when it is for another
+//! architecture, another profile or another environment than this host's, or when it carries
+//! no images and needs some this host does not have (it would need a registry).
+//!
+//! The remaining bundles are ordered newest first (semver, then build time) and applied in
+//! that order until one passes full verification: a bundle whose copy on the stick is
+//! truncated or corrupt is rejected by the verifier before anything is installed, said, and the
+//! next newest is tried.
+
+use crate::apply::{self, Options, Outcome, Progress};
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::manifest::{Arch, Manifest};
+use crate::runtime::Runtime;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Where removable media are mounted when `--media-root` is not given.
+pub const DEFAULT_MEDIA_ROOTS: [&str; 2] = ["/media", "/mnt"];
+/// How deep below a media root bundles are looked for (e.g. `/media/pi/STICK/bundles/prod/`).
+pub const MAX_DEPTH: usize = 6;
+/// Most files looked at below the media roots.
+const MAX_ENTRIES: usize = 100_000;
+
+/// A bundle file that was not chosen, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// The file.
+    pub path: PathBuf,
+    /// Why it was not chosen.
+    pub reason: String,
+}
+
+/// A bundle that may be applied on this host.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The file.
+    pub path: PathBuf,
+    /// Its signed manifest.
+    pub manifest: Manifest,
+}
+
+/// What the media hold for this host.
+#[derive(Debug, Clone)]
+pub struct Scan {
+    /// The roots searched.
+    pub roots: Vec<PathBuf>,
+    /// Usable bundles, best first.
+    pub usable: Vec<Candidate>,
+    /// Bundle files ruled out, with the reason.
+    pub skipped: Vec<Skipped>,
+}
+
+/// The media roots to search: `given`, or [`DEFAULT_MEDIA_ROOTS`].
+pub fn media_roots(given: &[PathBuf]) -> Vec<PathBuf> {
+    if given.is_empty() {
+        DEFAULT_MEDIA_ROOTS.iter().map(PathBuf::from).collect()
+    } else {
+        given.to_vec()
+    }
+}
+
+/// Every `*.tar.zst` regular file below `roots`, sorted.
+pub fn find_bundle_files(roots: &[PathBuf]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut seen = 0usize;
+    for root in roots {
+        walk(root, 0, &mut found, &mut seen);
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+fn walk(dir: &Path, depth: usize, found: &mut Vec<PathBuf>, seen: &mut usize) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        *seen += 1;
+        if *seen > MAX_ENTRIES {
+            return;
+        }
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = e.path();
+        let Ok(kind) = e.file_type() else { continue };
+        if kind.is_dir() {
+            if depth < MAX_DEPTH {
+                walk(&path, depth + 1, found, seen);
+            }
+        } else if name.ends_with(".tar.zst") && std::fs::metadata(&path).is_ok_and(|m| m.is_file())
+        {
+            found.push(path);
+        }
+    }
+}
+
+/// Looks at every bundle below `roots` and sorts out the ones this host could apply.
+pub fn scan(layout: &Layout, roots: &[PathBuf], opts: &Options) -> Result<Scan> {
+    let files = find_bundle_files(roots);
+    let mut skipped = Vec::new();
+    let mut usable = Vec::new();
+    let installed = layout.profile_names();
+    let host_arch = Arch::host();
+    let foreign_ok = std::env::var("SMOKER_ALLOW_FOREIGN_ARCH").is_ok();
+    let runtime = Runtime::detect().ok();
+    for path in files {
+        let skip = |reason: String| Skipped {
+            path: path.clone(),
+            reason,
+        };
+        let m = match crate::bundle::read::peek_manifest(&path, &opts.keys) {
+            Ok(m) => m,
+            Err(e) => {
+                skipped.push(skip(format!("not usable: {e}")));
+                continue;
+            }
+        };
+        let what = format!("{} {} {}/{}", m.name, m.version, m.arch, m.environment);
+        if let Some(h) = host_arch
+            && m.arch != h
+            && !foreign_ok
+        {
+            skipped.push(skip(format!(
+                "{what}: built for {}, this host is {h}",
+                m.arch
+            )));
+            continue;
+        }
+        if !installed.is_empty() && !installed.contains(&m.name) {
+            skipped.push(skip(format!(
+                "{what}: for profile `{}`, this host runs {}",
+                m.name,
+                installed
+                    .iter()
+                    .map(|p| format!("`{p}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+            continue;
+        }
+        if let Some((env, from)) = crate::preflight::host_environment(layout, &opts.host, &m.name)
+            && env != m.environment
+            && !opts.allow_env_change
+        {
+            skipped.push(skip(format!(
+                "{what}: for environment `{}`, this host is `{env}` ({from})",
+                m.environment
+            )));
+            continue;
+        }
+        if let Some(rt) = &runtime
+            && let Some(img) = m
+                .images
+                .iter()
+                .find(|i| i.archive.is_none() && !rt.has_image(&i.pinned_ref()))
+        {
+            skipped.push(skip(format!(
+                "{what}: carries no images and needs {} (service `{}`), which is not on this host — it would need a registry; put an offline bundle (`cargo xtask release --offline`) on the stick",
+                img.pinned_ref(),
+                img.service
+            )));
+            continue;
+        }
+        usable.push(Candidate { path, manifest: m });
+    }
+    usable.sort_by(|a, b| {
+        let va = semver::Version::parse(&a.manifest.version).ok();
+        let vb = semver::Version::parse(&b.manifest.version).ok();
+        vb.cmp(&va)
+            .then(b.manifest.created.cmp(&a.manifest.created))
+            .then(a.path.cmp(&b.path))
+    });
+    Ok(Scan {
+        roots: roots.to_vec(),
+        usable,
+        skipped,
+    })
+}
+
+fn list_roots(roots: &[PathBuf]) -> String {
+    roots
+        .iter()
+        .map(|r| r.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Finds the newest usable bundle on the media and applies it. Says which one was chosen and
+/// why every other bundle file was not. Returns the outcome and the bundle applied.
+pub fn apply_from_media(
+    layout: &Layout,
+    roots: &[PathBuf],
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<(Outcome, PathBuf)> {
+    progress.step(&format!("looking for bundles under {}", list_roots(roots)));
+    let scan = scan(layout, roots, opts)?;
+    for s in &scan.skipped {
+        progress.info(&format!("skipped {}: {}", s.path.display(), s.reason));
+    }
+    let mut kinds: Vec<(String, String)> = scan
+        .usable
+        .iter()
+        .map(|c| (c.manifest.name.clone(), c.manifest.environment.clone()))
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    if kinds.len() > 1 {
+        return Err(Error::Policy(format!(
+            "bundles for several profiles or environments were found under {} ({}), and this host has nothing installed or declared that picks one: declare `environment = \"…\"` in the host config, or apply one bundle by its path",
+            list_roots(roots),
+            kinds
+                .iter()
+                .map(|(p, e)| format!("{p}/{e}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let mut rejected: Vec<Skipped> = Vec::new();
+    let total = scan.usable.len();
+    for (i, c) in scan.usable.iter().enumerate() {
+        let m = &c.manifest;
+        let mut why = if total == 1 {
+            "the only usable bundle".to_string()
+        } else {
+            format!("the newest of {total} usable bundles")
+        };
+        if !rejected.is_empty() {
+            why.push_str(&format!(
+                " after {} newer one(s) failed verification",
+                rejected.len()
+            ));
+        }
+        progress.info(&format!(
+            "chose {}: {} {} for {}/{} — {why}",
+            c.path.display(),
+            m.name,
+            m.version,
+            m.arch,
+            m.environment
+        ));
+        match apply::apply(layout, &c.path, opts, progress) {
+            Ok(o) => {
+                for other in scan.usable.iter().skip(i + 1) {
+                    let reason = if other.manifest.version == m.version {
+                        format!(
+                            "same version {} as the chosen bundle, built no later",
+                            m.version
+                        )
+                    } else {
+                        format!(
+                            "{} is older than the chosen {}",
+                            other.manifest.version, m.version
+                        )
+                    };
+                    progress.info(&format!("not chosen {}: {reason}", other.path.display()));
+                }
+                return Ok((o, c.path.clone()));
+            }
+            Err(Error::Verify(e)) => {
+                progress.info(&format!(
+                    "rejected {}: it failed verification ({e}); nothing of it was installed — trying the next newest bundle",
+                    c.path.display()
+                ));
+                rejected.push(Skipped {
+                    path: c.path.clone(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut reasons: Vec<String> = scan
+        .skipped
+        .iter()
+        .chain(rejected.iter())
+        .map(|s| format!("{}: {}", s.path.display(), s.reason))
+        .collect();
+    if reasons.is_empty() {
+        return Err(Error::State(format!(
+            "no bundle (*.tar.zst) found under {}; is the stick mounted? (see `lsblk`, `mount`), or pass --media-root DIR",
+            list_roots(roots)
+        )));
+    }
+    reasons.sort();
+    Err(Error::State(format!(
+        "no usable bundle under {}:\n  - {}",
+        list_roots(roots),
+        reasons.join("\n  - ")
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_bundles_below_roots_but_not_in_hidden_or_too_deep_directories() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let root = d.path();
+        let mk = |p: &str| {
+            let p = root.join(p);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&p, b"x").expect("write");
+            p
+        };
+        let a = mk("stick/bundles/prod/device-1.0.0-armv7.tar.zst");
+        let b = mk("other/x.tar.zst");
+        mk("stick/.Trash-1000/files/device-0.9.0-armv7.tar.zst");
+        mk("stick/bundles/prod/device-1.0.0-armv7.tar.zst.minisig");
+        mk("a/b/c/d/e/f/g/h/deep.tar.zst");
+        std::os::unix::fs::symlink(root.join("stick"), root.join("loop")).expect("symlink");
+        let found = find_bundle_files(&[root.to_path_buf()]);
+        assert_eq!(found, vec![b, a]);
+    }
+
+    #[test]
+    fn default_roots_are_media_and_mnt() {
+        assert_eq!(
+            media_roots(&[]),
+            vec![PathBuf::from("/media"), PathBuf::from("/mnt")]
+        );
+        assert_eq!(
+            media_roots(&[PathBuf::from("/x")]),
+            vec![PathBuf::from("/x")]
+        );
+    }
+}

@@ -1,0 +1,377 @@
+//! `cargo xtask lock`: every image tag of a recipe resolved to per-architecture digests.
+//!
+//! For each image reference the compose file names (in any of the recipe's environments, after
+//! interpolation), the registry is asked what the tag points to:
+//! - an OCI image index or a Docker manifest list: its digest is recorded as `index_digest`,
+//!   and for each architecture the entry whose platform matches exactly (`linux/amd64`;
+//!   `linux/arm/v7` — never arm64 or arm/v6; a `linux/arm` entry without a variant counts as
+//!   v7, as Docker reads it) gives the platform `digest`;
+//! - a single image manifest: it counts for the platform its config states, and only for that.
+//!
+//! Each platform manifest is fetched to record its config digest (the image ID Docker will
+//! report), and the config itself to check it really is for that platform. A tag that has no
+//! image for a requested platform is an error naming the image and the platform.
+
+use crate::registry::{
+    ANY_MANIFEST, Fetched, Fit, IMAGE_MANIFEST, ImageConfig, Platform, Registries, fit,
+    parse_reference, platform_name,
+};
+use anyhow::{Context as _, Result, bail};
+use smoker::lock::{LOCK_VERSION, Lock, LockedImage, PlatformPin};
+use smoker::manifest::Arch;
+use smoker::recipe::Recipe;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Every image reference a recipe's compose file names, over all its environments.
+pub fn references(recipe: &Recipe) -> Result<BTreeSet<String>> {
+    let compose = recipe.dir.join(&recipe.file.compose);
+    let text = std::fs::read_to_string(&compose)
+        .with_context(|| format!("reading {}", compose.display()))?;
+    let mut envs = recipe.environments();
+    if envs.is_empty() {
+        envs.push(String::new());
+    }
+    let mut out = BTreeSet::new();
+    for env in envs {
+        let empty = BTreeMap::new();
+        let config = recipe.config(&env).unwrap_or(&empty);
+        let info = smoker::compose::analyze(&text, config)
+            .with_context(|| format!("recipe `{}`, environment `{env}`", recipe.name))?;
+        out.extend(info.services.into_iter().map(|s| s.image));
+    }
+    Ok(out)
+}
+
+/// Resolves one reference for `arches`.
+pub fn resolve(reg: &Registries, reference: &str, arches: &[Arch]) -> Result<LockedImage> {
+    let r = parse_reference(reference)?;
+    let top = reg
+        .manifest(&r, &ANY_MANIFEST)
+        .with_context(|| format!("resolving `{reference}`"))?;
+    let mut platforms = BTreeMap::new();
+    if top.doc.is_index() {
+        let entries = top.doc.manifests.clone().unwrap_or_default();
+        for &arch in arches {
+            let best = entries
+                .iter()
+                .filter_map(|e| e.platform.as_ref().map(|p| (fit(arch, p), e)))
+                .filter(|(f, _)| *f != Fit::No)
+                .max_by_key(|(f, _)| *f);
+            let Some((_, entry)) = best else {
+                let mut have: Vec<String> = entries
+                    .iter()
+                    .filter_map(|e| e.platform.as_ref())
+                    .filter(|p| p.os != "unknown")
+                    .map(Platform::to_string)
+                    .collect();
+                have.dedup();
+                bail!(
+                    "image `{reference}` has no {} image: its index {} lists {}",
+                    platform_name(arch),
+                    top.digest,
+                    if have.is_empty() {
+                        "no platforms".to_string()
+                    } else {
+                        have.join(", ")
+                    }
+                );
+            };
+            let by_digest = parse_reference(&format!("{}@{}", repo_of(&r), entry.digest))?;
+            let m = reg.manifest(&by_digest, &IMAGE_MANIFEST).with_context(|| {
+                format!(
+                    "fetching the {} manifest {} of `{reference}`",
+                    platform_name(arch),
+                    entry.digest
+                )
+            })?;
+            if m.digest != entry.digest {
+                bail!(
+                    "registry served {} for `{reference}`'s {} entry {}",
+                    m.digest,
+                    platform_name(arch),
+                    entry.digest
+                );
+            }
+            if m.doc.is_index() {
+                bail!(
+                    "the {} entry of `{reference}`'s index is itself an index; nested indexes are not supported",
+                    platform_name(arch)
+                );
+            }
+            let (config_digest, platform) = config_of(reg, &by_digest, &m, reference)?;
+            if fit(arch, &platform) == Fit::No {
+                bail!(
+                    "image `{reference}`: its index says {} is {}, but that image's config says {platform}",
+                    entry.digest,
+                    platform_name(arch)
+                );
+            }
+            platforms.insert(
+                arch,
+                PlatformPin {
+                    digest: m.digest,
+                    config_digest: Some(config_digest),
+                },
+            );
+        }
+        Ok(LockedImage {
+            reference: reference.to_string(),
+            index_digest: Some(top.digest),
+            platforms,
+        })
+    } else {
+        let (config_digest, platform) = config_of(reg, &r, &top, reference)?;
+        for &arch in arches {
+            if fit(arch, &platform) == Fit::No {
+                bail!(
+                    "image `{reference}` has no {} image: it is a single-platform image for {platform} (digest {}); push a multi-platform index, or lock only the architectures it has with --arch",
+                    platform_name(arch),
+                    top.digest
+                );
+            }
+            platforms.insert(
+                arch,
+                PlatformPin {
+                    digest: top.digest.clone(),
+                    config_digest: Some(config_digest.clone()),
+                },
+            );
+        }
+        Ok(LockedImage {
+            reference: reference.to_string(),
+            index_digest: None,
+            platforms,
+        })
+    }
+}
+
+/// `registry/repository` of a reference, as written for a digest reference.
+fn repo_of(r: &oci_client::Reference) -> String {
+    format!("{}/{}", r.registry(), r.repository())
+}
+
+/// The config digest and platform of an image manifest.
+fn config_of(
+    reg: &Registries,
+    r: &oci_client::Reference,
+    m: &Fetched,
+    reference: &str,
+) -> Result<(String, Platform)> {
+    let Some(config) = &m.doc.config else {
+        bail!(
+            "manifest {} of `{reference}` has no config; it is not a container image",
+            m.digest
+        );
+    };
+    let bytes = reg
+        .small_blob(r, config)
+        .with_context(|| format!("fetching the config of `{reference}` ({})", m.digest))?;
+    let parsed: ImageConfig = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "the config {} of `{reference}` is not an image config",
+            config.digest
+        )
+    })?;
+    Ok((config.digest.clone(), parsed.platform()))
+}
+
+/// What changed between two locks, one line per change.
+pub fn diff(old: &Lock, new: &Lock) -> Vec<String> {
+    let short = |d: &str| {
+        let h = d.trim_start_matches("sha256:");
+        format!("sha256:{}", &h[..h.len().min(12)])
+    };
+    let old_by: BTreeMap<&str, &LockedImage> = old
+        .images
+        .iter()
+        .map(|i| (i.reference.as_str(), i))
+        .collect();
+    let new_by: BTreeMap<&str, &LockedImage> = new
+        .images
+        .iter()
+        .map(|i| (i.reference.as_str(), i))
+        .collect();
+    let mut lines = Vec::new();
+    let mut unchanged = 0;
+    for (reference, n) in &new_by {
+        match old_by.get(reference) {
+            None => {
+                let pins: Vec<String> = n
+                    .platforms
+                    .iter()
+                    .map(|(a, p)| format!("{a} {}", short(&p.digest)))
+                    .collect();
+                lines.push(format!("  + {reference}  {}", pins.join("  ")));
+            }
+            Some(o) if o == n => unchanged += 1,
+            Some(o) => {
+                let mut changes = Vec::new();
+                if o.index_digest != n.index_digest {
+                    changes.push(format!(
+                        "index {} → {}",
+                        o.index_digest
+                            .as_deref()
+                            .map(short)
+                            .unwrap_or("none".into()),
+                        n.index_digest
+                            .as_deref()
+                            .map(short)
+                            .unwrap_or("none".into())
+                    ));
+                }
+                let arches: BTreeSet<&Arch> =
+                    o.platforms.keys().chain(n.platforms.keys()).collect();
+                for a in arches {
+                    match (o.platforms.get(a), n.platforms.get(a)) {
+                        (Some(x), Some(y)) if x == y => {}
+                        (Some(x), Some(y)) if x.digest == y.digest => changes.push(format!(
+                            "{a} image ID {} → {}",
+                            x.config_digest
+                                .as_deref()
+                                .map(short)
+                                .unwrap_or("none".into()),
+                            y.config_digest
+                                .as_deref()
+                                .map(short)
+                                .unwrap_or("none".into())
+                        )),
+                        (Some(x), Some(y)) => {
+                            changes.push(format!("{a} {} → {}", short(&x.digest), short(&y.digest)))
+                        }
+                        (None, Some(y)) => changes.push(format!("{a} added {}", short(&y.digest))),
+                        (Some(x), None) => {
+                            changes.push(format!("{a} dropped (was {})", short(&x.digest)))
+                        }
+                        (None, None) => {}
+                    }
+                }
+                lines.push(format!("  ~ {reference}  {}", changes.join(", ")));
+            }
+        }
+    }
+    for reference in old_by.keys() {
+        if !new_by.contains_key(reference) {
+            lines.push(format!("  - {reference}  (no longer used by the recipe)"));
+        }
+    }
+    if unchanged > 0 {
+        lines.push(format!("  = {unchanged} image(s) unchanged"));
+    }
+    lines
+}
+
+/// Locks one recipe: resolves every reference, prints what changed, writes the lock file.
+/// `arches` empty means: the architectures of the previous lock, or amd64 and armv7.
+pub fn lock_recipe(
+    reg: &Registries,
+    recipes_dir: &Path,
+    name: &str,
+    arches: &[Arch],
+) -> Result<()> {
+    let recipe = Recipe::load(recipes_dir, name)?;
+    let path = Lock::path(recipes_dir, name);
+    let old = if path.exists() {
+        Lock::load(&path, name)?
+    } else {
+        Lock {
+            version: LOCK_VERSION,
+            images: Vec::new(),
+        }
+    };
+    let arches: Vec<Arch> = if !arches.is_empty() {
+        arches.to_vec()
+    } else {
+        let previous: BTreeSet<Arch> = old
+            .images
+            .iter()
+            .flat_map(|i| i.platforms.keys().copied())
+            .collect();
+        if previous.is_empty() {
+            Arch::ALL.to_vec()
+        } else {
+            previous.into_iter().collect()
+        }
+    };
+    let mut images = Vec::new();
+    for reference in references(&recipe)? {
+        eprintln!(
+            "resolving {reference} for {}",
+            arches
+                .iter()
+                .map(|a| platform_name(*a))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        images.push(resolve(reg, &reference, &arches)?);
+    }
+    let new = Lock {
+        version: LOCK_VERSION,
+        images,
+    };
+    let changes = diff(&old, &new);
+    println!("{}:", path.display());
+    if changes.iter().all(|l| l.starts_with("  =")) && old.images.len() == new.images.len() {
+        println!("  unchanged ({} image(s))", new.images.len());
+    } else {
+        for l in &changes {
+            println!("{l}");
+        }
+    }
+    smoker::release::write_atomic(&path, new.to_toml().as_bytes())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(reference: &str, index: Option<&str>, pins: &[(Arch, &str)]) -> LockedImage {
+        LockedImage {
+            reference: reference.into(),
+            index_digest: index.map(str::to_string),
+            platforms: pins
+                .iter()
+                .map(|(a, d)| {
+                    (
+                        *a,
+                        PlatformPin {
+                            digest: d.to_string(),
+                            config_digest: None,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn diff_names_added_changed_removed_and_unchanged() {
+        let a = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        let b = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+        let old = Lock {
+            version: 1,
+            images: vec![
+                img("x:1", None, &[(Arch::Amd64, a)]),
+                img("y:1", None, &[(Arch::Amd64, a)]),
+                img("gone:1", None, &[(Arch::Amd64, a)]),
+            ],
+        };
+        let new = Lock {
+            version: 1,
+            images: vec![
+                img("x:1", None, &[(Arch::Amd64, b)]),
+                img("y:1", None, &[(Arch::Amd64, a)]),
+                img("new:1", None, &[(Arch::Armv7, a)]),
+            ],
+        };
+        let d = diff(&old, &new).join("\n");
+        assert!(d.contains("+ new:1  armv7 sha256:aaaaaaaaaaaa"), "{d}");
+        assert!(
+            d.contains("~ x:1  amd64 sha256:aaaaaaaaaaaa → sha256:bbbbbbbbbbbb"),
+            "{d}"
+        );
+        assert!(d.contains("- gone:1"), "{d}");
+        assert!(d.contains("= 1 image(s) unchanged"), "{d}");
+    }
+}
