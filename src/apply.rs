@@ -388,13 +388,7 @@ fn apply_locked(
         "failed the health gate"
     };
     let report = match failure {
-        Some(summary) => Report {
-            healthy: false,
-            rounds: 0,
-            elapsed_ms: 0,
-            checks: Vec::new(),
-            summary,
-        },
+        Some(summary) => Report::failed(summary),
         None => {
             progress.step("health gate");
             timer.time("health", || gate(&runtime, &project, &entry.manifest))

@@ -43,6 +43,19 @@ pub struct Report {
     pub summary: String,
 }
 
+impl Report {
+    /// A failed report for a stack that never reached the gate (e.g. compose up failed).
+    pub fn failed(summary: String) -> Report {
+        Report {
+            healthy: false,
+            rounds: 0,
+            elapsed_ms: 0,
+            checks: Vec::new(),
+            summary,
+        }
+    }
+}
+
 /// Runs the gate for a compose project whose services are `services`; `images` maps services
 /// to the image id (config digest) their containers must run.
 pub fn gate(

@@ -62,6 +62,18 @@ struct Current {
     profile: Profile,
     number: u32,
     entry: StoreEntry,
+    env: std::collections::BTreeMap<String, String>,
+}
+
+impl Current {
+    fn stack(&self) -> Stack<'_> {
+        Stack {
+            project: &self.profile.state.project,
+            dir: &self.entry.path,
+            manifest: &self.entry.manifest,
+            env: &self.env,
+        }
+    }
 }
 
 fn current(layout: &Layout, name: &str) -> Result<Current> {
@@ -74,10 +86,13 @@ fn current(layout: &Layout, name: &str) -> Result<Current> {
         .generation(number)
         .ok_or_else(|| Error::State(format!("generation {number} is not recorded")))?;
     let entry = store::open(layout, &g.store)?;
+    let env_file = env_file_for(name, None, profile.state.env_file.as_deref());
+    let env = entry_env(&entry, &env_file)?;
     Ok(Current {
         profile,
         number,
         entry,
+        env,
     })
 }
 
@@ -96,14 +111,7 @@ pub fn backup_now(layout: &Layout, name: &str, keep: usize) -> Result<Record> {
     let c = current(layout, name)?;
     let hooks = hooks(&c.entry)?;
     let runtime = Runtime::detect()?;
-    let env_file = env_file_for(name, None, c.profile.state.env_file.as_deref());
-    let env = entry_env(&c.entry, &env_file)?;
-    let stack = Stack {
-        project: &c.profile.state.project,
-        dir: &c.entry.path,
-        manifest: &c.entry.manifest,
-        env: &env,
-    };
+    let stack = c.stack();
     let ledger = Ledger::load(layout, name)?;
     let rec = backup::take(
         layout,
@@ -158,14 +166,7 @@ pub fn restore_backup(layout: &Layout, name: &str, id: &str) -> Result<String> {
         )));
     }
     let runtime = Runtime::detect()?;
-    let env_file = env_file_for(name, None, c.profile.state.env_file.as_deref());
-    let env = entry_env(&c.entry, &env_file)?;
-    let stack = Stack {
-        project: &c.profile.state.project,
-        dir: &c.entry.path,
-        manifest: &c.entry.manifest,
-        env: &env,
-    };
+    let stack = c.stack();
     let safety = backup::take(
         layout,
         &runtime,

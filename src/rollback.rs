@@ -109,13 +109,7 @@ fn switch_and_activate(
         activate(runtime, &project, &entry, &env, "rollback:compose-up")
     }) {
         Ok(r) => r,
-        Err(e) => Report {
-            healthy: false,
-            rounds: 0,
-            elapsed_ms: 0,
-            checks: Vec::new(),
-            summary: format!("compose up failed: {e}"),
-        },
+        Err(e) => Report::failed(format!("compose up failed: {e}")),
     };
     if report.healthy {
         profile.decide(target, Status::Good, None)?;
@@ -309,13 +303,7 @@ pub fn recover_profile(
     let project = profile.state.project.clone();
     let report = match activate(&runtime, &project, &entry, &env, "recover:compose-up") {
         Ok(r) => r,
-        Err(e) => Report {
-            healthy: false,
-            rounds: 0,
-            elapsed_ms: 0,
-            checks: Vec::new(),
-            summary: format!("compose up failed: {e}"),
-        },
+        Err(e) => Report::failed(format!("compose up failed: {e}")),
     };
     let message = if report.healthy {
         profile.decide(cur, Status::Good, None)?;
