@@ -345,3 +345,66 @@ fn remove_project_containers(project: &str) {
         common::docker_output(&["rm", "-f", id]);
     }
 }
+
+#[test]
+fn unlock_force_ends_a_hung_holder_and_the_next_run_finishes_its_work() {
+    common::require_docker();
+    let mut cleanup = Cleanup::new();
+    let registry = Registry::start();
+    let image = pinned_testsvc(&registry, &mut cleanup);
+    let port = common::free_port();
+    let project = Project::new(&image, port, 40);
+    // Slow to start: the apply sits in its health gate, holding the lock.
+    let slow = project.release(
+        "1.0.0",
+        port,
+        40,
+        &[("VERSION_TEXT", "v1"), ("START_DELAY_MS", "5000")],
+    );
+    let host = Host::new(&mut cleanup, None);
+    let mut first = host.cmd();
+    first
+        .arg("apply")
+        .arg("--key")
+        .arg(&project.public_key)
+        .arg("--env-file")
+        .arg(&project.env_file)
+        .arg("--project")
+        .arg(&host.project)
+        .arg(&slow)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let first = first.spawn().expect("spawn apply");
+    let pid = first.id();
+    let current = host
+        .root
+        .path()
+        .join("profiles")
+        .join(fixture::NAME)
+        .join("current");
+    common::wait_for("the apply to switch", Duration::from_secs(30), || {
+        current.exists().then_some(())
+    });
+    // Without --force, unlock only names the holder.
+    let out = host.run(&["unlock"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("pid {pid}")) && err.contains("--force"),
+        "{err}"
+    );
+    // With --force the holder is killed and the lock is free.
+    let out = host.run(&["unlock", "--force"]);
+    assert!(out.status.success(), "unlock --force: {}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("killed the holder"));
+    let first = first.wait_with_output().expect("wait");
+    assert!(!first.status.success(), "the holder was killed");
+    // The interrupted generation is pending; the next invocation finishes it.
+    let out = host.run(&["recover"]);
+    assert!(out.status.success(), "recover: {}", text(&out));
+    let s = host.status();
+    assert_eq!(s["current"], 1);
+    assert_eq!(s["health"], "good", "{s}");
+    assert_eq!(s["locked"], false);
+    wait_version(port, "v1");
+}

@@ -1,0 +1,221 @@
+//! Release-time rules: every relative reference is carried or refused with a message naming
+//! the file and the service, unlocked images are refused, and the user's compose file travels
+//! byte for byte while a generated override pins every image by digest.
+
+use smoker::lock::{Lock, LockedImage, PlatformPin};
+use smoker::manifest::Arch;
+use smoker::recipe::Recipe;
+use smoker::release::{self, SourceInfo};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const DIGEST_A: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const DIGEST_B: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+fn write(path: &Path, text: &str) {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    std::fs::write(path, text).expect("write");
+}
+
+/// A recipe `app` in a temp project; `compose` is its compose file.
+fn project(compose: &str, arches: &[Arch]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("recipes/app");
+    write(&r.join("recipe.toml"), "[env.prod.config]\nTAG = \"2\"\n");
+    write(&r.join("compose.yaml"), compose);
+    let platforms = |d: &str| -> BTreeMap<Arch, PlatformPin> {
+        arches
+            .iter()
+            .map(|a| {
+                (
+                    *a,
+                    PlatformPin {
+                        digest: d.to_string(),
+                        config_digest: None,
+                    },
+                )
+            })
+            .collect()
+    };
+    let lock = Lock {
+        version: 1,
+        images: vec![
+            LockedImage {
+                reference: "reg.example/web:2".into(),
+                index_digest: None,
+                platforms: platforms(DIGEST_A),
+            },
+            LockedImage {
+                reference: "reg.example/db:7".into(),
+                index_digest: None,
+                platforms: platforms(DIGEST_B),
+            },
+        ],
+    };
+    write(&dir.path().join("recipes/app.lock"), &lock.to_toml());
+    dir
+}
+
+fn plan(dir: &Path, arch: Arch) -> Result<release::Plan, String> {
+    let recipes = dir.join("recipes");
+    let recipe = Recipe::load(&recipes, "app").map_err(|e| e.to_string())?;
+    let lock_path = recipes.join("app.lock");
+    let lock = Lock::load(&lock_path, "app").map_err(|e| e.to_string())?;
+    let source = SourceInfo {
+        commit: None,
+        dirty: true,
+        recipe_dir: "recipes/app".into(),
+        epoch: 1,
+    };
+    release::plan(
+        &recipe,
+        &lock,
+        &lock_path,
+        arch,
+        "prod",
+        &semver::Version::new(1, 0, 0),
+        &source,
+    )
+    .map_err(|e| e.to_string())
+}
+
+const COMPOSE: &str = r#"# comments, anchors and interpolation must survive
+x-common: &common
+  restart: unless-stopped
+services:
+  web:
+    <<: *common
+    image: reg.example/web:${TAG:-1}
+    volumes:
+      - ./conf:/etc/web:ro
+    env_file: ./web.env
+  db:
+    <<: *common
+    image: reg.example/db:7
+    volumes:
+      - ./init/01.js:/docker-entrypoint-initdb.d/01.js:ro
+      - data:/data
+volumes:
+  data:
+"#;
+
+fn with_files(dir: &Path) {
+    let r = dir.join("recipes/app");
+    write(&r.join("conf/web.toml"), "port = 80\n");
+    write(&r.join("conf/sub/extra.txt"), "x\n");
+    write(&r.join("web.env"), "A=1\n");
+    write(&r.join("init/01.js"), "db.x.insert({})\n");
+}
+
+#[test]
+fn references_are_carried_and_images_pinned_by_an_override() {
+    let dir = project(COMPOSE, &[Arch::Amd64, Arch::Armv7]);
+    with_files(dir.path());
+    let p = plan(dir.path(), Arch::Armv7).expect("plan");
+    let paths: Vec<&str> = p.manifest.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "config/prod.env",
+            "generated/pin.compose.yaml",
+            "stack/compose.yaml",
+            "stack/conf/sub/extra.txt",
+            "stack/conf/web.toml",
+            "stack/init/01.js",
+            "stack/web.env",
+        ]
+    );
+    // The compose file travels byte for byte.
+    let compose = p
+        .payload
+        .iter()
+        .find(|(e, _)| e.path == "stack/compose.yaml")
+        .expect("compose");
+    let bytes = match &compose.1 {
+        smoker::bundle::write::Payload::File(f) => std::fs::read(f).expect("read"),
+        smoker::bundle::write::Payload::Bytes(b) => b.clone(),
+    };
+    assert_eq!(bytes, COMPOSE.as_bytes());
+    // The override pins every service by digest; no tag survives.
+    let pin = p
+        .payload
+        .iter()
+        .find(|(e, _)| e.path == "generated/pin.compose.yaml")
+        .expect("pin");
+    let smoker::bundle::write::Payload::Bytes(pin) = &pin.1 else {
+        panic!("generated in memory")
+    };
+    let v: serde_json::Value = serde_json::from_slice(pin).expect("override is JSON");
+    assert_eq!(
+        v["services"]["web"]["image"],
+        format!("reg.example/web@{DIGEST_A}")
+    );
+    assert_eq!(
+        v["services"]["db"]["image"],
+        format!("reg.example/db@{DIGEST_B}")
+    );
+    // The interpolated tag (TAG=2 from the environment's config) chose the lock entry.
+    let web = p
+        .manifest
+        .images
+        .iter()
+        .find(|i| i.service == "web")
+        .expect("web");
+    assert_eq!(web.original, "reg.example/web:2");
+    assert_eq!(p.manifest.arch, Arch::Armv7);
+}
+
+#[test]
+fn a_missing_reference_names_the_file_and_the_service() {
+    let dir = project(COMPOSE, &[Arch::Amd64]);
+    with_files(dir.path());
+    std::fs::remove_file(dir.path().join("recipes/app/init/01.js")).expect("rm");
+    let err = plan(dir.path(), Arch::Amd64).expect_err("must fail");
+    assert!(
+        err.contains("service `db`")
+            && err.contains("./init/01.js")
+            && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_reference_escaping_the_recipe_is_refused() {
+    let dir = project(
+        &COMPOSE.replace("./conf:/etc/web", "../../secrets:/etc/web"),
+        &[Arch::Amd64],
+    );
+    with_files(dir.path());
+    let err = plan(dir.path(), Arch::Amd64).expect_err("must fail");
+    assert!(
+        err.contains("service `web`") && err.contains("escapes the recipe directory"),
+        "{err}"
+    );
+
+    // Also through a symlink inside the recipe.
+    let dir = project(COMPOSE, &[Arch::Amd64]);
+    with_files(dir.path());
+    let outside = dir.path().join("outside.txt");
+    write(&outside, "secret\n");
+    let link = dir.path().join("recipes/app/conf/link.txt");
+    std::os::unix::fs::symlink(&outside, &link).expect("symlink");
+    let err = plan(dir.path(), Arch::Amd64).expect_err("must fail");
+    assert!(
+        err.contains("service `web`") && err.contains("escapes the recipe directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_image_not_locked_for_the_architecture_is_refused_by_name() {
+    let dir = project(COMPOSE, &[Arch::Amd64]);
+    with_files(dir.path());
+    assert!(plan(dir.path(), Arch::Amd64).is_ok());
+    let err = plan(dir.path(), Arch::Armv7).expect_err("must fail");
+    assert!(
+        err.contains("reg.example/") && err.contains("armv7") && err.contains("service `"),
+        "{err}"
+    );
+}
