@@ -188,21 +188,7 @@ fn second_apply_on_the_same_profile_fails_fast_naming_the_holder() {
         &[("VERSION_TEXT", "v1"), ("START_DELAY_MS", "4000")],
     );
     let host = Host::new(&mut cleanup, None);
-    let mut first = host.cmd();
-    first
-        .arg("apply")
-        .arg("--key")
-        .arg(&project.public_key)
-        .arg("--env-file")
-        .arg(&project.env_file)
-        .arg("--project")
-        .arg(&host.project)
-        .arg(&slow);
-    let first = first
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn first apply");
+    let first = host.spawn_apply(&project, &slow);
     let pid = first.id();
     // Wait until the first holds the lock.
     let lock = host
@@ -362,19 +348,7 @@ fn unlock_force_ends_a_hung_holder_and_the_next_run_finishes_its_work() {
         &[("VERSION_TEXT", "v1"), ("START_DELAY_MS", "5000")],
     );
     let host = Host::new(&mut cleanup, None);
-    let mut first = host.cmd();
-    first
-        .arg("apply")
-        .arg("--key")
-        .arg(&project.public_key)
-        .arg("--env-file")
-        .arg(&project.env_file)
-        .arg("--project")
-        .arg(&host.project)
-        .arg(&slow)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let first = first.spawn().expect("spawn apply");
+    let first = host.spawn_apply(&project, &slow);
     let pid = first.id();
     let current = host
         .root
