@@ -16,14 +16,14 @@ use crate::hostconfig::HostConfig;
 use crate::hostenv;
 use crate::hostlock;
 use crate::layout::Layout;
-use crate::manifest::{Arch, Manifest, Migration};
 use crate::migrate::{self, Applied, Ledger};
 use crate::notify::{self, Event, Notice};
 use crate::profile::{Generation, Profile, Status, now};
 use crate::runtime::{Runtime, Stack};
-use crate::signing::TrustedKeys;
 use crate::store::{self, StoreEntry};
 use serde::Serialize;
+use smoker_format::manifest::{Arch, Manifest, Migration};
+use smoker_format::signing::TrustedKeys;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -158,7 +158,7 @@ pub fn apply(
 ) -> Result<Outcome> {
     let mut timer = Timer::default();
     progress.step("reading the manifest");
-    let peek = crate::bundle::read::peek_manifest(bundle, &opts.keys)?;
+    let peek = smoker_format::bundle::read::peek_manifest(bundle, &opts.keys)?;
     let name = peek.name.clone();
 
     progress.step("locking the profile");
@@ -230,7 +230,7 @@ fn apply_locked(
 ) -> Result<Outcome> {
     // Policy checks that need only the signed manifest.
     let existing = Profile::open(layout, name)?;
-    let peek = crate::bundle::read::peek_manifest(bundle, &opts.keys)?;
+    let peek = smoker_format::bundle::read::peek_manifest(bundle, &opts.keys)?;
     check_policy(layout, &peek, existing.as_ref(), opts)?;
 
     progress.step("verifying and storing the bundle");

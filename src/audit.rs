@@ -4,10 +4,10 @@
 //! `seq`, its position. `audit.head` holds the count and hash of the last line, so removing
 //! lines from the end is detected as well as editing or reordering them.
 
-use crate::digest::sha256_hex;
 use crate::error::{Error, Result, io_at};
 use crate::layout::Layout;
 use serde_json::{Map, Value};
+use smoker_format::digest::sha256_hex;
 use std::io::Write as _;
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

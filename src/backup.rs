@@ -8,9 +8,9 @@
 use crate::error::{Error, Result, io_at};
 use crate::fsutil;
 use crate::layout::Layout;
-use crate::manifest::Backup as Hooks;
 use crate::runtime::{Runtime, Stack};
 use serde::{Deserialize, Serialize};
+use smoker_format::manifest::Backup as Hooks;
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -98,7 +98,7 @@ pub fn take(
             .mode(0o600)
             .open(&tmp)
             .map_err(io_at(&tmp))?;
-        let mut hw = crate::digest::HashingWriter::new(std::io::BufWriter::new(f));
+        let mut hw = smoker_format::digest::HashingWriter::new(std::io::BufWriter::new(f));
         runtime.exec_to(stack, &hooks.service, &hooks.command, &mut hw)?;
         hw.flush().map_err(io_at(&tmp))?;
         let (sha, size) = hw.finish();
@@ -154,7 +154,7 @@ pub fn restore(
     record: &Record,
 ) -> Result<()> {
     let path = dir(layout, &stack.manifest.name).join(&record.file);
-    let (sha, _) = crate::digest::sha256_file(&path).map_err(io_at(&path))?;
+    let (sha, _) = smoker_format::digest::sha256_file(&path).map_err(io_at(&path))?;
     if sha != record.sha256 {
         return Err(Error::State(format!(
             "backup {} does not match its recorded sha256 (the file was changed or damaged); not restoring it",

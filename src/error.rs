@@ -15,7 +15,7 @@ pub enum Error {
     },
     /// The bundle failed verification; nothing was written.
     #[error("bundle rejected, nothing was installed: {0}")]
-    Verify(#[from] crate::bundle::read::VerifyError),
+    Verify(#[from] smoker_format::bundle::read::VerifyError),
     /// Another command holds the profile's lock.
     #[error("{0}")]
     Locked(String),

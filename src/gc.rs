@@ -79,7 +79,7 @@ pub fn gc(layout: &Layout, runtime: &Runtime, keep: usize, held: &[String]) -> R
                     .manifest
                     .images
                     .iter()
-                    .map(crate::image_archive::run_reference),
+                    .map(smoker_format::image_archive::run_reference),
             );
         }
     }
@@ -93,7 +93,7 @@ pub fn gc(layout: &Layout, runtime: &Runtime, keep: usize, held: &[String]) -> R
                     .manifest
                     .images
                     .iter()
-                    .map(crate::image_archive::run_reference)
+                    .map(smoker_format::image_archive::run_reference)
                     .collect()
             })
             .unwrap_or_default();

@@ -9,9 +9,9 @@
 //! `failures` (the service may still be starting) but keeps the gate from passing; a wrong
 //! answer, a timeout, a slow answer, a crash or an `unhealthy` container does count.
 
-use crate::manifest::{Health, HttpCheck};
 use crate::runtime::{Container, Runtime};
 use serde::Serialize;
+use smoker_format::manifest::{Health, HttpCheck};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //!
 //! - **Online bundles** name `repository@digest`; an image that is not present is pulled by that
 //!   digest (`docker pull`), so a moved tag can never change what runs.
-//! - **Offline bundles** carry their images in a docker-archive ([`crate::image_archive`]).
+//! - **Offline bundles** carry their images in a docker-archive ([`smoker_format::image_archive`]).
 //!   Images already present (by image ID = config digest) are only tagged with their local
 //!   reference; the others are streamed from the store entry into `docker load` — only the
 //!   blobs they need, never the whole file in memory — after a disk preflight.
@@ -14,18 +14,18 @@
 //!
 //! Loaded images have no registry digest (a known Docker limitation), so offline bundles pin
 //! services to a deterministic local reference (`smoker.invalid/…:sha256-…`, see
-//! [`crate::image_archive::local_reference`]) with `pull_policy: never`. Compose v1
+//! [`smoker_format::image_archive::local_reference`]) with `pull_policy: never`. Compose v1
 //! (`docker-compose` 1.29) ignores `pull_policy`; nothing pulls anyway, because every image is
 //! present before `up`, and a local reference could only ever be "pulled" from a domain that
 //! never resolves.
 
 use crate::apply::Progress;
 use crate::error::{Error, Result};
-use crate::image_archive::{self, Wanted, local_reference};
-use crate::manifest::Image;
 use crate::runtime::Runtime;
 use crate::store::StoreEntry;
 use serde::Serialize;
+use smoker_format::image_archive::{self, Wanted, local_reference};
+use smoker_format::manifest::Image;
 use std::collections::BTreeMap;
 use std::path::Path;
 

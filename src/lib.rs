@@ -1,17 +1,10 @@
-//! smoker-release: signed, reproducible release bundles for Docker Compose stacks, and the
-//! installer that applies them as atomic, health-gated generations.
+//! The host side of smoker-release: the library behind `smoker-install`, which verifies a
+//! bundle, installs it into a content-addressed store, switches atomically to a new
+//! generation, gates it on health and rolls back by itself.
 //!
-//! See ARCHITECTURE.md at the repository root for the map of modules and their invariants.
-
-pub mod bundle;
-pub mod compose;
-pub mod digest;
-pub mod image_archive;
-pub mod lock;
-pub mod manifest;
-pub mod recipe;
-pub mod release;
-pub mod signing;
+//! It depends on `smoker_format` (the bundle format) and on nothing of the release side, so the
+//! Pi's binary compiles neither compose interpolation nor the release planner. See
+//! ARCHITECTURE.md at the repository root for the map of modules and their invariants.
 
 // The installer: one module per step of the apply pipeline.
 pub mod apply;

@@ -6,9 +6,9 @@
 
 use crate::error::{Error, Result, io_at};
 use crate::layout::Layout;
-use crate::manifest::Manifest;
 use crate::runtime::{Runtime, Stack};
 use serde::{Deserialize, Serialize};
+use smoker_format::manifest::Manifest;
 use std::path::Path;
 
 /// Where a migration script is mounted in the runner container.
@@ -66,7 +66,10 @@ impl Ledger {
 
     /// Checks the manifest against the ledger and returns the migrations still to run, in
     /// order. An applied migration whose checksum changed is an error.
-    pub fn pending<'m>(&self, m: &'m Manifest) -> Result<Vec<&'m crate::manifest::Migration>> {
+    pub fn pending<'m>(
+        &self,
+        m: &'m Manifest,
+    ) -> Result<Vec<&'m smoker_format::manifest::Migration>> {
         let mut out = Vec::new();
         for mig in &m.migrations {
             match self.applied.iter().find(|a| a.id == mig.id) {
@@ -98,7 +101,7 @@ pub fn run(
     runtime: &Runtime,
     stack: &Stack<'_>,
     entry_dir: &Path,
-    mig: &crate::manifest::Migration,
+    mig: &smoker_format::manifest::Migration,
 ) -> Result<String> {
     let runner =
         stack.manifest.migration_runner.as_ref().ok_or_else(|| {

@@ -3,7 +3,6 @@
 
 use crate::apply::{entry_env, env_file_for};
 use crate::backup::{self, Record};
-use crate::bundle::read::{DirSink, Limits, Trust, read_bundle};
 use crate::error::{Error, Result, io_at};
 use crate::hostconfig::HostConfig;
 use crate::hostlock;
@@ -11,8 +10,9 @@ use crate::layout::Layout;
 use crate::migrate::Ledger;
 use crate::profile::Profile;
 use crate::runtime::{Runtime, Stack};
-use crate::signing::TrustedKeys;
 use crate::store::{self, StoreEntry};
+use smoker_format::bundle::read::{DirSink, Limits, Trust, read_bundle};
+use smoker_format::signing::TrustedKeys;
 use std::path::Path;
 
 /// `smoker-install preflight <bundle>`: verifies the bundle into a temporary directory (never
@@ -96,7 +96,7 @@ fn current(layout: &Layout, name: &str) -> Result<Current> {
     })
 }
 
-fn hooks(entry: &StoreEntry) -> Result<crate::manifest::Backup> {
+fn hooks(entry: &StoreEntry) -> Result<smoker_format::manifest::Backup> {
     entry.manifest.backup.clone().ok_or_else(|| {
         Error::Policy(format!(
             "the recipe of `{}` declares no [backup] hook; add one and release again",

@@ -5,10 +5,10 @@ use crate::error::{Error, Result};
 use crate::hostconfig::HostConfig;
 use crate::hostenv;
 use crate::layout::Layout;
-use crate::manifest::{Arch, Manifest};
 use crate::profile::Profile;
 use crate::runtime::{Runtime, Stack};
 use serde::Serialize;
+use smoker_format::manifest::{Arch, Manifest};
 use std::path::Path;
 
 /// Free space kept in reserve on every filesystem the apply writes to.

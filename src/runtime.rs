@@ -6,8 +6,8 @@
 //! project with a stable name, so a new generation replaces the previous one's containers.
 
 use crate::error::{Error, Result};
-use crate::manifest::Manifest;
 use serde::Serialize;
+use smoker_format::manifest::Manifest;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1,17 +1,17 @@
 //! The content-addressed store: verified bundle contents, immutable once committed.
 //!
 //! A bundle is streamed once into a fresh directory under `staging/` while every check of
-//! [`crate::bundle::read`] runs. Only when the whole bundle has passed is the directory made
+//! [`smoker_format::bundle::read`] runs. Only when the whole bundle has passed is the directory made
 //! read-only and renamed into `store/` (one rename(2), then an fsync of `store/`), so a store
 //! entry is either absent or complete and verified. A store entry is named by the manifest's
 //! sha256, which covers every payload file's hash.
 
-use crate::bundle::read::{DirSink, Limits, Trust, VerifiedBundle, read_bundle};
 use crate::error::{Error, Result, io_at};
 use crate::fsutil;
 use crate::layout::Layout;
-use crate::manifest::{MANIFEST_PATH, MANIFEST_SIG_PATH, Manifest};
-use crate::signing::TrustedKeys;
+use smoker_format::bundle::read::{DirSink, Limits, Trust, VerifiedBundle, read_bundle};
+use smoker_format::manifest::{MANIFEST_PATH, MANIFEST_SIG_PATH, Manifest};
+use smoker_format::signing::TrustedKeys;
 use std::path::{Path, PathBuf};
 
 /// A committed store entry.
@@ -110,7 +110,7 @@ pub fn open(layout: &Layout, name: &str) -> Result<StoreEntry> {
         path,
         name: name.to_string(),
         manifest,
-        manifest_sha256: crate::digest::sha256_hex(&bytes),
+        manifest_sha256: smoker_format::digest::sha256_hex(&bytes),
     })
 }
 

@@ -16,9 +16,9 @@
 use crate::apply::{self, Options, Outcome, Progress};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
-use crate::manifest::{Arch, Manifest};
 use crate::runtime::Runtime;
 use serde::Serialize;
+use smoker_format::manifest::{Arch, Manifest};
 use std::path::{Path, PathBuf};
 
 /// Where removable media are mounted when `--media-root` is not given.
@@ -118,7 +118,7 @@ pub fn scan(layout: &Layout, roots: &[PathBuf], opts: &Options) -> Result<Scan> 
             path: path.clone(),
             reason,
         };
-        let m = match crate::bundle::read::peek_manifest(&path, &opts.keys) {
+        let m = match smoker_format::bundle::read::peek_manifest(&path, &opts.keys) {
             Ok(m) => m,
             Err(e) => {
                 skipped.push(skip(format!("not usable: {e}")));

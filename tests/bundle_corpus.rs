@@ -6,8 +6,10 @@
 
 mod support;
 
-use smoker::bundle::read::{Discard, Limits, Trust, VerifiedBundle, VerifyError, read_bundle};
-use smoker::manifest::{FileEntry, MANIFEST_PATH, Manifest};
+use smoker_format::bundle::read::{
+    Discard, Limits, Trust, VerifiedBundle, VerifyError, read_bundle,
+};
+use smoker_format::manifest::{FileEntry, MANIFEST_PATH, Manifest};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{Fixture, Raw, tar_bytes, zstd};

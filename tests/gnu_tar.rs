@@ -3,7 +3,7 @@
 
 mod support;
 
-use smoker::bundle::read::{VerifiedBundle, inspect_file};
+use smoker_format::bundle::read::{VerifiedBundle, inspect_file};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;

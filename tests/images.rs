@@ -9,8 +9,8 @@ mod imagekit;
 use base64::Engine as _;
 use common::{Cleanup, Registry};
 use imagekit::{Workspace, text};
-use smoker::lock::Lock;
-use smoker::manifest::Arch;
+use smoker_build::lock::Lock;
+use smoker_format::manifest::Arch;
 use std::io::{BufRead as _, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
@@ -216,7 +216,7 @@ fn lock_records_exactly_the_digests_the_registry_reports() {
         &["--recipe", "multi", "--offline", "--arch", "armv7"],
     );
     let bundle = ws.bundle("out", "prod", "multi", "1.0.0", "armv7");
-    let v = smoker::bundle::read::inspect_file(&bundle).expect("bundle verifies");
+    let v = smoker_format::bundle::read::inspect_file(&bundle).expect("bundle verifies");
     for img in &v.manifest.images {
         assert_eq!(img.digest, v7.digest, "{}", text(&out));
         assert_eq!(img.config_digest.as_deref(), Some(v7.id.as_str()));
@@ -224,7 +224,7 @@ fn lock_records_exactly_the_digests_the_registry_reports() {
     }
     let archive = ws.path().join("armv7.tar");
     imagekit::extract_from_bundle(&bundle, "images/images.tar", &archive);
-    let index = smoker::image_archive::read_index(&archive).expect("archive index");
+    let index = smoker_format::image_archive::read_index(&archive).expect("archive index");
     assert_eq!(index.docker.len(), 1, "{index:?}");
     assert_eq!(
         index.docker[0].config_digest().as_deref(),
@@ -628,7 +628,7 @@ fn offline_release_is_reproducible_stores_shared_layers_once_and_loads() {
     assert!(bytes == read(&ws.bundle("out3", "prod", "pair", "1.0.0", "amd64")));
 
     // The manifest lists the archive with its hash; each image with its ID and the archive.
-    let v = smoker::bundle::read::inspect_file(&b1).expect("bundle verifies");
+    let v = smoker_format::bundle::read::inspect_file(&b1).expect("bundle verifies");
     let m = &v.manifest;
     let ids: Vec<(&str, Option<&str>, Option<&str>)> = m
         .images
@@ -653,7 +653,7 @@ fn offline_release_is_reproducible_stores_shared_layers_once_and_loads() {
         .expect("archive listed in the manifest");
     let archive = ws.path().join("images.tar");
     imagekit::extract_from_bundle(&b1, "images/images.tar", &archive);
-    let (sha, size) = smoker::digest::sha256_file(&archive).expect("hash");
+    let (sha, size) = smoker_format::digest::sha256_file(&archive).expect("hash");
     assert_eq!((sha.as_str(), size), (entry.sha256.as_str(), entry.size));
 
     // Fixed headers, index first, every blob once in digest order.
@@ -684,7 +684,7 @@ fn offline_release_is_reproducible_stores_shared_layers_once_and_loads() {
         4,
         "2 configs + the shared testsvc layer + b's own layer: {blobs:?}"
     );
-    let index = smoker::image_archive::read_index(&archive).expect("index");
+    let index = smoker_format::image_archive::read_index(&archive).expect("index");
     let a = index.image(&base.id).expect("a in the archive");
     let b = index.image(&derived.id).expect("b in the archive");
     assert_eq!(a.layers.len(), 1);
@@ -697,8 +697,8 @@ fn offline_release_is_reproducible_stores_shared_layers_once_and_loads() {
     let pins: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&pins).expect("pins")).expect("json");
     for (svc, img) in [("a", &base), ("b", &derived)] {
-        let local = smoker::image_archive::local_reference(
-            smoker::lock::repository_of(&img.reference),
+        let local = smoker_format::image_archive::local_reference(
+            smoker_build::lock::repository_of(&img.reference),
             &img.digest,
         );
         assert_eq!(pins["services"][svc]["image"], local.as_str());

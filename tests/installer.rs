@@ -248,7 +248,7 @@ fn assert_current_complete(root: &Path) -> u64 {
     .expect("manifest json");
     for f in manifest["files"].as_array().expect("files") {
         let path = entry.join(f["path"].as_str().expect("path"));
-        let (sha, _) = smoker::digest::sha256_file(&path).expect("payload file present");
+        let (sha, _) = smoker_format::digest::sha256_file(&path).expect("payload file present");
         assert_eq!(
             sha,
             f["sha256"].as_str().unwrap_or(""),

@@ -11,12 +11,12 @@ mod imagekit;
 use common::{Cleanup, Registry};
 use fixture::{Host, version_at};
 use imagekit::{Pushed, Workspace, text};
-use smoker::image_archive::local_reference;
-use smoker::lock::{Lock, LockedImage, PlatformPin, repository_of};
-use smoker::manifest::Arch;
-use smoker::recipe::Recipe;
-use smoker::release::{self, OfflineImages, SourceInfo};
-use smoker::signing::SecretKey;
+use smoker_build::lock::{Lock, LockedImage, PlatformPin, repository_of};
+use smoker_build::recipe::Recipe;
+use smoker_build::release::{self, OfflineImages, SourceInfo};
+use smoker_format::image_archive::local_reference;
+use smoker_format::manifest::Arch;
+use smoker_format::signing::SecretKey;
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -239,7 +239,7 @@ fn signed_bundle(
     archive: &Path,
     configs: BTreeMap<String, String>,
     version: &str,
-    tamper: impl FnOnce(&mut smoker::manifest::Manifest),
+    tamper: impl FnOnce(&mut smoker_format::manifest::Manifest),
 ) -> PathBuf {
     let recipe = Recipe::load(&ws.recipes(), "svc").expect("recipe");
     let lock_path = Lock::path(&ws.recipes(), "svc");
@@ -275,7 +275,7 @@ fn signed_bundle(
 /// A copy of `archive` whose config blob `config` holds other bytes (an extra label): the
 /// name still claims the old image ID, the content loads as another.
 fn archive_with_altered_config(archive: &Path, config: &str, dest: &Path) -> String {
-    let name = smoker::image_archive::blob_path(config);
+    let name = smoker_format::image_archive::blob_path(config);
     let mut input = tar::Archive::new(std::fs::File::open(archive).expect("archive"));
     let mut out = tar::Builder::new(std::fs::File::create(dest).expect("dest"));
     let mut new_id = String::new();
@@ -288,7 +288,7 @@ fn archive_with_altered_config(archive: &Path, config: &str, dest: &Path) -> Str
             let mut v: serde_json::Value = serde_json::from_slice(&data).expect("config json");
             v["config"]["Labels"]["tampered"] = "yes".into();
             data = serde_json::to_vec(&v).expect("json");
-            new_id = format!("sha256:{}", smoker::digest::sha256_hex(&data));
+            new_id = format!("sha256:{}", smoker_format::digest::sha256_hex(&data));
         }
         let mut h = e.header().clone();
         h.set_size(data.len() as u64);
@@ -317,7 +317,10 @@ fn a_bundle_whose_image_id_does_not_match_its_manifest_is_rejected() {
     let configs = BTreeMap::from([(image.digest.clone(), image.id.clone())]);
 
     // 1. The signed manifest names an image ID the archive does not hold.
-    let fake = format!("sha256:{}", smoker::digest::sha256_hex(b"not this image"));
+    let fake = format!(
+        "sha256:{}",
+        smoker_format::digest::sha256_hex(b"not this image")
+    );
     let forged = signed_bundle(&ws, &archive, configs.clone(), "2.0.0", |m| {
         m.images[0].config_digest = Some(fake.clone());
     });
@@ -368,7 +371,7 @@ fn a_bundle_whose_image_id_does_not_match_its_manifest_is_rejected() {
 fn online_bundle(ws: &Workspace, image: &Pushed, arch: Arch, version: &str) -> PathBuf {
     let recipe = Recipe::load(&ws.recipes(), "svc").expect("recipe");
     let lock_path = ws.path().join("made-up.lock");
-    let made_up = |s: &str| format!("sha256:{}", smoker::digest::sha256_hex(s.as_bytes()));
+    let made_up = |s: &str| format!("sha256:{}", smoker_format::digest::sha256_hex(s.as_bytes()));
     let lock = Lock {
         version: 1,
         images: vec![LockedImage {
@@ -462,7 +465,8 @@ fn apply_usb_chooses_the_newest_valid_bundle_and_says_why_it_skipped_the_others(
     let web = ws.bundle("out-web", "prod", "web", "9.0.0", "amd64");
     // Signed by a key this host does not trust.
     let stranger = ws.path().join("stranger.key");
-    smoker::signing::generate(&stranger, &ws.path().join("stranger.pub"), None).expect("keygen");
+    smoker_format::signing::generate(&stranger, &ws.path().join("stranger.pub"), None)
+        .expect("keygen");
     ws.write_recipe(
         "svc",
         &imagekit::compose_yaml(&image.reference),

@@ -2,10 +2,10 @@
 //! the file and the service, unlocked images are refused, and the user's compose file travels
 //! byte for byte while a generated override pins every image by digest.
 
-use smoker::lock::{Lock, LockedImage, PlatformPin};
-use smoker::manifest::Arch;
-use smoker::recipe::Recipe;
-use smoker::release::{self, SourceInfo};
+use smoker_build::lock::{Lock, LockedImage, PlatformPin};
+use smoker_build::recipe::Recipe;
+use smoker_build::release::{self, SourceInfo};
+use smoker_format::manifest::Arch;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -134,8 +134,8 @@ fn references_are_carried_and_images_pinned_by_an_override() {
         .find(|(e, _)| e.path == "stack/compose.yaml")
         .expect("compose");
     let bytes = match &compose.1 {
-        smoker::bundle::write::Payload::File(f) => std::fs::read(f).expect("read"),
-        smoker::bundle::write::Payload::Bytes(b) => b.clone(),
+        smoker_format::bundle::write::Payload::File(f) => std::fs::read(f).expect("read"),
+        smoker_format::bundle::write::Payload::Bytes(b) => b.clone(),
     };
     assert_eq!(bytes, COMPOSE.as_bytes());
     // The override pins every service by digest; no tag survives.
@@ -144,7 +144,7 @@ fn references_are_carried_and_images_pinned_by_an_override() {
         .iter()
         .find(|(e, _)| e.path == "generated/pin.compose.yaml")
         .expect("pin");
-    let smoker::bundle::write::Payload::Bytes(pin) = &pin.1 else {
+    let smoker_format::bundle::write::Payload::Bytes(pin) = &pin.1 else {
         panic!("generated in memory")
     };
     let v: serde_json::Value = serde_json::from_slice(pin).expect("override is JSON");

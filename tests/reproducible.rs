@@ -5,9 +5,9 @@
 
 mod support;
 
-use smoker::bundle::read::{inspect_file, verify_file};
-use smoker::manifest::{Arch, Manifest};
-use smoker::signing::TrustedKeys;
+use smoker_format::bundle::read::{inspect_file, verify_file};
+use smoker_format::manifest::{Arch, Manifest};
+use smoker_format::signing::TrustedKeys;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -78,11 +78,11 @@ fn bundle_hashes(dir: &Path) -> BTreeMap<String, String> {
 /// How many bundles a full release of `project` must write: recipes × environments × arches.
 fn expected_bundles(project: &Path) -> usize {
     let recipes = project.join("recipes");
-    smoker::recipe::Recipe::discover(&recipes)
+    smoker_build::recipe::Recipe::discover(&recipes)
         .expect("recipes")
         .iter()
         .map(|n| {
-            smoker::recipe::Recipe::load(&recipes, n)
+            smoker_build::recipe::Recipe::load(&recipes, n)
                 .expect("recipe")
                 .environments()
                 .len()
@@ -362,16 +362,16 @@ fn verify_rebuild_refuses_dirty_bundles_and_detects_mislabelled_ones() {
     // A bundle that claims the clean commit but holds other content (a builder that lies
     // about its source): verify-rebuild finds the difference and names the file.
     let recipes = repo.join("recipes");
-    let recipe = smoker::recipe::Recipe::load(&recipes, "device").unwrap();
-    let lock_path = smoker::lock::Lock::path(&recipes, "device");
-    let lock = smoker::lock::Lock::load(&lock_path, "device").unwrap();
-    let source = smoker::release::SourceInfo {
+    let recipe = smoker_build::recipe::Recipe::load(&recipes, "device").unwrap();
+    let lock_path = smoker_build::lock::Lock::path(&recipes, "device");
+    let lock = smoker_build::lock::Lock::load(&lock_path, "device").unwrap();
+    let source = smoker_build::release::SourceInfo {
         commit: Some(commit.clone()),
         dirty: false,
         recipe_dir: "recipes/device".into(),
         epoch: head_time(&repo).parse().unwrap(),
     };
-    let plan = smoker::release::plan(
+    let plan = smoker_build::release::plan(
         &recipe,
         &lock,
         &lock_path,
@@ -381,8 +381,9 @@ fn verify_rebuild_refuses_dirty_bundles_and_detects_mislabelled_ones() {
         &source,
     )
     .unwrap();
-    let secret = smoker::signing::SecretKey::load(&key, None).unwrap();
-    let lying = smoker::release::write_release(&plan, &secret, &tmp.path().join("lying")).unwrap();
+    let secret = smoker_format::signing::SecretKey::load(&key, None).unwrap();
+    let lying =
+        smoker_build::release::write_release(&plan, &secret, &tmp.path().join("lying")).unwrap();
     let o = verify_rebuild(&lying.path, &repo);
     let (stdout, stderr) = text(&o);
     assert!(

@@ -4,7 +4,7 @@
 
 mod support;
 
-use smoker::signing::{SecretKey, TrustedKeys};
+use smoker_format::signing::{SecretKey, TrustedKeys};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use support::{assert_ok, run, run_with_input, text};
@@ -155,7 +155,7 @@ fn minisign_cli_verifies_our_detached_and_manifest_signatures() {
     let out = tmp.path().join("out");
     for bundle in release_ok(&project, &secret, &out, Some(PASSWORD)) {
         let name = bundle.file_name().unwrap().to_string_lossy().into_owned();
-        let info = smoker::bundle::read::inspect_file(&bundle).expect("bundle reads");
+        let info = smoker_format::bundle::read::inspect_file(&bundle).expect("bundle reads");
         let m = &info.manifest;
         let comment = format!(
             "smoker-release name:device version:2.0.0 arch:{} env:prod manifest-sha256:{}",
@@ -236,8 +236,10 @@ fn our_verifier_and_installer_accept_signatures_made_by_the_minisign_cli() {
     let manifest_bytes = f.manifest.to_canonical_json();
     let manifest = tmp.path().join("manifest.json");
     std::fs::write(&manifest, &manifest_bytes).unwrap();
-    let comment =
-        smoker::release::trusted_comment(&f.manifest, &smoker::digest::sha256_hex(&manifest_bytes));
+    let comment = smoker_build::release::trusted_comment(
+        &f.manifest,
+        &smoker_format::digest::sha256_hex(&manifest_bytes),
+    );
     let sig_path = tmp.path().join("manifest.json.minisig");
     let o = cli_sign(&cli_secret, Some(PASSWORD), &manifest, &sig_path, &comment);
     assert_ok("minisign -S manifest.json", &o);
@@ -256,7 +258,10 @@ fn our_verifier_and_installer_accept_signatures_made_by_the_minisign_cli() {
         .verify(&altered, &cli_sig)
         .expect_err("altered manifest");
     assert!(
-        matches!(err, smoker::signing::SigningError::BadSignature { .. }),
+        matches!(
+            err,
+            smoker_format::signing::SigningError::BadSignature { .. }
+        ),
         "{err}"
     );
 
@@ -264,10 +269,16 @@ fn our_verifier_and_installer_accept_signatures_made_by_the_minisign_cli() {
     let payload: Vec<_> = f
         .files
         .iter()
-        .map(|(e, b)| (e.clone(), smoker::bundle::write::Payload::Bytes(b.clone())))
+        .map(|(e, b)| {
+            (
+                e.clone(),
+                smoker_format::bundle::write::Payload::Bytes(b.clone()),
+            )
+        })
         .collect();
-    let bytes = smoker::bundle::write::write_bundle(Vec::new(), &f.manifest, &cli_sig, &payload)
-        .expect("write_bundle");
+    let bytes =
+        smoker_format::bundle::write::write_bundle(Vec::new(), &f.manifest, &cli_sig, &payload)
+            .expect("write_bundle");
     let bundle = tmp.path().join("corpus-1.0.0-amd64.tar.zst");
     std::fs::write(&bundle, bytes).unwrap();
     let (o, v) = smoker_verify(&cli_public, &bundle);

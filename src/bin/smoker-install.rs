@@ -3,10 +3,10 @@
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use smoker::apply::{self, Progress};
-use smoker::bundle::read::{VerifiedBundle, VerifyError, verify_file};
 use smoker::layout::{DEFAULT_ROOT, Layout, ROOT_ENV};
 use smoker::profile::Profile;
-use smoker::signing::TrustedKeys;
+use smoker_format::bundle::read::{VerifiedBundle, VerifyError, verify_file};
+use smoker_format::signing::TrustedKeys;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

@@ -241,7 +241,7 @@ pub fn put_oci_index(
     let resp = http::request("PUT", &url, &[("Content-Type", OCI_INDEX)], &body)
         .unwrap_or_else(|e| panic!("PUT {url}: {e}"));
     assert_eq!(resp.status, 201, "PUT {url}: {}", resp.text());
-    let digest = format!("sha256:{}", smoker::digest::sha256_hex(&body));
+    let digest = format!("sha256:{}", smoker_format::digest::sha256_hex(&body));
     assert_eq!(resp.header("Docker-Content-Digest"), Some(digest.as_str()));
     digest
 }
@@ -265,7 +265,7 @@ impl Workspace {
         std::fs::create_dir_all(dir.path().join("recipes")).expect("recipes");
         let key = dir.path().join("release.key");
         let public_key = dir.path().join("release.pub");
-        smoker::signing::generate(&key, &public_key, None).expect("keygen");
+        smoker_format::signing::generate(&key, &public_key, None).expect("keygen");
         let env_file = dir.path().join("host.env");
         std::fs::write(&env_file, "# no secrets\n").expect("env file");
         Workspace {

@@ -3,11 +3,11 @@
 //! Each test binary includes this module and uses a part of it.
 #![allow(dead_code)]
 
-use smoker::manifest::{
+use smoker_format::manifest::{
     Arch, ComposeSpec, FORMAT_VERSION, FileEntry, Health, Image, Manifest, Migration, Runner,
     Source,
 };
-use smoker::signing::{SecretKey, TrustedKeys};
+use smoker_format::signing::{SecretKey, TrustedKeys};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -166,7 +166,7 @@ pub fn text(out: &Output) -> (String, String) {
 
 /// Lowercase hex sha256 of a file.
 pub fn sha256_file(path: &Path) -> String {
-    smoker::digest::sha256_file(path)
+    smoker_format::digest::sha256_file(path)
         .unwrap_or_else(|e| panic!("hashing {}: {e}", path.display()))
         .0
 }
@@ -302,7 +302,7 @@ impl Fixture {
                     FileEntry {
                         path: path.to_string(),
                         size: bytes.len() as u64,
-                        sha256: smoker::digest::sha256_hex(&bytes),
+                        sha256: smoker_format::digest::sha256_hex(&bytes),
                         mode,
                     },
                     bytes,
@@ -385,9 +385,14 @@ impl Fixture {
         let payload: Vec<_> = self
             .files
             .iter()
-            .map(|(e, b)| (e.clone(), smoker::bundle::write::Payload::Bytes(b.clone())))
+            .map(|(e, b)| {
+                (
+                    e.clone(),
+                    smoker_format::bundle::write::Payload::Bytes(b.clone()),
+                )
+            })
             .collect();
-        smoker::bundle::write::write_bundle(
+        smoker_format::bundle::write::write_bundle(
             Vec::new(),
             &self.manifest,
             &self.sign(&self.manifest),
@@ -406,13 +411,13 @@ impl Fixture {
         let mtime = self.manifest.created;
         let mut v = vec![
             Raw::file(
-                smoker::manifest::MANIFEST_PATH,
+                smoker_format::manifest::MANIFEST_PATH,
                 0o644,
                 m.to_canonical_json(),
                 mtime,
             ),
             Raw::file(
-                smoker::manifest::MANIFEST_SIG_PATH,
+                smoker_format::manifest::MANIFEST_SIG_PATH,
                 0o644,
                 sig.as_bytes().to_vec(),
                 mtime,
@@ -444,7 +449,7 @@ impl Default for Fixture {
 pub fn new_key(dir: &Path, name: &str) -> (SecretKey, PathBuf) {
     let secret = dir.join(format!("{name}.key"));
     let public = dir.join(format!("{name}.pub"));
-    smoker::signing::generate(&secret, &public, None).expect("generating a key pair");
+    smoker_format::signing::generate(&secret, &public, None).expect("generating a key pair");
     let key = SecretKey::load(&secret, None).expect("loading the new secret key");
     (key, public)
 }
@@ -452,7 +457,10 @@ pub fn new_key(dir: &Path, name: &str) -> (SecretKey, PathBuf) {
 /// Signs a manifest the way the release builder does.
 pub fn sign_manifest(key: &SecretKey, m: &Manifest) -> String {
     let json = m.to_canonical_json();
-    let comment = smoker::release::trusted_comment(m, &smoker::digest::sha256_hex(json.as_slice()));
+    let comment = smoker_build::release::trusted_comment(
+        m,
+        &smoker_format::digest::sha256_hex(json.as_slice()),
+    );
     key.sign(json.as_slice(), &comment).expect("signing")
 }
 

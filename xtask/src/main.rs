@@ -7,18 +7,17 @@
 //! - `armv7`: cross-build the installer for the Pi and test it under qemu (see `armv7.rs`).
 
 mod armv7;
-mod lock;
-mod offline;
-mod registry;
 mod smoke;
+
+use smoker_build::{offline, registry, resolve as lock};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
-use smoker::lock::Lock;
-use smoker::manifest::Arch;
-use smoker::recipe::Recipe;
-use smoker::release::{self, SourceInfo};
-use smoker::signing::{self, SecretKey};
+use smoker_build::lock::Lock;
+use smoker_build::recipe::Recipe;
+use smoker_build::release::{self, SourceInfo};
+use smoker_format::manifest::Arch;
+use smoker_format::signing::{self, SecretKey};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -311,7 +310,7 @@ fn cmd_release(args: ReleaseArgs) -> Result<()> {
                 let sig = PathBuf::from(format!(
                     "{}{}",
                     w.path.display(),
-                    smoker::bundle::DETACHED_SIG_SUFFIX
+                    smoker_format::bundle::DETACHED_SIG_SUFFIX
                 ));
                 written.entry(dir).or_default().extend([w.path, sig]);
             }
@@ -330,7 +329,7 @@ fn cmd_verify_rebuild(
     blob_cache: Option<PathBuf>,
 ) -> Result<()> {
     let repo = repo.unwrap_or_else(workspace_root);
-    let bytes_ok = smoker::bundle::read::inspect_file(bundle)
+    let bytes_ok = smoker_format::bundle::read::inspect_file(bundle)
         .with_context(|| format!("reading {}", bundle.display()))?;
     let m = &bytes_ok.manifest;
     let Some(commit) = m.source.commit.clone() else {

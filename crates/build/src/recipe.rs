@@ -4,8 +4,8 @@
 //! file the compose file references. Its lock is `recipes/<name>.lock`. The format is
 //! documented in `recipes/README.md`.
 
-use crate::manifest::{Backup, Health, HttpCheck, Runner, is_name};
 use serde::Deserialize;
+use smoker_format::manifest::{Backup, Health, HttpCheck, Runner, is_name};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -280,11 +280,9 @@ pub enum ManifestError {
 impl Manifest {
     /// The canonical bytes: compact JSON with keys sorted, as signed.
     pub fn to_canonical_json(&self) -> Vec<u8> {
-        // serde_json's Value map is a BTreeMap (no preserve_order feature), so going through
-        // Value sorts every object's keys; compact output has no insignificant whitespace.
-        match serde_json::to_value(self) {
-            Ok(v) => {
-                let mut out = serde_json::to_vec(&v).unwrap_or_default();
+        // The key order is made explicitly (crate::canonical), not left to serde_json's map type.
+        match crate::canonical::to_vec(self) {
+            Ok(mut out) => {
                 out.push(b'\n');
                 out
             }

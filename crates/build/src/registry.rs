@@ -18,7 +18,7 @@ use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use serde::Deserialize;
-use smoker::manifest::Arch;
+use smoker_format::manifest::Arch;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Mutex;
@@ -340,7 +340,7 @@ impl Registries {
                 bytes.len()
             );
         }
-        let computed = format!("sha256:{}", smoker::digest::sha256_hex(&bytes));
+        let computed = format!("sha256:{}", smoker_format::digest::sha256_hex(&bytes));
         if computed != digest {
             bail!(
                 "manifest of {} hashes to {computed}, but the registry says {digest}",

@@ -6,15 +6,15 @@
 //! against its digest. Each layer is decompressed once to check it against the image config's
 //! diff IDs (the same check `docker load` does, but at release time, not on the Pi) and to
 //! learn its unpacked size (recorded for the installer's disk preflight, cached next to the
-//! blob). The archive itself ([`smoker::image_archive`]) is a pure function of those blobs, so
+//! blob). The archive itself ([`smoker_format::image_archive`]) is a pure function of those blobs, so
 //! it is cached too (`<cache>/archives/<key>.tar`, checked against its recorded sha256 before
 //! reuse).
 
 use crate::registry::{Descriptor, Fit, IMAGE_MANIFEST, ImageConfig, Registries, fit};
+use crate::release::OfflineImages;
 use anyhow::{Context as _, Result, bail};
-use smoker::image_archive::{self, BlobSize, BlobSource, ImageSource, Index};
-use smoker::manifest::{Arch, Image};
-use smoker::release::OfflineImages;
+use smoker_format::image_archive::{self, BlobSize, BlobSource, ImageSource, Index};
+use smoker_format::manifest::{Arch, Image};
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -93,12 +93,12 @@ fn unpack_facts(cache: &Cache, d: &Descriptor, path: &Path) -> Result<(String, u
     if let Ok(text) = std::fs::read_to_string(&note)
         && let Some((diff_id, size)) = text.trim().split_once(' ')
         && let Ok(size) = size.parse::<u64>()
-        && smoker::lock::is_digest(diff_id)
+        && smoker_format::digest::is_digest(diff_id)
     {
         return Ok((diff_id.to_string(), size));
     }
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hw = smoker::digest::HashingWriter::new(std::io::sink());
+    let mut hw = smoker_format::digest::HashingWriter::new(std::io::sink());
     if GZIP_LAYERS.contains(&d.media_type.as_str()) {
         let mut gz = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file));
         std::io::copy(&mut gz, &mut hw)
@@ -116,7 +116,7 @@ fn unpack_facts(cache: &Cache, d: &Descriptor, path: &Path) -> Result<(String, u
     }
     let (hex, size) = hw.finish();
     let diff_id = format!("sha256:{hex}");
-    smoker::release::write_atomic(&note, format!("{diff_id} {size}\n").as_bytes())?;
+    crate::release::write_atomic(&note, format!("{diff_id} {size}\n").as_bytes())?;
     Ok((diff_id, size))
 }
 
@@ -241,13 +241,13 @@ pub fn build(
     let index = Index::of(&sources);
     let mut key_bytes = index.docker_json();
     key_bytes.extend(index.sizes_json());
-    let key = smoker::digest::sha256_hex(&key_bytes);
+    let key = smoker_format::digest::sha256_hex(&key_bytes);
     let dir = cache_dir.join("archives");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("{key}.tar"));
     let sum_path = dir.join(format!("{key}.tar.sha256"));
     if let (Ok(recorded), true) = (std::fs::read_to_string(&sum_path), path.is_file()) {
-        let (sha, _) = smoker::digest::sha256_file(&path)
+        let (sha, _) = smoker_format::digest::sha256_file(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         if sha == recorded.trim() {
             return Ok(OfflineImages {
@@ -264,7 +264,7 @@ pub fn build(
         .prefix(".partial-")
         .tempfile_in(&dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    let out = smoker::digest::HashingWriter::new(std::io::BufWriter::with_capacity(
+    let out = smoker_format::digest::HashingWriter::new(std::io::BufWriter::with_capacity(
         1024 * 1024,
         tmp.as_file(),
     ));
@@ -276,7 +276,7 @@ pub fn build(
         .with_context(|| format!("writing {}", tmp.path().display()))?;
     tmp.persist(&path)
         .map_err(|e| anyhow::anyhow!("storing {}: {}", path.display(), e.error))?;
-    smoker::release::write_atomic(&sum_path, format!("{sha}\n").as_bytes())?;
+    crate::release::write_atomic(&sum_path, format!("{sha}\n").as_bytes())?;
     eprintln!(
         "image archive for {arch}: {} image(s), {}",
         sources.len(),

@@ -147,7 +147,7 @@ pub fn blob_path(digest: &str) -> String {
 /// The digest a blob path names, if it is one.
 fn blob_digest(path: &str) -> Option<String> {
     let hex = path.strip_prefix(BLOB_DIR)?.strip_prefix('/')?;
-    crate::lock::is_digest(&format!("sha256:{hex}")).then(|| format!("sha256:{hex}"))
+    crate::digest::is_digest(&format!("sha256:{hex}")).then(|| format!("sha256:{hex}"))
 }
 
 /// One image in Docker's `manifest.json`.
@@ -301,10 +301,8 @@ impl Index {
 }
 
 fn json_bytes<T: Serialize>(v: &T) -> Vec<u8> {
-    // Through Value: object keys sorted, compact output.
-    let mut out = serde_json::to_value(v)
-        .and_then(|v| serde_json::to_vec(&v))
-        .unwrap_or_default();
+    // Canonical: object keys sorted, compact output.
+    let mut out = crate::canonical::to_vec(v).unwrap_or_default();
     out.push(b'\n');
     out
 }

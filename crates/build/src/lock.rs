@@ -4,8 +4,8 @@
 //! written by hand. Release refuses any image reference that is not locked for a requested
 //! architecture.
 
-use crate::manifest::Arch;
 use serde::{Deserialize, Serialize};
+use smoker_format::manifest::Arch;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -155,14 +155,7 @@ impl Lock {
     }
 }
 
-/// True for `sha256:` followed by 64 lowercase hex digits.
-pub fn is_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
-}
+pub use smoker_format::digest::is_digest;
 
 /// Splits a reference into repository (without tag or digest) and the tag or digest part.
 pub fn repository_of(reference: &str) -> &str {

@@ -5,16 +5,16 @@
 //! It depends on nothing but those inputs — not on the time, the build directory, the umask or
 //! file mtimes — which is what makes bundles reproducible. [`write_release`] signs and writes.
 
-use crate::bundle::write::{Payload, write_bundle};
 use crate::compose::{self, PinnedService};
-use crate::digest::{sha256_file, sha256_hex};
-use crate::image_archive;
 use crate::lock::{Lock, LockError, repository_of};
-use crate::manifest::{
+use crate::recipe::Recipe;
+use smoker_format::bundle::write::{Payload, write_bundle};
+use smoker_format::digest::{sha256_file, sha256_hex};
+use smoker_format::image_archive;
+use smoker_format::manifest::{
     Arch, ComposeSpec, FORMAT_VERSION, FileEntry, Image, Manifest, Migration, Source,
 };
-use crate::recipe::Recipe;
-use crate::signing::SecretKey;
+use smoker_format::signing::SecretKey;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
@@ -64,7 +64,7 @@ pub enum ReleaseError {
     },
     /// Writing the bundle failed.
     #[error(transparent)]
-    Write(#[from] crate::bundle::write::WriteError),
+    Write(#[from] smoker_format::bundle::write::WriteError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReleaseError + '_ {
@@ -160,7 +160,7 @@ pub struct Plan {
 /// The images an offline bundle carries (built by `cargo xtask release --offline`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OfflineImages {
-    /// The image archive ([`crate::image_archive`]) holding every image of the bundle.
+    /// The image archive ([`smoker_format::image_archive`]) holding every image of the bundle.
     pub archive: PathBuf,
     /// The config digest (image ID) of each platform manifest digest, as the registry's
     /// manifests say; used for images whose lock entry records none.
@@ -638,7 +638,7 @@ pub fn write_release(plan: &Plan, key: &SecretKey, dir: &Path) -> Result<Written
     let sig = key
         .sign(manifest_json.as_slice(), &comment)
         .map_err(io_err(dir))?;
-    let name = crate::bundle::file_name(&m.name, &m.version, m.arch);
+    let name = smoker_format::bundle::file_name(&m.name, &m.version, m.arch);
     let path = dir.join(&name);
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
     let out = std::io::BufWriter::new(tmp);
@@ -661,7 +661,10 @@ pub fn write_release(plan: &Plan, key: &SecretKey, dir: &Path) -> Result<Written
         path: path.clone(),
         source: e.error,
     })?;
-    let sig_path = dir.join(format!("{name}{}", crate::bundle::DETACHED_SIG_SUFFIX));
+    let sig_path = dir.join(format!(
+        "{name}{}",
+        smoker_format::bundle::DETACHED_SIG_SUFFIX
+    ));
     write_atomic(&sig_path, detached.as_bytes())?;
     Ok(Written {
         path,

@@ -12,14 +12,14 @@
 //! report), and the config itself to check it really is for that platform. A tag that has no
 //! image for a requested platform is an error naming the image and the platform.
 
+use crate::lock::{LOCK_VERSION, Lock, LockedImage, PlatformPin};
+use crate::recipe::Recipe;
 use crate::registry::{
     ANY_MANIFEST, Fetched, Fit, IMAGE_MANIFEST, ImageConfig, Platform, Registries, fit,
     parse_reference, platform_name,
 };
 use anyhow::{Context as _, Result, bail};
-use smoker::lock::{LOCK_VERSION, Lock, LockedImage, PlatformPin};
-use smoker::manifest::Arch;
-use smoker::recipe::Recipe;
+use smoker_format::manifest::Arch;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -36,7 +36,7 @@ pub fn references(recipe: &Recipe) -> Result<BTreeSet<String>> {
     for env in envs {
         let empty = BTreeMap::new();
         let config = recipe.config(&env).unwrap_or(&empty);
-        let info = smoker::compose::analyze(&text, config)
+        let info = crate::compose::analyze(&text, config)
             .with_context(|| format!("recipe `{}`, environment `{env}`", recipe.name))?;
         out.extend(info.services.into_iter().map(|s| s.image));
     }
@@ -318,7 +318,7 @@ pub fn lock_recipe(
             println!("{l}");
         }
     }
-    smoker::release::write_atomic(&path, new.to_toml().as_bytes())?;
+    crate::release::write_atomic(&path, new.to_toml().as_bytes())?;
     Ok(())
 }
 
