@@ -8,41 +8,29 @@
 //! `pending` from before the switch until the gate decides, so an interruption anywhere is
 //! finished by the next run ([`crate::rollback::recover_profile`]).
 
+use crate::activate::{entry_env, env_file_for, gate};
 use crate::backup;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, io_at};
 use crate::fault;
-use crate::health::{self, Report};
+use crate::health::Report;
 use crate::hostconfig::HostConfig;
-use crate::hostenv;
 use crate::hostlock;
 use crate::layout::Layout;
 use crate::migrate::{self, Applied, Ledger};
 use crate::notify::{self, Event, Notice};
+use crate::policy::{self, HostFacts};
 use crate::profile::{Generation, Profile, Status, now};
+use crate::progress::Timer;
 use crate::runtime::{Runtime, Stack};
 use crate::store::{self, StoreEntry};
 use serde::Serialize;
-use smoker_format::manifest::{Arch, Manifest, Migration};
+use smoker_format::manifest::Migration;
 use smoker_format::signing::TrustedKeys;
 use std::collections::BTreeMap;
+use std::io::{Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-/// Reports progress of the pipeline's steps (a spinner on a terminal, lines otherwise).
-pub trait Progress {
-    /// A step starts.
-    fn step(&self, name: &str);
-    /// A line of information.
-    fn info(&self, message: &str);
-}
-
-/// Progress that prints nothing.
-pub struct Quiet;
-
-impl Progress for Quiet {
-    fn step(&self, _: &str) {}
-    fn info(&self, _: &str) {}
-}
+pub use crate::progress::{Progress, Quiet};
 
 /// Options of an apply.
 pub struct Options {
@@ -85,71 +73,9 @@ pub struct Outcome {
     pub gc: crate::gc::GcReport,
 }
 
-/// Timing of steps.
-#[derive(Default)]
-pub(crate) struct Timer {
-    pub(crate) steps: BTreeMap<String, u64>,
-}
-
-impl Timer {
-    pub(crate) fn time<T>(&mut self, name: &str, f: impl FnOnce() -> T) -> T {
-        let t = Instant::now();
-        let r = f();
-        self.steps
-            .insert(name.to_string(), t.elapsed().as_micros() as u64);
-        r
-    }
-}
-
-/// The env file a profile uses.
-pub fn env_file_for(profile: &str, explicit: Option<&Path>, remembered: Option<&Path>) -> PathBuf {
-    explicit
-        .or(remembered)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| hostenv::default_env_file(profile))
-}
-
-/// Starts generation `entry` under `project` and runs the health gate.
-pub(crate) fn activate(
-    runtime: &Runtime,
-    project: &str,
-    entry: &StoreEntry,
-    env: &BTreeMap<String, String>,
-    fault_after_up: &str,
-) -> Result<Report> {
-    let stack = Stack {
-        project,
-        dir: &entry.path,
-        manifest: &entry.manifest,
-        env,
-    };
-    runtime.up(&stack)?;
-    fault::point(fault_after_up);
-    Ok(gate(runtime, project, &entry.manifest))
-}
-
-/// Runs the health gate for a manifest's stack.
-pub(crate) fn gate(runtime: &Runtime, project: &str, manifest: &Manifest) -> Report {
-    let services: Vec<String> = manifest.images.iter().map(|i| i.service.clone()).collect();
-    let expected: BTreeMap<String, String> = manifest
-        .images
-        .iter()
-        .filter_map(|i| i.config_digest.clone().map(|d| (i.service.clone(), d)))
-        .collect();
-    health::gate(runtime, project, &manifest.health, &services, &expected)
-}
-
-/// Environment for a store entry with the profile's host env file.
-pub fn entry_env(entry: &StoreEntry, env_file: &Path) -> Result<BTreeMap<String, String>> {
-    let host = hostenv::read_host(env_file)?;
-    hostenv::stack_env(
-        &entry.path,
-        entry.manifest.compose.env_file.as_deref(),
-        &host,
-    )
-}
-
-/// Applies a bundle file.
+/// Applies a bundle file. The file is opened once: the signed manifest at its start names the
+/// profile to lock, then the same open file is verified and staged in one pass, and every later
+/// decision uses the manifest that pass verified.
 pub fn apply(
     layout: &Layout,
     bundle: &Path,
@@ -158,7 +84,9 @@ pub fn apply(
 ) -> Result<Outcome> {
     let mut timer = Timer::default();
     progress.step("reading the manifest");
-    let peek = smoker_format::bundle::read::peek_manifest(bundle, &opts.keys)?;
+    let mut file = std::fs::File::open(bundle).map_err(io_at(bundle))?;
+    let peek = smoker_format::bundle::read::peek_manifest_from(&file, &opts.keys)?;
+    file.seek(SeekFrom::Start(0)).map_err(io_at(bundle))?;
     let name = peek.name.clone();
 
     progress.step("locking the profile");
@@ -184,7 +112,14 @@ pub fn apply(
             format!("applying {}", bundle.display()),
         ),
     );
-    let result = apply_locked(layout, bundle, opts, progress, &mut timer, &name);
+    let mut run = Run {
+        layout,
+        opts,
+        progress,
+        timer,
+        name: &name,
+    };
+    let result = run.apply_locked(file);
     let end = match &result {
         Ok(o) if o.result == "unchanged" => None,
         Ok(o) => Some(notice(
@@ -201,277 +136,401 @@ pub fn apply(
     if let Some(n) = end {
         notify::send(layout, &opts.host, &n);
     }
-    let (fields, event_outcome) = match &result {
+    crate::audit::append(layout, "apply", audit_fields(&name, bundle, &result))?;
+    result
+}
+
+/// The audit record of an apply.
+fn audit_fields(name: &str, bundle: &Path, result: &Result<Outcome>) -> serde_json::Value {
+    let (mut fields, outcome) = match result {
         Ok(o) => (
             serde_json::to_value(o).unwrap_or_default(),
             o.result.clone(),
         ),
         Err(e) => (
-            serde_json::json!({"profile": name, "bundle": bundle.display().to_string(), "error": e.to_string()}),
+            serde_json::json!({"profile": name, "error": e.to_string()}),
             "error".to_string(),
         ),
     };
-    let mut fields = fields;
     if let serde_json::Value::Object(m) = &mut fields {
-        m.insert("outcome".into(), event_outcome.into());
+        m.insert("outcome".into(), outcome.into());
         m.insert("bundle".into(), bundle.display().to_string().into());
     }
-    crate::audit::append(layout, "apply", fields)?;
-    result
+    fields
 }
 
-fn apply_locked(
-    layout: &Layout,
-    bundle: &Path,
-    opts: &Options,
-    progress: &dyn Progress,
-    timer: &mut Timer,
-    name: &str,
-) -> Result<Outcome> {
-    // Policy checks that need only the signed manifest.
-    let existing = Profile::open(layout, name)?;
-    let peek = smoker_format::bundle::read::peek_manifest(bundle, &opts.keys)?;
-    check_policy(layout, &peek, existing.as_ref(), opts)?;
+/// One apply under the profile's lock: the steps of the pipeline as methods, in order.
+struct Run<'a> {
+    layout: &'a Layout,
+    opts: &'a Options,
+    progress: &'a dyn Progress,
+    timer: Timer,
+    name: &'a str,
+}
 
-    progress.step("verifying and storing the bundle");
-    let (entry, verified) = timer.time("verify+store", || {
-        store::add(layout, bundle, &opts.keys, || fault::point("apply:staged"))
-    })?;
-    fault::point("apply:stored");
-    progress.info(&format!(
-        "verified {} {} {} (signed by {}), stored as {}",
-        entry.manifest.name,
-        entry.manifest.version,
-        entry.manifest.arch,
-        verified.key_id,
-        entry.name
-    ));
+/// What the data step decided before anything changes.
+struct DataPlan {
+    ledger: Ledger,
+    to_run: Vec<Migration>,
+    pre_backup: Option<backup::Record>,
+}
 
-    // Already serving exactly this bundle?
-    if let Some(p) = &existing
-        && let Some(cur) = p.current().and_then(|n| p.generation(n))
-        && cur.manifest_sha256 == entry.manifest_sha256
-        && cur.status == Status::Good
-    {
-        progress.info(&format!(
+impl Run<'_> {
+    fn apply_locked(&mut self, file: std::fs::File) -> Result<Outcome> {
+        let existing = Profile::open(self.layout, self.name)?;
+        let bundle_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let (entry, bundle_sha256) = self.verify_and_store(file, existing.as_ref())?;
+        if let Some(unchanged) = self.already_serving(existing.as_ref(), &entry) {
+            return Ok(unchanged);
+        }
+        let (runtime, env_file, project) =
+            self.preflight(existing.as_ref(), &entry, bundle_bytes)?;
+        let env = entry_env(&entry, &env_file)?;
+        self.progress.step("images");
+        self.timer.time("images", || {
+            crate::images::ensure_images(&runtime, &entry, self.progress)
+        })?;
+        fault::point("apply:images");
+
+        let mut profile = Profile::open_or_create(self.layout, self.name, &project)?;
+        profile.state.env_file = Some(env_file);
+        let previous = profile.current();
+        let mut data = self.plan_data(&runtime, &profile, previous, &entry)?;
+        let number = self.record_and_switch(&mut profile, &entry, bundle_sha256)?;
+
+        let project = profile.state.project.clone();
+        let stack = Stack {
+            project: &project,
+            dir: &entry.path,
+            manifest: &entry.manifest,
+            env: &env,
+        };
+        let (failure, migrated) = self.start(&runtime, &stack, &mut data, number);
+        let what = if failure.is_some() {
+            "failed"
+        } else {
+            "failed the health gate"
+        };
+        let report = match failure {
+            Some(summary) => Report::failed(summary),
+            None => {
+                self.progress.step("health gate");
+                self.timer
+                    .time("health", || gate(&runtime, &project, &entry.manifest))
+            }
+        };
+        fault::point("apply:health");
+        if !report.healthy {
+            return self.roll_back(
+                &runtime,
+                &mut profile,
+                &stack,
+                &mut data,
+                Failed {
+                    number,
+                    previous,
+                    report,
+                    what,
+                    migrated,
+                },
+            );
+        }
+        profile.decide(number, Status::Good, None)?;
+        fault::point("apply:committed");
+        self.progress.info(&format!(
+            "generation {number} is healthy: {}",
+            report.summary
+        ));
+        let gc = self.collect_garbage(&runtime)?;
+        Ok(Outcome {
+            profile: self.name.to_string(),
+            generation: number,
+            version: entry.manifest.version.clone(),
+            result: "committed".into(),
+            current: Some(number),
+            health: Some(report),
+            durations_us: self.timer.steps.clone(),
+            gc,
+        })
+    }
+
+    /// Verifies and stages the bundle in one pass, decides policy on the manifest that pass
+    /// verified, and only then commits it to the store.
+    fn verify_and_store(
+        &mut self,
+        file: std::fs::File,
+        existing: Option<&Profile>,
+    ) -> Result<(StoreEntry, String)> {
+        self.progress.step("verifying and storing the bundle");
+        let (layout, keys) = (self.layout, &self.opts.keys);
+        let staged = self
+            .timer
+            .time("verify+stage", || store::stage(layout, file, keys))?;
+        fault::point("apply:staged");
+        let facts = HostFacts::gather(
+            self.layout,
+            &self.opts.host,
+            self.name,
+            self.opts.allow_env_change,
+            self.opts.allow_downgrade,
+        );
+        let generations = existing.map(|p| &p.state.generations[..]).unwrap_or(&[]);
+        policy::check(staged.manifest(), self.name, generations, &facts)?;
+        let key_id = staged.verified.key_id.clone();
+        let bundle_sha256 = staged.verified.bundle_sha256.clone();
+        let entry = self.timer.time("store", || staged.commit(layout))?;
+        fault::point("apply:stored");
+        self.progress.info(&format!(
+            "verified {} {} {} (signed by {key_id}), stored as {}",
+            entry.manifest.name, entry.manifest.version, entry.manifest.arch, entry.name
+        ));
+        Ok((entry, bundle_sha256))
+    }
+
+    /// The outcome when the current generation is already this bundle and good.
+    fn already_serving(&self, existing: Option<&Profile>, entry: &StoreEntry) -> Option<Outcome> {
+        let p = existing?;
+        let cur = p.current().and_then(|n| p.generation(n))?;
+        if cur.manifest_sha256 != entry.manifest_sha256 || cur.status != Status::Good {
+            return None;
+        }
+        self.progress.info(&format!(
             "generation {} already runs this bundle",
             cur.number
         ));
-        return Ok(Outcome {
-            profile: name.to_string(),
+        Some(Outcome {
+            profile: self.name.to_string(),
             generation: cur.number,
             version: cur.version.clone(),
             result: "unchanged".into(),
             current: Some(cur.number),
             health: None,
-            durations_us: timer.steps.clone(),
+            durations_us: self.timer.steps.clone(),
             gc: Default::default(),
-        });
+        })
     }
 
-    progress.step("preflight");
-    let remembered = existing.as_ref().and_then(|p| p.state.env_file.clone());
-    let env_file = env_file_for(name, opts.env_file.as_deref(), remembered.as_deref());
-    let project = opts
-        .project
-        .clone()
-        .or_else(|| existing.as_ref().map(|p| p.state.project.clone()))
-        .unwrap_or_else(|| format!("smoker-{name}"));
-    let bundle_bytes = std::fs::metadata(bundle).map(|m| m.len()).unwrap_or(0);
-    let runtime = timer.time("preflight", || {
-        crate::preflight::require(&crate::preflight::Inputs {
-            layout,
+    /// Every check the host can make before anything changes. Returns the runtime, the env
+    /// file and the compose project name.
+    fn preflight(
+        &mut self,
+        existing: Option<&Profile>,
+        entry: &StoreEntry,
+        bundle_bytes: u64,
+    ) -> Result<(Runtime, PathBuf, String)> {
+        self.progress.step("preflight");
+        let remembered = existing.and_then(|p| p.state.env_file.clone());
+        let env_file = env_file_for(
+            self.name,
+            self.opts.env_file.as_deref(),
+            remembered.as_deref(),
+        );
+        let project = self
+            .opts
+            .project
+            .clone()
+            .or_else(|| existing.map(|p| p.state.project.clone()))
+            .unwrap_or_else(|| format!("smoker-{}", self.name));
+        let inputs = crate::preflight::Inputs {
+            layout: self.layout,
             manifest: &entry.manifest,
             payload_dir: &entry.path,
             bundle_bytes,
             env_file: &env_file,
-            host: &opts.host,
-            allow_env_change: opts.allow_env_change,
+            host: &self.opts.host,
+            allow_env_change: self.opts.allow_env_change,
             project: &project,
             holds_lock: true,
+        };
+        let runtime = self
+            .timer
+            .time("preflight", || crate::preflight::require(&inputs))?;
+        fault::point("apply:preflight");
+        Ok((runtime, env_file, project))
+    }
+
+    /// The migration ledger decides which migrations run (checksums of applied ones are
+    /// checked here, before anything changes); when some will, the data of the generation
+    /// serving now is backed up first.
+    fn plan_data(
+        &mut self,
+        runtime: &Runtime,
+        profile: &Profile,
+        previous: Option<u32>,
+        entry: &StoreEntry,
+    ) -> Result<DataPlan> {
+        let ledger = Ledger::load(self.layout, self.name)?;
+        let to_run: Vec<Migration> = ledger
+            .pending(&entry.manifest)?
+            .into_iter()
+            .cloned()
+            .collect();
+        let pre_backup = if to_run.is_empty() {
+            None
+        } else {
+            self.progress.step("backing up data before migrations");
+            let (layout, progress) = (self.layout, self.progress);
+            self.timer.time("backup", || {
+                pre_migration_backup(layout, runtime, profile, previous, entry, &ledger, progress)
+            })?
+        };
+        Ok(DataPlan {
+            ledger,
+            to_run,
+            pre_backup,
         })
-    })?;
-    fault::point("apply:preflight");
-    let env = entry_env(&entry, &env_file)?;
+    }
 
-    progress.step("images");
-    timer.time("images", || {
-        crate::images::ensure_images(&runtime, &entry, progress)
-    })?;
-    fault::point("apply:images");
+    /// Records generation N as pending (with its `N-link`), then switches `current` to it.
+    fn record_and_switch(
+        &mut self,
+        profile: &mut Profile,
+        entry: &StoreEntry,
+        bundle_sha256: String,
+    ) -> Result<u32> {
+        let number = profile.next_number();
+        profile.add_pending(Generation {
+            number,
+            store: entry.name.clone(),
+            version: entry.manifest.version.clone(),
+            arch: entry.manifest.arch.to_string(),
+            environment: entry.manifest.environment.clone(),
+            bundle_sha256,
+            manifest_sha256: entry.manifest_sha256.clone(),
+            status: Status::Pending,
+            installed_at: now(),
+            decided_at: None,
+            reason: None,
+        })?;
+        fault::point("apply:pending");
+        self.progress
+            .step(&format!("switching to generation {number}"));
+        self.timer.time("switch", || profile.switch(number))?;
+        fault::point("apply:switched");
+        Ok(number)
+    }
 
-    // Data: the ledger decides which migrations run (checksums of applied ones are checked
-    // here, before anything changes).
-    let mut ledger = Ledger::load(layout, name)?;
-    let to_run: Vec<Migration> = ledger
-        .pending(&entry.manifest)?
-        .into_iter()
-        .cloned()
-        .collect();
-
-    let mut profile = Profile::open_or_create(layout, name, &project)?;
-    profile.state.env_file = Some(env_file.clone());
-    let project = profile.state.project.clone();
-    let previous = profile.current();
-
-    // A backup of the data as it is now, before any migration touches it.
-    let pre_backup = if to_run.is_empty() {
-        None
-    } else {
-        progress.step("backing up data before migrations");
-        timer.time("backup", || {
-            pre_migration_backup(
-                layout, &runtime, &profile, previous, &entry, &ledger, progress,
-            )
-        })?
-    };
-
-    let number = profile.next_number();
-    profile.add_pending(Generation {
-        number,
-        store: entry.name.clone(),
-        version: entry.manifest.version.clone(),
-        arch: entry.manifest.arch.to_string(),
-        environment: entry.manifest.environment.clone(),
-        bundle_sha256: verified.bundle_sha256.clone(),
-        manifest_sha256: entry.manifest_sha256.clone(),
-        status: Status::Pending,
-        installed_at: now(),
-        decided_at: None,
-        reason: None,
-    })?;
-    fault::point("apply:pending");
-
-    progress.step(&format!("switching to generation {number}"));
-    timer.time("switch", || profile.switch(number))?;
-    fault::point("apply:switched");
-
-    progress.step("starting the stack");
-    let stack = Stack {
-        project: &project,
-        dir: &entry.path,
-        manifest: &entry.manifest,
-        env: &env,
-    };
-    let mut failure = timer
-        .time("up", || runtime.up(&stack))
-        .err()
-        .map(|e| format!("compose up failed: {e}"));
-    fault::point("apply:compose-up");
-    let mut migrated = false;
-    if failure.is_none() {
-        for mig in &to_run {
-            progress.step(&format!("migration {}", mig.id));
+    /// `compose up`, then each pending migration in order, recorded in the ledger as it
+    /// succeeds. Returns the failure, if any, and whether a migration ran.
+    fn start(
+        &mut self,
+        runtime: &Runtime,
+        stack: &Stack<'_>,
+        data: &mut DataPlan,
+        number: u32,
+    ) -> (Option<String>, bool) {
+        self.progress.step("starting the stack");
+        if let Err(e) = self.timer.time("up", || runtime.up(stack)) {
+            fault::point("apply:compose-up");
+            return (Some(format!("compose up failed: {e}")), false);
+        }
+        fault::point("apply:compose-up");
+        let mut migrated = false;
+        for mig in &data.to_run {
+            self.progress.step(&format!("migration {}", mig.id));
             migrated = true;
-            match timer.time(&format!("migration {}", mig.id), || {
-                migrate::run(&runtime, &stack, &entry.path, mig)
-            }) {
-                Ok(_) => {
-                    ledger.applied.push(Applied {
-                        id: mig.id.clone(),
-                        sha256: mig.sha256.clone(),
-                        applied_at: now(),
-                        generation: number,
-                    });
-                    ledger.save(layout, name)?;
-                }
-                Err(e) => {
-                    failure = Some(e.to_string());
-                    break;
-                }
+            let ran = self.timer.time(&format!("migration {}", mig.id), || {
+                migrate::run(runtime, stack, stack.dir, mig)
+            });
+            if let Err(e) = ran {
+                return (Some(e.to_string()), migrated);
+            }
+            data.ledger.applied.push(Applied {
+                id: mig.id.clone(),
+                sha256: mig.sha256.clone(),
+                applied_at: now(),
+                generation: number,
+            });
+            if let Err(e) = data.ledger.save(self.layout, self.name) {
+                return (
+                    Some(format!("the migration ledger could not be saved: {e}")),
+                    migrated,
+                );
             }
         }
+        (None, migrated)
     }
-    let what = if failure.is_some() {
-        "failed"
-    } else {
-        "failed the health gate"
-    };
-    let report = match failure {
-        Some(summary) => Report::failed(summary),
-        None => {
-            progress.step("health gate");
-            timer.time("health", || gate(&runtime, &project, &entry.manifest))
-        }
-    };
-    fault::point("apply:health");
 
-    let mut outcome = Outcome {
-        profile: name.to_string(),
-        generation: number,
-        version: entry.manifest.version.clone(),
-        result: String::new(),
-        current: Some(number),
-        health: Some(report.clone()),
-        durations_us: BTreeMap::new(),
-        gc: Default::default(),
-    };
-    if !report.healthy {
+    /// The new generation failed: mark it, put the data back when migrations touched it, and
+    /// return to the previous good generation.
+    fn roll_back(
+        &mut self,
+        runtime: &Runtime,
+        profile: &mut Profile,
+        stack: &Stack<'_>,
+        data: &mut DataPlan,
+        failed: Failed,
+    ) -> Result<Outcome> {
+        let Failed {
+            number,
+            previous,
+            report,
+            what,
+            migrated,
+        } = failed;
         profile.decide(number, Status::Failed, Some(report.summary.clone()))?;
-        progress.info(&format!("generation {number} {what}: {}", report.summary));
+        self.progress
+            .info(&format!("generation {number} {what}: {}", report.summary));
         // Data first: migrations may have changed it, so the pre-migration backup goes back
         // before the previous code runs again.
         let data_note = if migrated {
             restore_after_failed_migration(
-                layout,
-                &runtime,
-                &stack,
-                pre_backup.as_ref(),
-                &mut ledger,
-                progress,
+                self.layout,
+                runtime,
+                stack,
+                data.pre_backup.as_ref(),
+                &mut data.ledger,
+                self.progress,
             )
         } else {
             String::new()
         };
-        let back = timer.time("rollback", || {
-            crate::rollback::restore_previous(
-                layout,
-                &runtime,
-                &mut profile,
-                number,
-                previous,
-                progress,
-            )
+        let (layout, progress) = (self.layout, self.progress);
+        let back = self.timer.time("rollback", || {
+            crate::rollback::restore_previous(layout, runtime, profile, number, previous, progress)
         });
-        outcome.durations_us = timer.steps.clone();
-        return match back {
+        match back {
             Ok(to) => {
-                outcome.result = "rolled-back".into();
-                outcome.current = Some(to);
                 crate::audit::append(
-                    layout,
+                    self.layout,
                     "rollback",
-                    serde_json::json!({"profile": name, "from": number, "to": to, "automatic": true, "reason": report.summary, "data": data_note}),
+                    serde_json::json!({"profile": self.name, "from": number, "to": to, "automatic": true, "reason": report.summary, "data": data_note}),
                 )?;
                 Err(Error::RolledBack(format!(
                     "generation {number} ({} {}) {what} — {} — and was rolled back; {data_note}generation {to} is serving again",
-                    entry.manifest.name, entry.manifest.version, report.summary
+                    stack.manifest.name, stack.manifest.version, report.summary
                 )))
             }
             Err(e) => Err(Error::Broken(format!("{data_note}{e}"))),
-        };
+        }
     }
-    profile.decide(number, Status::Good, None)?;
-    fault::point("apply:committed");
-    progress.info(&format!(
-        "generation {number} is healthy: {}",
-        report.summary
-    ));
-    outcome.result = "committed".into();
 
-    progress.step("gc");
-    outcome.gc = timer.time("gc", || {
-        crate::gc::gc(layout, &runtime, opts.keep, &[name.to_string()])
-    })?;
-    let kept: std::collections::BTreeSet<u32> = Profile::open(layout, name)?
-        .map(|p| p.state.generations.iter().map(|g| g.number).collect())
-        .unwrap_or_default();
-    let pruned = backup::prune(layout, name, opts.host.backups.keep, &kept)?;
-    if !pruned.is_empty() {
-        progress.info(&format!("removed old backups: {}", pruned.join(", ")));
+    /// gc of generations, store entries and images, and backup retention.
+    fn collect_garbage(&mut self, runtime: &Runtime) -> Result<crate::gc::GcReport> {
+        self.progress.step("gc");
+        let (layout, keep, name) = (self.layout, self.opts.keep, self.name);
+        let report = self.timer.time("gc", || {
+            crate::gc::gc(layout, runtime, keep, &[name.to_string()])
+        })?;
+        let kept: std::collections::BTreeSet<u32> = Profile::open(self.layout, self.name)?
+            .map(|p| p.state.generations.iter().map(|g| g.number).collect())
+            .unwrap_or_default();
+        let pruned = backup::prune(self.layout, self.name, self.opts.host.backups.keep, &kept)?;
+        if !pruned.is_empty() {
+            self.progress
+                .info(&format!("removed old backups: {}", pruned.join(", ")));
+        }
+        Ok(report)
     }
-    outcome.durations_us = timer.steps.clone();
-    Ok(outcome)
+}
+
+/// A generation that did not pass, and why.
+struct Failed {
+    number: u32,
+    previous: Option<u32>,
+    report: Report,
+    what: &'static str,
+    migrated: bool,
 }
 
 /// Backs up the data of the generation serving now, before migrations run. `None` when there
@@ -561,49 +620,4 @@ fn restore_after_failed_migration(
             rec.id, rec.id
         ),
     }
-}
-
-fn check_policy(
-    layout: &Layout,
-    m: &Manifest,
-    existing: Option<&Profile>,
-    opts: &Options,
-) -> Result<()> {
-    if let Some(host) = Arch::host()
-        && m.arch != host
-        && std::env::var("SMOKER_ALLOW_FOREIGN_ARCH").is_err()
-    {
-        return Err(Error::Policy(format!(
-            "bundle is for {}, this host is {host}; use the {host} bundle",
-            m.arch
-        )));
-    }
-    if let Some((env, from)) = crate::preflight::host_environment(layout, &opts.host, &m.name)
-        && env != m.environment
-        && !opts.allow_env_change
-    {
-        return Err(Error::Policy(format!(
-            "bundle is for environment `{}`, but this host is `{env}` ({from}); use the `{env}` bundle, or pass --allow-env-change if the host really changes environment",
-            m.environment
-        )));
-    }
-    if let Some(p) = existing {
-        let new = semver::Version::parse(&m.version).ok();
-        let newest_good = p
-            .state
-            .generations
-            .iter()
-            .filter(|g| g.status == Status::Good)
-            .filter_map(|g| semver::Version::parse(&g.version).ok())
-            .max();
-        if let (Some(new), Some(good)) = (new, newest_good)
-            && new < good
-            && !opts.allow_downgrade
-        {
-            return Err(Error::Policy(format!(
-                "bundle version {new} is older than the newest good generation ({good}); use `smoker-install rollback` to return to a kept generation, or pass --allow-downgrade"
-            )));
-        }
-    }
-    Ok(())
 }

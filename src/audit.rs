@@ -26,7 +26,7 @@ pub fn append(layout: &Layout, event: &str, fields: Value) -> Result<()> {
             .into(),
     );
     line.insert("event".into(), event.into());
-    line.insert("host".into(), crate::hostlock::hostname().into());
+    line.insert("host".into(), crate::sys::hostname().into());
     if let Value::Object(m) = fields {
         for (k, v) in m {
             line.entry(k).or_insert(v);

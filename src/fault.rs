@@ -1,9 +1,10 @@
 //! Named fault-injection points for crash-safety tests.
 //!
-//! When the environment variable `SMOKER_FAULT` names a point the process reaches, it aborts
-//! on the spot (like `kill -9`: no destructors, no cleanup). Tests use this to prove that an
-//! interruption at any step leaves `current` on a complete generation and that `recover`
-//! finishes the job.
+//! In builds with the `test-hooks` feature (the test suite's), when the environment variable
+//! `SMOKER_FAULT` names a point the process reaches, it aborts on the spot (like `kill -9`: no
+//! destructors, no cleanup). Tests use this to prove that an interruption at any step leaves
+//! `current` on a complete generation and that `recover` finishes the job. Release builds do
+//! not have the feature: there a stray variable does nothing.
 
 /// Environment variable naming the point at which to abort.
 pub const FAULT_ENV: &str = "SMOKER_FAULT";
@@ -24,9 +25,9 @@ pub const POINTS: &[&str] = &[
     "rollback:compose-up",
 ];
 
-/// Aborts the process if `SMOKER_FAULT` names `point`.
+/// Aborts the process if `SMOKER_FAULT` names `point` (only with the `test-hooks` feature).
 pub fn point(point: &str) {
-    if std::env::var(FAULT_ENV).is_ok_and(|v| v == point) {
+    if cfg!(feature = "test-hooks") && std::env::var(FAULT_ENV).is_ok_and(|v| v == point) {
         eprintln!("fault injection: aborting at {point}");
         std::process::abort();
     }

@@ -4,14 +4,15 @@
 //! dies, so a crashed holder never blocks the next run. The file also records the holder (pid,
 //! host, command, start time) so a refused caller can say who holds it; a holder running for
 //! more than ten minutes is reported as stale, and `unlock --force` ends a hung one (safe: an
-//! interrupted apply is finished by the next run, see [`crate::recover`]).
+//! interrupted apply is finished by the next run, see [`crate::rollback::recover_profile`]).
 
 use crate::error::{Error, Result, io_at};
 use crate::layout::Layout;
+use crate::sys::{hostname, now_secs};
 use serde::{Deserialize, Serialize};
 use std::io::{Read as _, Seek as _, Write as _};
 use std::os::fd::AsRawFd as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 /// A holder older than this is reported as stale.
 pub const STALE_AFTER: Duration = Duration::from_secs(600);
@@ -189,26 +190,4 @@ pub fn force_unlock(layout: &Layout, profile: &str) -> Result<String> {
         "killed the holder ({}); the next command finishes or rolls back its work",
         h.describe()
     ))
-}
-
-/// True when a process with this pid exists.
-pub fn pid_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-/// This machine's host name.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
-}
-
-/// Seconds since the Unix epoch.
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

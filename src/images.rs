@@ -19,8 +19,8 @@
 //! present before `up`, and a local reference could only ever be "pulled" from a domain that
 //! never resolves.
 
-use crate::apply::Progress;
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 use crate::runtime::Runtime;
 use crate::store::StoreEntry;
 use serde::Serialize;

@@ -7,6 +7,7 @@
 //! ARCHITECTURE.md at the repository root for the map of modules and their invariants.
 
 // The installer: one module per step of the apply pipeline.
+pub mod activate;
 pub mod apply;
 pub mod audit;
 pub mod backup;
@@ -23,9 +24,12 @@ pub mod layout;
 pub mod migrate;
 pub mod notify;
 pub mod ops;
+pub mod policy;
 pub mod preflight;
 pub mod profile;
+pub mod progress;
 pub mod rollback;
 pub mod runtime;
 pub mod store;
+pub mod sys;
 pub mod usb;

@@ -85,7 +85,7 @@ fn payload(hook: &Webhook, n: &Notice, host: &str) -> serde_json::Value {
 
 /// Sends a notice everywhere configured. Never fails: returns what could not be delivered.
 pub fn send(layout: &Layout, cfg: &HostConfig, n: &Notice) -> Vec<Delivery> {
-    let host = crate::hostlock::hostname();
+    let host = crate::sys::hostname();
     let _ = crate::audit::append(layout, "notify", serde_json::json!({"notice": n}));
     if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
         let level = match n.event {

@@ -1,7 +1,7 @@
 //! Host operations on data outside an apply: preflight of a bundle file, on-demand backup and
 //! restore. Each takes the profile lock and writes an audit line.
 
-use crate::apply::{entry_env, env_file_for};
+use crate::activate::{entry_env, env_file_for};
 use crate::backup::{self, Record};
 use crate::error::{Error, Result, io_at};
 use crate::hostconfig::HostConfig;

@@ -5,7 +5,6 @@ use crate::error::{Error, Result};
 use crate::hostconfig::HostConfig;
 use crate::hostenv;
 use crate::layout::Layout;
-use crate::profile::Profile;
 use crate::runtime::{Runtime, Stack};
 use serde::Serialize;
 use smoker_format::manifest::{Arch, Manifest};
@@ -95,23 +94,6 @@ fn free(path: &Path, need: u64, what: &str, r: &mut Report) {
     }
 }
 
-/// The environment this host expects, and where that comes from.
-pub fn host_environment(
-    layout: &Layout,
-    host: &HostConfig,
-    profile: &str,
-) -> Option<(String, String)> {
-    if let Some(e) = &host.environment {
-        return Some((e.clone(), "declared in the host config".into()));
-    }
-    let p = Profile::open(layout, profile).ok().flatten()?;
-    let g = p.current().and_then(|n| p.generation(n))?;
-    Some((
-        g.environment.clone(),
-        format!("the environment of its current generation {}", g.number),
-    ))
-}
-
 /// Runs every check. Returns the runtime (when Docker answered) and the report.
 pub fn run(i: &Inputs<'_>) -> Result<(Option<Runtime>, Report)> {
     let mut r = Report { checks: Vec::new() };
@@ -138,19 +120,11 @@ pub fn run(i: &Inputs<'_>) -> Result<(Option<Runtime>, Report)> {
             None
         }
     };
-    match Arch::host() {
-        Some(h) if h == m.arch || std::env::var("SMOKER_ALLOW_FOREIGN_ARCH").is_ok() => {
-            r.add("arch", true, format!("bundle {} on a {h} host", m.arch))
-        }
-        Some(h) => r.add(
-            "arch",
-            false,
-            format!(
-                "bundle is for {}, this host is {h}; use the {h} bundle",
-                m.arch
-            ),
-        ),
-        None => r.add(
+    match (
+        Arch::host(),
+        crate::policy::check_arch(m, crate::policy::host_arch()),
+    ) {
+        (None, _) => r.add(
             "arch",
             false,
             format!(
@@ -158,8 +132,10 @@ pub fn run(i: &Inputs<'_>) -> Result<(Option<Runtime>, Report)> {
                 std::env::consts::ARCH
             ),
         ),
+        (Some(h), Ok(())) => r.add("arch", true, format!("bundle {} on a {h} host", m.arch)),
+        (Some(_), Err(e)) => r.add("arch", false, e.to_string()),
     }
-    match host_environment(i.layout, i.host, &m.name) {
+    match crate::policy::host_environment(i.layout, i.host, &m.name) {
         Some((env, _)) if env == m.environment => {
             r.add("environment", true, env.to_string())
         }

@@ -4,15 +4,17 @@
 //! generation's files from the store (its images are still present: gc keeps them), and the
 //! health gate. It needs neither the network nor the original bundle file.
 
-use crate::apply::{Progress, Timer, activate, entry_env, env_file_for};
+use crate::activate::{
+    activate, entry_env, generation_entry as current_entry, profile_env_file as env_file_of,
+};
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::health::Report;
 use crate::hostlock;
 use crate::layout::Layout;
 use crate::profile::{Profile, Status};
+use crate::progress::{Progress, Timer};
 use crate::runtime::{Runtime, Stack};
-use crate::store;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -76,17 +78,6 @@ pub(crate) fn restore_previous(
             report.summary
         )))
     }
-}
-
-fn env_file_of(profile: &Profile) -> std::path::PathBuf {
-    env_file_for(&profile.state.name, None, profile.state.env_file.as_deref())
-}
-
-fn current_entry(layout: &Layout, profile: &Profile, n: u32) -> Result<store::StoreEntry> {
-    let g = profile
-        .generation(n)
-        .ok_or_else(|| Error::State(format!("generation {n} is not recorded")))?;
-    store::open(layout, &g.store)
 }
 
 /// Switches to kept generation `target` and gates it. The target is marked `pending` before

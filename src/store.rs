@@ -12,7 +12,7 @@ use crate::layout::Layout;
 use smoker_format::bundle::read::{DirSink, Limits, Trust, VerifiedBundle, read_bundle};
 use smoker_format::manifest::{MANIFEST_PATH, MANIFEST_SIG_PATH, Manifest};
 use smoker_format::signing::TrustedKeys;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// A committed store entry.
 #[derive(Debug, Clone)]
@@ -36,15 +36,46 @@ pub fn entry_name(manifest: &Manifest, manifest_sha256: &str) -> String {
     )
 }
 
-/// Verifies `bundle` and commits its contents to the store (or reuses the identical entry).
-/// Returns the entry and the verification facts. Nothing reaches `store/` unless every check
-/// passed; `after_stage` runs between the verified unpack and the commit (fault injection).
-pub fn add(
-    layout: &Layout,
-    bundle: &Path,
-    keys: &TrustedKeys,
-    after_stage: impl FnOnce(),
-) -> Result<(StoreEntry, VerifiedBundle)> {
+/// A bundle verified and unpacked under `staging/`, not yet in the store. Dropping it removes
+/// the staged files; [`Staged::commit`] moves them into the store.
+pub struct Staged {
+    dir: tempfile::TempDir,
+    /// What verification established: the manifest and the hashes of what was read.
+    pub verified: VerifiedBundle,
+}
+
+impl Staged {
+    /// The verified manifest (the one every later decision must use).
+    pub fn manifest(&self) -> &Manifest {
+        &self.verified.manifest
+    }
+
+    /// Commits the staged tree to the store (or reuses the identical committed entry): made
+    /// read-only, one rename(2) into `store/`, fsync of `store/`.
+    pub fn commit(self, layout: &Layout) -> Result<StoreEntry> {
+        let name = entry_name(&self.verified.manifest, &self.verified.manifest_sha256);
+        let dest = layout.store().join(&name);
+        if dest.exists() {
+            // Same manifest hash = same content; keep the committed copy.
+            return open(layout, &name);
+        }
+        let staged = self.dir.keep();
+        fsutil::make_read_only(&staged)?;
+        std::fs::rename(&staged, &dest).map_err(io_at(&dest))?;
+        fsutil::fsync_dir(&layout.store())?;
+        Ok(StoreEntry {
+            path: dest,
+            name,
+            manifest: self.verified.manifest.clone(),
+            manifest_sha256: self.verified.manifest_sha256.clone(),
+        })
+    }
+}
+
+/// Verifies the bundle read from `input` and unpacks it under `staging/`, in one pass. Nothing
+/// is staged unless every check passed (a failed read removes what it wrote); nothing reaches
+/// `store/` until [`Staged::commit`].
+pub fn stage(layout: &Layout, input: impl std::io::Read, keys: &TrustedKeys) -> Result<Staged> {
     let staging_root = layout.staging();
     std::fs::create_dir_all(&staging_root).map_err(io_at(&staging_root))?;
     std::fs::create_dir_all(layout.store()).map_err(io_at(&layout.store()))?;
@@ -53,45 +84,27 @@ pub fn add(
         .prefix(&format!("stage-{}-", std::process::id()))
         .tempdir_in(&staging_root)
         .map_err(io_at(&staging_root))?;
-    let file = std::fs::File::open(bundle).map_err(io_at(bundle))?;
     let mut sink = DirSink::new(stage.path());
     let verified = read_bundle(
-        std::io::BufReader::with_capacity(1024 * 1024, file),
+        std::io::BufReader::with_capacity(1024 * 1024, input),
         Trust::Keys(keys),
         &mut sink,
         Limits::default(),
     )?;
     // The manifest and its signature live in the entry too: the store is self-describing.
-    std::fs::write(stage.path().join(MANIFEST_PATH), &verified.manifest_bytes)
-        .and_then(|_| std::fs::write(stage.path().join(MANIFEST_SIG_PATH), &verified.signature))
-        .map_err(io_at(stage.path()))?;
-    for f in [MANIFEST_PATH, MANIFEST_SIG_PATH] {
+    for (f, bytes) in [
+        (MANIFEST_PATH, &verified.manifest_bytes[..]),
+        (MANIFEST_SIG_PATH, verified.signature.as_bytes()),
+    ] {
         let p = stage.path().join(f);
-        std::fs::File::open(&p)
-            .and_then(|f| f.sync_all())
+        std::fs::write(&p, bytes)
+            .and_then(|_| std::fs::File::open(&p).and_then(|f| f.sync_all()))
             .map_err(io_at(&p))?;
     }
-    after_stage();
-    let name = entry_name(&verified.manifest, &verified.manifest_sha256);
-    let dest = layout.store().join(&name);
-    if dest.exists() {
-        // Same manifest hash = same content; keep the committed copy.
-        let existing = open(layout, &name)?;
-        return Ok((existing, verified));
-    }
-    let staged = stage.keep();
-    fsutil::make_read_only(&staged)?;
-    std::fs::rename(&staged, &dest).map_err(io_at(&dest))?;
-    fsutil::fsync_dir(&layout.store())?;
-    Ok((
-        StoreEntry {
-            path: dest,
-            name,
-            manifest: verified.manifest.clone(),
-            manifest_sha256: verified.manifest_sha256.clone(),
-        },
+    Ok(Staged {
+        dir: stage,
         verified,
-    ))
+    })
 }
 
 /// Opens a committed store entry by directory name.
@@ -143,7 +156,7 @@ fn clean_staging(layout: &Layout) {
                 .strip_prefix("stage-")
                 .and_then(|r| r.split('-').next())
                 .and_then(|p| p.parse::<i32>().ok());
-            if pid.is_none_or(|p| !crate::hostlock::pid_alive(p)) {
+            if pid.is_none_or(|p| !crate::sys::pid_alive(p)) {
                 let _ = fsutil::remove_tree(&e.path());
             }
         }

@@ -13,12 +13,13 @@
 //! truncated or corrupt is rejected by the verifier before anything is installed, said, and the
 //! next newest is tried.
 
-use crate::apply::{self, Options, Outcome, Progress};
+use crate::apply::{self, Options, Outcome};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
+use crate::progress::Progress;
 use crate::runtime::Runtime;
 use serde::Serialize;
-use smoker_format::manifest::{Arch, Manifest};
+use smoker_format::manifest::Manifest;
 use std::path::{Path, PathBuf};
 
 /// Where removable media are mounted when `--media-root` is not given.
@@ -110,8 +111,7 @@ pub fn scan(layout: &Layout, roots: &[PathBuf], opts: &Options) -> Result<Scan> 
     let mut skipped = Vec::new();
     let mut usable = Vec::new();
     let installed = layout.profile_names();
-    let host_arch = Arch::host();
-    let foreign_ok = std::env::var("SMOKER_ALLOW_FOREIGN_ARCH").is_ok();
+    let host_arch = crate::policy::host_arch();
     let runtime = Runtime::detect().ok();
     for path in files {
         let skip = |reason: String| Skipped {
@@ -128,7 +128,6 @@ pub fn scan(layout: &Layout, roots: &[PathBuf], opts: &Options) -> Result<Scan> 
         let what = format!("{} {} {}/{}", m.name, m.version, m.arch, m.environment);
         if let Some(h) = host_arch
             && m.arch != h
-            && !foreign_ok
         {
             skipped.push(skip(format!(
                 "{what}: built for {}, this host is {h}",
@@ -148,7 +147,7 @@ pub fn scan(layout: &Layout, roots: &[PathBuf], opts: &Options) -> Result<Scan> 
             )));
             continue;
         }
-        if let Some((env, from)) = crate::preflight::host_environment(layout, &opts.host, &m.name)
+        if let Some((env, from)) = crate::policy::host_environment(layout, &opts.host, &m.name)
             && env != m.environment
             && !opts.allow_env_change
         {

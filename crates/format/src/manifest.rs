@@ -278,6 +278,43 @@ pub enum ManifestError {
 }
 
 impl Manifest {
+    /// A manifest with no files, images, migrations, checks or hooks: what a bundle of an empty
+    /// recipe would say. A starting point for code (and tests) that fill in the rest.
+    pub fn skeleton(name: &str, version: &str, arch: Arch, environment: &str) -> Manifest {
+        Manifest {
+            format: FORMAT_VERSION,
+            name: name.to_string(),
+            version: version.to_string(),
+            arch,
+            environment: environment.to_string(),
+            source: Source {
+                commit: None,
+                dirty: false,
+                recipe_dir: String::new(),
+            },
+            created: 0,
+            min_installer_version: "0.1.0".to_string(),
+            compose: ComposeSpec {
+                files: Vec::new(),
+                project_directory: "stack".to_string(),
+                env_file: None,
+            },
+            images: Vec::new(),
+            migrations: Vec::new(),
+            migration_runner: None,
+            health: Health {
+                window_secs: 60,
+                failures: 3,
+                successes: 2,
+                interval_ms: 1000,
+                http: Vec::new(),
+            },
+            backup: None,
+            required_secrets: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
     /// The canonical bytes: compact JSON with keys sorted, as signed.
     pub fn to_canonical_json(&self) -> Vec<u8> {
         // The key order is made explicitly (crate::canonical), not left to serde_json's map type.

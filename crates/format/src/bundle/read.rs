@@ -321,6 +321,8 @@ struct Meter {
     limit: u64,
     exceeded: bool,
     failure: Option<VerifyError>,
+    /// The compressed input has ended: a decoder error from now on means the file is cut short.
+    source_ended: bool,
 }
 
 /// Counts decompressed bytes, stops at the limit and remembers the first underlying failure.
@@ -360,14 +362,16 @@ impl<R> Bounded<R> {
     fn note(&self, e: io::Error) -> io::Error {
         let mut m = self.meter.borrow_mut();
         if m.failure.is_none() {
-            m.failure = Some(classify_stream_error(&e));
+            m.failure = Some(classify_stream_error(&e, m.source_ended));
         }
         e
     }
 }
 
-fn classify_stream_error(e: &io::Error) -> VerifyError {
-    if e.kind() == io::ErrorKind::UnexpectedEof || e.to_string().contains("incomplete frame") {
+/// Tells a cut-short file from a damaged one by what happened, not by an error's wording: an
+/// error after the compressed input ended is a truncation.
+fn classify_stream_error(e: &io::Error, source_ended: bool) -> VerifyError {
+    if source_ended || e.kind() == io::ErrorKind::UnexpectedEof {
         VerifyError::Truncated
     } else if e.get_ref().is_some() || e.kind() == io::ErrorKind::Other {
         VerifyError::Compression(e.to_string())
@@ -389,7 +393,10 @@ pub fn read_bundle<R: Read>(
         limit: MAX_MANIFEST_BYTES + MAX_SIGNATURE_BYTES + 16 * 1024,
         ..Meter::default()
     }));
-    let source = SharedReader(hashed.clone());
+    let source = SharedReader {
+        inner: hashed.clone(),
+        meter: meter.clone(),
+    };
     // One frame only: anything after it is trailing data, not a further frame to decode.
     let mut decoder = zstd::stream::read::Decoder::new(source)
         .map_err(VerifyError::Io)?
@@ -429,9 +436,10 @@ pub fn read_bundle<R: Read>(
                 return Err(if m.exceeded {
                     VerifyError::TooLarge { limit: m.limit }
                 } else {
+                    let ended = m.source_ended;
                     m.failure
                         .take()
-                        .unwrap_or_else(|| classify_stream_error(&e))
+                        .unwrap_or_else(|| classify_stream_error(&e, ended))
                 });
             }
         };
@@ -468,11 +476,18 @@ pub fn read_bundle<R: Read>(
     })
 }
 
-struct SharedReader<R>(Rc<RefCell<HashingReader<R>>>);
+struct SharedReader<R> {
+    inner: Rc<RefCell<HashingReader<R>>>,
+    meter: Rc<RefCell<Meter>>,
+}
 
 impl<R: Read> Read for SharedReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.borrow_mut().read(buf)
+        let n = self.inner.borrow_mut().read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.meter.borrow_mut().source_ended = true;
+        }
+        Ok(n)
     }
 }
 
@@ -742,8 +757,13 @@ pub enum Trust<'a> {
 /// verification still runs afterwards.
 pub fn peek_manifest(path: &Path, keys: &TrustedKeys) -> Result<Manifest, VerifyError> {
     let f = std::fs::File::open(path).map_err(VerifyError::Io)?;
+    peek_manifest_from(f, keys)
+}
+
+/// [`peek_manifest`] of a stream (an already open file: rewind it before reading it again).
+pub fn peek_manifest_from(input: impl Read, keys: &TrustedKeys) -> Result<Manifest, VerifyError> {
     let mut decoder =
-        zstd::stream::read::Decoder::new(io::BufReader::new(f)).map_err(VerifyError::Io)?;
+        zstd::stream::read::Decoder::new(io::BufReader::new(input)).map_err(VerifyError::Io)?;
     decoder
         .window_log_max(ZSTD_WINDOW_LOG_MAX)
         .map_err(|e| VerifyError::Compression(e.to_string()))?;
