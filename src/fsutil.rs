@@ -1,38 +1,17 @@
 //! Durable file operations: atomic replace, atomic symlink switch, directory fsync.
 
 use crate::error::{Result, io_at};
-use std::io::Write as _;
 use std::path::Path;
 
 /// fsyncs a directory so a rename or create inside it survives a power cut.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_at(dir))
+    smoker_format::fsio::fsync_dir(dir).map_err(io_at(dir))
 }
 
 /// Replaces `path` with `bytes` atomically: temp file in the same directory, fsync, rename(2),
 /// fsync of the directory. Readers see the old or the new content, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io_at(dir))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(io_at(dir))?;
-    tmp.write_all(bytes)
-        .and_then(|_| {
-            tmp.as_file()
-                .set_permissions(std::fs::Permissions::from_mode(mode))
-        })
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(io_at(path))?;
-    tmp.persist(path).map_err(|e| crate::error::Error::Io {
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    fsync_dir(dir)
+    smoker_format::fsio::write_atomic(path, bytes, mode).map_err(io_at(path))
 }
 
 /// Points symlink `link` at `target` atomically: a new link under a temporary name, then

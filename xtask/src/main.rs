@@ -229,11 +229,14 @@ fn plan_bundle(
     source: &SourceInfo,
     offline: Option<(&registry::Registries, &Path)>,
 ) -> Result<release::Plan> {
-    let plan = release::plan(recipe, lock, lock_path, arch, env, version, source)?;
     let Some((reg, cache)) = offline else {
-        return Ok(plan);
+        return Ok(release::plan(
+            recipe, lock, lock_path, arch, env, version, source,
+        )?);
     };
-    let images = offline::build(reg, cache, arch, &plan.manifest.images)
+    // The images first (no payload is read or hashed for this), then the bundle, planned once.
+    let pinned = release::pinned_images(recipe, lock, lock_path, arch, env)?;
+    let images = offline::build(reg, cache, arch, &pinned)
         .with_context(|| format!("building the {arch} image archive of `{}`", recipe.name))?;
     Ok(release::plan_offline(
         recipe, lock, lock_path, arch, env, version, source, &images,

@@ -16,7 +16,6 @@ use smoker_format::manifest::{
 };
 use smoker_format::signing::SecretKey;
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
 
 /// Directory of the recipe's files inside a bundle (the compose project directory).
@@ -167,6 +166,26 @@ pub struct OfflineImages {
     pub config_digests: BTreeMap<String, String>,
 }
 
+/// Everything one bundle is computed from.
+struct Inputs<'a> {
+    recipe: &'a Recipe,
+    lock: &'a Lock,
+    lock_path: &'a Path,
+    arch: Arch,
+    env: &'a str,
+}
+
+/// The compose file of a recipe, read for one environment.
+struct Compose<'a> {
+    /// Path of the compose file inside the recipe.
+    rel: String,
+    info: compose::ComposeInfo,
+    config: &'a BTreeMap<String, String>,
+}
+
+/// Payload sources by path inside the bundle, with their modes.
+type Files = BTreeMap<String, (Payload, u32)>;
+
 /// Computes one bundle's manifest and payload.
 pub fn plan(
     recipe: &Recipe,
@@ -177,7 +196,14 @@ pub fn plan(
     version: &semver::Version,
     source: &SourceInfo,
 ) -> Result<Plan, ReleaseError> {
-    plan_with(recipe, lock, lock_path, arch, env, version, source, None)
+    let inputs = Inputs {
+        recipe,
+        lock,
+        lock_path,
+        arch,
+        env,
+    };
+    plan_with(&inputs, version, source, None)
 }
 
 /// Computes one offline bundle's manifest and payload: like [`plan`], plus the image archive
@@ -194,61 +220,154 @@ pub fn plan_offline(
     source: &SourceInfo,
     offline: &OfflineImages,
 ) -> Result<Plan, ReleaseError> {
-    plan_with(
+    let inputs = Inputs {
         recipe,
         lock,
         lock_path,
         arch,
         env,
-        version,
-        source,
-        Some(offline),
-    )
+    };
+    plan_with(&inputs, version, source, Some(offline))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn plan_with(
+/// The images one bundle pins, as its manifest will list them (online form), without reading
+/// or hashing any payload: what an offline release fetches before it plans the bundle once.
+pub fn pinned_images(
     recipe: &Recipe,
     lock: &Lock,
     lock_path: &Path,
     arch: Arch,
     env: &str,
+) -> Result<Vec<Image>, ReleaseError> {
+    let inputs = Inputs {
+        recipe,
+        lock,
+        lock_path,
+        arch,
+        env,
+    };
+    let compose = read_compose(&inputs)?;
+    Ok(pin_images(&inputs, &compose, None)?.0)
+}
+
+fn plan_with(
+    i: &Inputs<'_>,
     version: &semver::Version,
     source: &SourceInfo,
     offline: Option<&OfflineImages>,
 ) -> Result<Plan, ReleaseError> {
-    let rname = recipe.name.clone();
+    let compose = read_compose(i)?;
+    let root = i.recipe.dir.canonicalize().map_err(io_err(&i.recipe.dir))?;
+    let mut files = stack_files(i, &compose, &root)?;
+    let (images, pins) = pin_images(i, &compose, offline)?;
+    if let Some(o) = offline {
+        files.insert(
+            image_archive::ARCHIVE_PATH.to_string(),
+            (Payload::File(o.archive.clone()), 0o644),
+        );
+    }
+    files.insert(
+        PIN_FILE.to_string(),
+        (
+            Payload::Bytes(compose::pin_override(compose.info.version.as_deref(), &pins)),
+            0o644,
+        ),
+    );
+    let env_file = format!("config/{}.env", i.env);
+    files.insert(
+        env_file.clone(),
+        (Payload::Bytes(env_text(i.env, compose.config)?), 0o644),
+    );
+    let migration_paths = add_migrations(i.recipe, &root, &mut files)?;
+    let entries = hash_payload(files)?;
+    let migrations = migration_paths
+        .into_iter()
+        .map(|(id, path)| {
+            let sha256 = entries
+                .iter()
+                .find(|(e, _)| e.path == path)
+                .map(|(e, _)| e.sha256.clone())
+                .unwrap_or_default();
+            Migration { id, path, sha256 }
+        })
+        .collect();
+    let recipe = i.recipe;
+    let compose_err = |source| ReleaseError::Compose {
+        recipe: recipe.name.clone(),
+        source,
+    };
+    let manifest = Manifest {
+        format: FORMAT_VERSION,
+        name: recipe.name.clone(),
+        version: version.to_string(),
+        arch: i.arch,
+        environment: i.env.to_string(),
+        source: Source {
+            commit: source.commit.clone(),
+            dirty: source.dirty,
+            recipe_dir: source.recipe_dir.clone(),
+        },
+        created: source.epoch,
+        min_installer_version: MIN_INSTALLER_VERSION.to_string(),
+        compose: ComposeSpec {
+            files: vec![format!("{STACK_DIR}/{}", compose.rel), PIN_FILE.to_string()],
+            project_directory: STACK_DIR.to_string(),
+            env_file: Some(env_file),
+        },
+        images,
+        migrations,
+        migration_runner: recipe.runner(),
+        health: recipe.health(i.env).map_err(compose_err)?,
+        backup: recipe.file.backup.clone(),
+        required_secrets: recipe.required_secrets(i.env),
+        files: entries.iter().map(|(e, _)| e.clone()).collect(),
+    };
+    manifest
+        .validate()
+        .map_err(|e| ReleaseError::Invalid(format!("recipe `{}`: {e}", recipe.name)))?;
+    Ok(Plan {
+        manifest,
+        payload: entries,
+    })
+}
+
+/// Reads the recipe's compose file with the environment's configuration.
+fn read_compose<'a>(i: &Inputs<'a>) -> Result<Compose<'a>, ReleaseError> {
+    let (recipe, env) = (i.recipe, i.env);
+    let rname = &recipe.name;
     let config = recipe.config(env).ok_or_else(|| {
         ReleaseError::Invalid(format!(
             "recipe `{rname}` has no environment `{env}` (it has: {})",
             recipe.environments().join(", ")
         ))
     })?;
-    let compose_err = |source| ReleaseError::Compose {
-        recipe: rname.clone(),
-        source,
-    };
-    let compose_rel = normalize(&recipe.file.compose).ok_or_else(|| ReleaseError::Reference {
+    let rel = normalize(&recipe.file.compose).ok_or_else(|| ReleaseError::Reference {
         recipe: rname.clone(),
         message: format!(
             "compose file `{}` is outside the recipe",
             recipe.file.compose
         ),
     })?;
-    let compose_path = recipe.dir.join(&compose_rel);
-    let text = std::fs::read_to_string(&compose_path).map_err(io_err(&compose_path))?;
-    let info = compose::analyze(&text, config).map_err(compose_err)?;
+    let path = recipe.dir.join(&rel);
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    let info = compose::analyze(&text, config).map_err(|source| ReleaseError::Compose {
+        recipe: rname.clone(),
+        source,
+    })?;
+    Ok(Compose { rel, info, config })
+}
 
-    let mut files: BTreeMap<String, (Payload, u32)> = BTreeMap::new();
-    let root = recipe.dir.canonicalize().map_err(io_err(&recipe.dir))?;
-    add_file(&mut files, &root, &compose_rel, &rname, "the recipe")?;
-
-    // Every relative reference, resolved against the compose file's directory.
-    let compose_dir = Path::new(&compose_rel)
+/// The compose file and every file it references by relative path (resolved against the
+/// compose file's directory), under `stack/`.
+fn stack_files(i: &Inputs<'_>, compose: &Compose<'_>, root: &Path) -> Result<Files, ReleaseError> {
+    let rname = &i.recipe.name;
+    let mut files = Files::new();
+    add_file(&mut files, root, &compose.rel, rname, "the recipe")?;
+    let compose_dir = Path::new(&compose.rel)
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    for r in &info.references {
+    for r in &compose.info.references {
         let joined = compose_dir.join(&r.path);
         let rel = normalize(&joined.to_string_lossy()).ok_or_else(|| ReleaseError::Reference {
             recipe: rname.clone(),
@@ -273,21 +392,34 @@ fn plan_with(
                 ),
             });
         }
-        add_tree(&mut files, &root, &rel, &rname, &r.owner)?;
+        add_tree(&mut files, root, &rel, rname, &r.owner)?;
     }
+    Ok(files
+        .into_iter()
+        .map(|(rel, v)| (format!("{STACK_DIR}/{rel}"), v))
+        .collect())
+}
 
-    // Images, pinned per architecture.
+/// Every service's image pinned for the architecture: by digest (online), or to its local
+/// reference in the bundle's image archive (offline). Returns the manifest's image list
+/// (sorted by service) and the pin override's entries.
+fn pin_images(
+    i: &Inputs<'_>,
+    compose: &Compose<'_>,
+    offline: Option<&OfflineImages>,
+) -> Result<(Vec<Image>, BTreeMap<String, PinnedService>), ReleaseError> {
     let mut images = Vec::new();
     let mut pins = BTreeMap::new();
-    for svc in &info.services {
-        let (locked, pin) = lock
-            .get(&svc.image, arch)
-            .ok_or_else(|| LockError::NotLocked {
-                reference: svc.image.clone(),
-                service: svc.name.clone(),
-                arch,
-                path: lock_path.to_path_buf(),
-            })?;
+    for svc in &compose.info.services {
+        let (locked, pin) =
+            i.lock
+                .get(&svc.image, i.arch)
+                .ok_or_else(|| LockError::NotLocked {
+                    reference: svc.image.clone(),
+                    service: svc.name.clone(),
+                    arch: i.arch,
+                    path: i.lock_path.to_path_buf(),
+                })?;
         let repository = repository_of(&svc.image).to_string();
         let (pinned, config_digest, archive) = match offline {
             None => (
@@ -299,7 +431,8 @@ fn plan_with(
                 None,
             ),
             Some(o) => {
-                let config = offline_config(o, &svc.image, &svc.name, arch, pin, lock_path)?;
+                let config =
+                    offline_config(o, &svc.image, &svc.name, i.arch, pin, i.lock_path)?;
                 (
                     PinnedService {
                         image: image_archive::local_reference(&repository, &pin.digest),
@@ -325,76 +458,70 @@ fn plan_with(
     if let Some(o) = offline {
         check_archive(o, &images)?;
     }
+    Ok((images, pins))
+}
 
-    // Payload paths inside the bundle.
-    let mut payload_files: BTreeMap<String, (Payload, u32)> = files
-        .into_iter()
-        .map(|(rel, v)| (format!("{STACK_DIR}/{rel}"), v))
-        .collect();
-    if let Some(o) = offline {
-        payload_files.insert(
-            image_archive::ARCHIVE_PATH.to_string(),
-            (Payload::File(o.archive.clone()), 0o644),
-        );
-    }
-    payload_files.insert(
-        PIN_FILE.to_string(),
-        (
-            Payload::Bytes(compose::pin_override(info.version.as_deref(), &pins)),
-            0o644,
-        ),
-    );
-    let env_file = format!("config/{env}.env");
-    let mut env_text = String::new();
+/// The environment's non-secret configuration as an env file.
+fn env_text(env: &str, config: &BTreeMap<String, String>) -> Result<Vec<u8>, ReleaseError> {
+    let mut text = String::new();
     for (k, v) in config {
         if v.contains('\n') {
             return Err(ReleaseError::Invalid(format!(
                 "config value {k} of environment `{env}` has a newline"
             )));
         }
-        env_text.push_str(&format!("{k}={v}\n"));
+        text.push_str(&format!("{k}={v}\n"));
     }
-    payload_files.insert(
-        env_file.clone(),
-        (Payload::Bytes(env_text.into_bytes()), 0o644),
-    );
+    Ok(text.into_bytes())
+}
 
-    // Migrations.
+/// The recipe's migration scripts (`NNNN-name.ext`, in name order) under `migrations/`.
+/// Returns each migration's id and path in the bundle.
+fn add_migrations(
+    recipe: &Recipe,
+    root: &Path,
+    files: &mut Files,
+) -> Result<Vec<(String, String)>, ReleaseError> {
+    let Some(m) = &recipe.file.migrations else {
+        return Ok(Vec::new());
+    };
+    let rname = &recipe.name;
+    let dir_rel = normalize(&m.dir).ok_or_else(|| ReleaseError::Reference {
+        recipe: rname.clone(),
+        message: format!("migrations dir `{}` escapes the recipe directory", m.dir),
+    })?;
+    let dir = root.join(&dir_rel);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(io_err(&dir))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
     let mut migrations = Vec::new();
-    if let Some(m) = &recipe.file.migrations {
-        let dir_rel = normalize(&m.dir).ok_or_else(|| ReleaseError::Reference {
-            recipe: rname.clone(),
-            message: format!("migrations dir `{}` escapes the recipe directory", m.dir),
-        })?;
-        let dir = root.join(&dir_rel);
-        let mut names: Vec<String> = std::fs::read_dir(&dir)
-            .map_err(io_err(&dir))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        for name in names {
-            let valid = name.len() > 5
-                && name.as_bytes()[..4].iter().all(u8::is_ascii_digit)
-                && name.as_bytes()[4] == b'-';
-            if !valid {
-                return Err(ReleaseError::Reference {
-                    recipe: rname.clone(),
-                    message: format!("migration `{}/{name}` must be named NNNN-name.ext", m.dir),
-                });
-            }
-            let src = dir.join(&name);
-            let (payload, mode) = regular_file(&src, &rname, "migrations")?;
-            let path = format!("migrations/{name}");
-            let id = name.split('.').next().unwrap_or(&name).to_string();
-            migrations.push((id, path.clone()));
-            payload_files.insert(path, (payload, mode));
+    for name in names {
+        let valid = name.len() > 5
+            && name.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+            && name.as_bytes()[4] == b'-';
+        if !valid {
+            return Err(ReleaseError::Reference {
+                recipe: rname.clone(),
+                message: format!("migration `{}/{name}` must be named NNNN-name.ext", m.dir),
+            });
         }
+        let src = dir.join(&name);
+        let (payload, mode) = regular_file(&src, rname, "migrations")?;
+        let path = format!("migrations/{name}");
+        let id = name.split('.').next().unwrap_or(&name).to_string();
+        migrations.push((id, path.clone()));
+        files.insert(path, (payload, mode));
     }
+    Ok(migrations)
+}
 
-    // Hash everything (sorted by path: the manifest and tar order).
-    let mut entries = Vec::new();
-    for (path, (payload, mode)) in payload_files {
+/// Hashes every payload once, in path order (the manifest's and the tar stream's order).
+fn hash_payload(files: Files) -> Result<Vec<(FileEntry, Payload)>, ReleaseError> {
+    let mut entries = Vec::with_capacity(files.len());
+    for (path, (payload, mode)) in files {
         let (sha256, size) = match &payload {
             Payload::Bytes(b) => (sha256_hex(b), b.len() as u64),
             Payload::File(p) => sha256_file(p).map_err(io_err(p))?,
@@ -409,51 +536,7 @@ fn plan_with(
             payload,
         ));
     }
-    let migrations = migrations
-        .into_iter()
-        .map(|(id, path)| {
-            let sha256 = entries
-                .iter()
-                .find(|(e, _)| e.path == path)
-                .map(|(e, _)| e.sha256.clone())
-                .unwrap_or_default();
-            Migration { id, path, sha256 }
-        })
-        .collect();
-
-    let manifest = Manifest {
-        format: FORMAT_VERSION,
-        name: recipe.name.clone(),
-        version: version.to_string(),
-        arch,
-        environment: env.to_string(),
-        source: Source {
-            commit: source.commit.clone(),
-            dirty: source.dirty,
-            recipe_dir: source.recipe_dir.clone(),
-        },
-        created: source.epoch,
-        min_installer_version: MIN_INSTALLER_VERSION.to_string(),
-        compose: ComposeSpec {
-            files: vec![format!("{STACK_DIR}/{compose_rel}"), PIN_FILE.to_string()],
-            project_directory: STACK_DIR.to_string(),
-            env_file: Some(env_file),
-        },
-        images,
-        migrations,
-        migration_runner: recipe.runner(),
-        health: recipe.health(env).map_err(compose_err)?,
-        backup: recipe.file.backup.clone(),
-        required_secrets: recipe.required_secrets(env),
-        files: entries.iter().map(|(e, _)| e.clone()).collect(),
-    };
-    manifest
-        .validate()
-        .map_err(|e| ReleaseError::Invalid(format!("recipe `{rname}`: {e}")))?;
-    Ok(Plan {
-        manifest,
-        payload: entries,
-    })
+    Ok(entries)
 }
 
 /// The image ID an offline image is recorded with: the lock's, which must agree with the
@@ -679,19 +762,10 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), ReleaseError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path))
 }
 
-/// Writes a small file atomically (temp file, fsync, rename), mode 644.
+/// Writes a small file atomically and durably (temp file, fsync, rename, fsync of the
+/// directory), mode 644.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReleaseError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(io_err(path))?;
-    set_mode(tmp.path(), 0o644)?;
-    tmp.persist(path).map_err(|e| ReleaseError::Io {
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
+    smoker_format::fsio::write_atomic(path, bytes, 0o644).map_err(io_err(path))
 }
 
 /// Writes `SHA256SUMS` (sha256sum format, sorted by file name) in `dir`: the given files, plus

@@ -308,14 +308,7 @@ fn json_bytes<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_size(size);
-    h
+    crate::bundle::tar_header(kind, mode, 0, size)
 }
 
 fn append_file<W: Write>(

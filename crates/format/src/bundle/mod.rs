@@ -20,5 +20,19 @@ pub fn file_name(name: &str, version: &str, arch: crate::manifest::Arch) -> Stri
     format!("{name}-{version}-{arch}.tar.zst")
 }
 
+/// A tar header with every field fixed: GNU format, owner 0:0, the given type, mode, mtime and
+/// size. Bundles and image archives both build theirs here, so their bytes depend on nothing
+/// of the machine that wrote them.
+pub(crate) fn tar_header(kind: tar::EntryType, mode: u32, mtime: u64, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(mtime);
+    h.set_size(size);
+    h
+}
+
 /// Suffix of the detached whole-file signature.
 pub const DETACHED_SIG_SUFFIX: &str = ".minisig";

@@ -96,14 +96,7 @@ pub fn write_bundle<W: Write>(
 }
 
 fn header(mode: u32, mtime: u64, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(mode);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(mtime);
-    h.set_size(size);
-    h
+    super::tar_header(tar::EntryType::Regular, mode, mtime, size)
 }
 
 fn append<W: Write>(
