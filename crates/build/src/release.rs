@@ -269,7 +269,10 @@ fn plan_with(
     files.insert(
         PIN_FILE.to_string(),
         (
-            Payload::Bytes(compose::pin_override(compose.info.version.as_deref(), &pins)),
+            Payload::Bytes(compose::pin_override(
+                compose.info.version.as_deref(),
+                &pins,
+            )),
             0o644,
         ),
     );
@@ -411,15 +414,15 @@ fn pin_images(
     let mut images = Vec::new();
     let mut pins = BTreeMap::new();
     for svc in &compose.info.services {
-        let (locked, pin) =
-            i.lock
-                .get(&svc.image, i.arch)
-                .ok_or_else(|| LockError::NotLocked {
-                    reference: svc.image.clone(),
-                    service: svc.name.clone(),
-                    arch: i.arch,
-                    path: i.lock_path.to_path_buf(),
-                })?;
+        let (locked, pin) = i
+            .lock
+            .get(&svc.image, i.arch)
+            .ok_or_else(|| LockError::NotLocked {
+                reference: svc.image.clone(),
+                service: svc.name.clone(),
+                arch: i.arch,
+                path: i.lock_path.to_path_buf(),
+            })?;
         let repository = repository_of(&svc.image).to_string();
         let (pinned, config_digest, archive) = match offline {
             None => (
@@ -431,8 +434,7 @@ fn pin_images(
                 None,
             ),
             Some(o) => {
-                let config =
-                    offline_config(o, &svc.image, &svc.name, i.arch, pin, i.lock_path)?;
+                let config = offline_config(o, &svc.image, &svc.name, i.arch, pin, i.lock_path)?;
                 (
                     PinnedService {
                         image: image_archive::local_reference(&repository, &pin.digest),

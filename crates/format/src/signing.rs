@@ -142,6 +142,15 @@ impl SecretKey {
         })
     }
 
+    /// A key from its raw parts: the 8-byte key number and the 32-byte Ed25519 seed. For keys
+    /// held outside a minisign key file, and for fixed test keys.
+    pub fn from_seed(keynum: [u8; 8], seed: [u8; 32]) -> SecretKey {
+        SecretKey {
+            keynum,
+            signing: SigningKey::from_bytes(&seed),
+        }
+    }
+
     /// The key id, as the minisign CLI prints it.
     pub fn key_id(&self) -> String {
         key_id(&self.keynum)
