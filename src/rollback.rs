@@ -12,7 +12,7 @@ use crate::fault;
 use crate::health::Report;
 use crate::hostlock;
 use crate::layout::Layout;
-use crate::profile::{Profile, Status};
+use crate::profile::{Generation, Profile, Status};
 use crate::progress::{Progress, Timer};
 use crate::runtime::{Runtime, Stack};
 use serde::Serialize;
@@ -45,14 +45,7 @@ pub(crate) fn restore_previous(
     previous: Option<u32>,
     progress: &dyn Progress,
 ) -> Result<u32> {
-    let target = previous
-        .filter(|p| {
-            *p != failed
-                && profile
-                    .generation(*p)
-                    .is_some_and(|g| g.status == Status::Good)
-        })
-        .or_else(|| profile.last_good(Some(failed)).map(|g| g.number));
+    let target = return_target(&profile.state.generations, failed, previous);
     let Some(target) = target else {
         // Nothing to return to (first install): stop the failed stack so it does not linger.
         let entry = current_entry(layout, profile, failed)?;
@@ -158,43 +151,7 @@ fn rollback_locked(
     let mut profile = Profile::open(layout, name)?
         .ok_or_else(|| Error::State(format!("no profile `{name}` on this host")))?;
     let from = profile.current();
-    let target = match to {
-        Some(n) => {
-            if profile.generation(n).is_none() {
-                let kept: Vec<String> = profile
-                    .state
-                    .generations
-                    .iter()
-                    .map(|g| g.number.to_string())
-                    .collect();
-                return Err(Error::State(format!(
-                    "generation {n} is not kept on this host (kept: {})",
-                    kept.join(", ")
-                )));
-            }
-            n
-        }
-        None => {
-            let cur = from.unwrap_or(0);
-            profile
-                .state
-                .generations
-                .iter()
-                .rev()
-                .find(|g| g.status == Status::Good && g.number < cur)
-                .map(|g| g.number)
-                .ok_or_else(|| {
-                    Error::State(format!(
-                        "no good generation before the current one ({cur}) to roll back to; see `smoker-install history`"
-                    ))
-                })?
-        }
-    };
-    if Some(target) == from {
-        return Err(Error::State(format!(
-            "generation {target} is already current"
-        )));
-    }
+    let target = rollback_target(&profile.state.generations, from, to)?;
     let runtime = Runtime::detect()?;
     let data = rewind_data(
         layout,
@@ -261,30 +218,20 @@ pub fn recover_profile(
     let Some(mut profile) = Profile::open(layout, name)? else {
         return Ok(None);
     };
-    let current = profile.current();
-    let stray: Vec<u32> = profile
-        .state
-        .generations
-        .iter()
-        .filter(|g| g.status == Status::Pending && Some(g.number) != current)
-        .map(|g| g.number)
-        .collect();
-    for n in &stray {
+    let plan = recovery_plan(&profile.state.generations, profile.current());
+    for n in &plan.stray {
         profile.decide(
             *n,
             Status::Failed,
             Some("interrupted before it was switched to".into()),
         )?;
     }
-    let Some(cur) = current else {
-        return Ok((!stray.is_empty()).then(|| format!("marked {stray:?} failed (interrupted)")));
+    let stray_note = || {
+        (!plan.stray.is_empty()).then(|| format!("marked {:?} failed (interrupted)", plan.stray))
     };
-    let pending = profile
-        .generation(cur)
-        .is_some_and(|g| g.status == Status::Pending);
-    if !pending {
-        return Ok((!stray.is_empty()).then(|| format!("marked {stray:?} failed (interrupted)")));
-    }
+    let Some(cur) = plan.gate else {
+        return Ok(stray_note());
+    };
     progress.step(&format!(
         "recovering: generation {cur} was interrupted before its health gate"
     ));
@@ -428,4 +375,196 @@ fn rewind_data(
     ledger.applied.retain(|a| rec.ledger.contains(&a.id));
     ledger.save(layout, name)?;
     Ok(Some(rec.id))
+}
+
+/// What recovery must do for a profile, decided from its recorded generations alone.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecoveryPlan {
+    /// Pending generations that never became current: marked failed.
+    pub stray: Vec<u32>,
+    /// The current generation, when it is still pending: it gets its health gate now.
+    pub gate: Option<u32>,
+}
+
+/// Decides recovery: pending generations other than the current one were interrupted before
+/// the switch; a pending current one was interrupted between the switch and the gate's verdict.
+pub fn recovery_plan(generations: &[Generation], current: Option<u32>) -> RecoveryPlan {
+    let pending = |g: &&Generation| g.status == Status::Pending;
+    RecoveryPlan {
+        stray: generations
+            .iter()
+            .filter(pending)
+            .filter(|g| Some(g.number) != current)
+            .map(|g| g.number)
+            .collect(),
+        gate: current.filter(|c| generations.iter().filter(pending).any(|g| g.number == *c)),
+    }
+}
+
+/// After generation `failed` failed its gate: the generation to return to. `previous` (what
+/// served before) when it is good, else the newest good generation other than `failed`;
+/// `None` when there is none (a first install).
+pub fn return_target(
+    generations: &[Generation],
+    failed: u32,
+    previous: Option<u32>,
+) -> Option<u32> {
+    let good = |n: u32| {
+        generations
+            .iter()
+            .any(|g| g.number == n && g.status == Status::Good)
+    };
+    previous.filter(|p| *p != failed && good(*p)).or_else(|| {
+        generations
+            .iter()
+            .rev()
+            .find(|g| g.status == Status::Good && g.number != failed)
+            .map(|g| g.number)
+    })
+}
+
+/// The generation `smoker-install rollback [--to N]` switches to: `N` when it is kept, else the
+/// newest good generation before the current one. Errors say what is kept.
+pub fn rollback_target(
+    generations: &[Generation],
+    from: Option<u32>,
+    to: Option<u32>,
+) -> Result<u32> {
+    let target = match to {
+        Some(n) => {
+            if !generations.iter().any(|g| g.number == n) {
+                let kept: Vec<String> = generations.iter().map(|g| g.number.to_string()).collect();
+                return Err(Error::State(format!(
+                    "generation {n} is not kept on this host (kept: {})",
+                    kept.join(", ")
+                )));
+            }
+            n
+        }
+        None => {
+            let cur = from.unwrap_or(0);
+            generations
+                .iter()
+                .rev()
+                .find(|g| g.status == Status::Good && g.number < cur)
+                .map(|g| g.number)
+                .ok_or_else(|| {
+                    Error::State(format!(
+                        "no good generation before the current one ({cur}) to roll back to; see `smoker-install history`"
+                    ))
+                })?
+        }
+    };
+    if Some(target) == from {
+        return Err(Error::State(format!(
+            "generation {target} is already current"
+        )));
+    }
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(number: u32, status: Status) -> Generation {
+        Generation {
+            number,
+            store: format!("entry-{number}"),
+            version: format!("1.0.{number}"),
+            arch: "amd64".into(),
+            environment: "prod".into(),
+            bundle_sha256: String::new(),
+            manifest_sha256: String::new(),
+            status,
+            installed_at: String::new(),
+            decided_at: None,
+            reason: None,
+        }
+    }
+
+    fn state_message(r: Result<u32>) -> String {
+        match r {
+            Err(Error::State(m)) => m,
+            other => panic!("expected a state error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn recovery_gates_a_pending_current_generation_and_fails_stray_ones() {
+        let gens = [
+            g(1, Status::Good),
+            g(2, Status::Pending),
+            g(3, Status::Pending),
+        ];
+        assert_eq!(
+            recovery_plan(&gens, Some(3)),
+            RecoveryPlan {
+                stray: vec![2],
+                gate: Some(3)
+            }
+        );
+        // Interrupted before the switch: current is still the good one.
+        assert_eq!(
+            recovery_plan(&gens, Some(1)),
+            RecoveryPlan {
+                stray: vec![2, 3],
+                gate: None
+            }
+        );
+        // Nothing pending: nothing to do.
+        let calm = [g(1, Status::Good), g(2, Status::Failed)];
+        assert_eq!(recovery_plan(&calm, Some(1)), RecoveryPlan::default());
+        // No current generation at all (first install interrupted before its switch).
+        assert_eq!(
+            recovery_plan(&[g(1, Status::Pending)], None),
+            RecoveryPlan {
+                stray: vec![1],
+                gate: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_failed_generation_returns_to_the_previous_good_one_else_the_newest_good() {
+        let gens = [
+            g(1, Status::Good),
+            g(2, Status::Good),
+            g(3, Status::Failed),
+            g(4, Status::Failed),
+        ];
+        assert_eq!(return_target(&gens, 4, Some(1)), Some(1));
+        // The previous one failed too: the newest good generation.
+        assert_eq!(return_target(&gens, 4, Some(3)), Some(2));
+        // Unknown previous (recovery): the newest good one.
+        assert_eq!(return_target(&gens, 4, None), Some(2));
+        // A first install that failed has nothing to return to.
+        assert_eq!(return_target(&[g(1, Status::Failed)], 1, None), None);
+        // The failed generation itself is never the target, even if recorded good.
+        assert_eq!(return_target(&[g(1, Status::Good)], 1, Some(1)), None);
+    }
+
+    #[test]
+    fn manual_rollback_picks_the_newest_good_generation_before_the_current() {
+        let gens = [
+            g(1, Status::Good),
+            g(2, Status::Failed),
+            g(3, Status::Good),
+            g(4, Status::Good),
+        ];
+        assert_eq!(rollback_target(&gens, Some(4), None).expect("target"), 3);
+        assert_eq!(rollback_target(&gens, Some(3), None).expect("target"), 1);
+        // --to a kept generation, whatever its status (the gate judges it).
+        assert_eq!(rollback_target(&gens, Some(4), Some(2)).expect("target"), 2);
+        let msg = state_message(rollback_target(&gens, Some(4), Some(9)));
+        assert!(msg.contains("generation 9 is not kept"), "{msg}");
+        assert!(msg.contains("kept: 1, 2, 3, 4"), "{msg}");
+        let msg = state_message(rollback_target(&gens, Some(4), Some(4)));
+        assert!(msg.contains("already current"), "{msg}");
+        let msg = state_message(rollback_target(&gens, Some(1), None));
+        assert!(
+            msg.contains("no good generation before the current one (1)"),
+            "{msg}"
+        );
+    }
 }
