@@ -98,7 +98,46 @@ fn free(path: &Path, need: u64, what: &str, r: &mut Report) {
 pub fn run(i: &Inputs<'_>) -> Result<(Option<Runtime>, Report)> {
     let mut r = Report { checks: Vec::new() };
     let m = i.manifest;
-    let runtime = match Runtime::detect() {
+    let runtime = check_docker(&mut r);
+    check_arch(m, &mut r);
+    check_environment(i, &mut r);
+    let host_vars = hostenv::read_host(i.env_file)?;
+    let missing = hostenv::missing(&m.required_secrets, &host_vars);
+    check_variables(i, &missing, &mut r);
+    free(i.layout.root(), i.bundle_bytes, "disk (store)", &mut r);
+    if m.backup.is_some() {
+        free(
+            &i.layout.root().join("backups"),
+            0,
+            "disk (backups)",
+            &mut r,
+        );
+    }
+    if !i.holds_lock {
+        check_lock(i, &mut r);
+    }
+    if let Some(rt) = &runtime {
+        match rt.data_root() {
+            Some(root) => free(&root, 0, "disk (docker)", &mut r),
+            None => r.add("disk (docker)", false, "cannot read Docker's data root"),
+        }
+        if missing.is_empty() {
+            let env = hostenv::stack_env(i.payload_dir, m.compose.env_file.as_deref(), &host_vars)?;
+            check_ports(i, rt, &env, &mut r);
+        } else {
+            r.add(
+                "compose config",
+                false,
+                "not checked: required variables are missing",
+            );
+        }
+    }
+    Ok((runtime, r))
+}
+
+/// Docker answers, and which compose front end it has.
+fn check_docker(r: &mut Report) -> Option<Runtime> {
+    match Runtime::detect() {
         Ok(rt) => {
             r.add(
                 "docker",
@@ -119,7 +158,11 @@ pub fn run(i: &Inputs<'_>) -> Result<(Option<Runtime>, Report)> {
             r.add("docker", false, e.to_string());
             None
         }
-    };
+    }
+}
+
+/// The bundle is for this host's architecture.
+fn check_arch(m: &Manifest, r: &mut Report) {
     match (
         Arch::host(),
         crate::policy::check_arch(m, crate::policy::host_arch()),
@@ -135,6 +178,11 @@ pub fn run(i: &Inputs<'_>) -> Result<(Option<Runtime>, Report)> {
         (Some(h), Ok(())) => r.add("arch", true, format!("bundle {} on a {h} host", m.arch)),
         (Some(_), Err(e)) => r.add("arch", false, e.to_string()),
     }
+}
+
+/// The bundle is for this host's environment (or the operator allowed the change).
+fn check_environment(i: &Inputs<'_>, r: &mut Report) {
+    let m = i.manifest;
     match crate::policy::host_environment(i.layout, i.host, &m.name) {
         Some((env, _)) if env == m.environment => {
             r.add("environment", true, env.to_string())
@@ -154,13 +202,16 @@ pub fn run(i: &Inputs<'_>) -> Result<(Option<Runtime>, Report)> {
         ),
         None => r.add("environment", true, format!("{} (the host declares none)", m.environment)),
     }
-    let host_vars = hostenv::read_host(i.env_file)?;
-    let missing = hostenv::missing(&m.required_secrets, &host_vars);
+}
+
+/// Every variable the bundle names is in the host's env file.
+fn check_variables(i: &Inputs<'_>, missing: &[String], r: &mut Report) {
+    let required = i.manifest.required_secrets.len();
     if missing.is_empty() {
         r.add(
             "variables",
             true,
-            format!("{} required, all present", m.required_secrets.len()),
+            format!("{required} required, all present"),
         );
     } else {
         r.add(
@@ -173,84 +224,70 @@ pub fn run(i: &Inputs<'_>) -> Result<(Option<Runtime>, Report)> {
             ),
         );
     }
-    free(i.layout.root(), i.bundle_bytes, "disk (store)", &mut r);
-    if m.backup.is_some() {
-        free(
-            &i.layout.root().join("backups"),
-            0,
-            "disk (backups)",
-            &mut r,
+}
+
+/// Nobody else holds the profile's lock.
+fn check_lock(i: &Inputs<'_>, r: &mut Report) {
+    let name = &i.manifest.name;
+    if crate::hostlock::is_locked(i.layout, name) {
+        let who = crate::hostlock::holder(i.layout, name)
+            .map(|h| h.describe())
+            .unwrap_or_else(|| "an unknown process".into());
+        r.add(
+            "lock",
+            false,
+            format!("profile `{name}` is locked by {who}"),
+        );
+    } else {
+        r.add("lock", true, "free");
+    }
+}
+
+/// `compose config` accepts the files, and no port they publish is held by another process.
+fn check_ports(
+    i: &Inputs<'_>,
+    rt: &Runtime,
+    env: &std::collections::BTreeMap<String, String>,
+    r: &mut Report,
+) {
+    let stack = Stack {
+        project: i.project,
+        dir: i.payload_dir,
+        manifest: i.manifest,
+        env,
+    };
+    let ports = match rt.published_ports(&stack) {
+        Ok(p) => p,
+        Err(e) => return r.add("compose config", false, e.to_string()),
+    };
+    let mut busy = Vec::new();
+    for (ip, port) in &ports {
+        let addr = if ip.is_empty() {
+            "0.0.0.0"
+        } else {
+            ip.as_str()
+        };
+        let taken = std::net::TcpListener::bind((addr, *port)).is_err();
+        if taken && !rt.project_publishes(i.project, *port) {
+            busy.push(format!("{addr}:{port}"));
+        }
+    }
+    if busy.is_empty() {
+        r.add(
+            "ports",
+            true,
+            format!("{} published, none held by another process", ports.len()),
+        );
+    } else {
+        r.add(
+            "ports",
+            false,
+            format!(
+                "held by another process: {} — stop it or change the stack's ports",
+                busy.join(", ")
+            ),
         );
     }
-    if !i.holds_lock {
-        if crate::hostlock::is_locked(i.layout, &m.name) {
-            let who = crate::hostlock::holder(i.layout, &m.name)
-                .map(|h| h.describe())
-                .unwrap_or_else(|| "an unknown process".into());
-            r.add(
-                "lock",
-                false,
-                format!("profile `{}` is locked by {who}", m.name),
-            );
-        } else {
-            r.add("lock", true, "free");
-        }
-    }
-    if let Some(rt) = &runtime {
-        match rt.data_root() {
-            Some(root) => free(&root, 0, "disk (docker)", &mut r),
-            None => r.add("disk (docker)", false, "cannot read Docker's data root"),
-        }
-        if missing.is_empty() {
-            let env = hostenv::stack_env(i.payload_dir, m.compose.env_file.as_deref(), &host_vars)?;
-            let stack = Stack {
-                project: i.project,
-                dir: i.payload_dir,
-                manifest: m,
-                env: &env,
-            };
-            match rt.published_ports(&stack) {
-                Ok(ports) => {
-                    let mut busy = Vec::new();
-                    for (ip, port) in &ports {
-                        let addr = if ip.is_empty() {
-                            "0.0.0.0"
-                        } else {
-                            ip.as_str()
-                        };
-                        let taken = std::net::TcpListener::bind((addr, *port)).is_err();
-                        if taken && !rt.project_publishes(i.project, *port) {
-                            busy.push(format!("{addr}:{port}"));
-                        }
-                    }
-                    if busy.is_empty() {
-                        r.add(
-                            "ports",
-                            true,
-                            format!("{} published, none held by another process", ports.len()),
-                        );
-                    } else {
-                        r.add(
-                            "ports",
-                            false,
-                            format!(
-                                "held by another process: {} — stop it or change the stack's ports",
-                                busy.join(", ")
-                            ),
-                        );
-                    }
-                }
-                Err(e) => r.add("compose config", false, e.to_string()),
-            }
-        } else {
-            r.add(
-                "compose config",
-                false,
-                "not checked: required variables are missing",
-            );
-        }
-    }
-    Ok((runtime, r))
 }
 
 /// Runs preflight and turns problems into an error.

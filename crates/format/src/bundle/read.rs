@@ -553,9 +553,42 @@ fn verify_entries<R: Read>(
     meter: &Rc<RefCell<Meter>>,
 ) -> Result<Checked, VerifyError> {
     let mut entries = archive.entries().map_err(tar_err)?;
+    // 1. The manifest and 2. its signature, checked before anything else is read.
+    let (manifest_bytes, signature) = read_head(&mut entries)?;
+    let key_id = match keys {
+        Trust::Keys(keys) => verify_signature(keys, &manifest_bytes, &signature)?,
+        Trust::ContentOnly => crate::signing::signature_key_id(&signature)
+            .map_err(|e| VerifyError::MalformedSignature(e.to_string()))?,
+    };
+    // 3. The manifest, now trusted, sets the bounds for the rest.
+    let manifest = Manifest::from_json(&manifest_bytes)?;
+    bound_payload(&manifest, limits, meter)?;
+    // 4. Payload, exactly the manifest's files in order.
+    let position: HashMap<&str, usize> = manifest
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.path.as_str(), i))
+        .collect();
+    let mut index = 0usize;
+    while let Some(mut entry) = next_entry(&mut entries)? {
+        let path = check_entry(&entry)?;
+        let expected = expect_entry(&manifest, &position, index, path)?;
+        check_header(&entry, expected)?;
+        copy_verified(&mut entry, expected, sink)?;
+        index += 1;
+    }
+    if let Some(missing) = manifest.files.get(index) {
+        return Err(VerifyError::MissingEntry {
+            path: missing.path.clone(),
+        });
+    }
+    Ok((manifest, manifest_bytes, signature, key_id))
+}
 
-    // 1. The manifest, bounded.
-    let Some(mut entry) = next_entry(&mut entries)? else {
+/// Reads the first two entries: the manifest and its signature, each bounded.
+fn read_head<R: Read>(entries: &mut tar::Entries<'_, R>) -> Result<(Vec<u8>, String), VerifyError> {
+    let Some(mut entry) = next_entry(entries)? else {
         return Err(VerifyError::ManifestMissing {
             found: "an empty archive".into(),
         });
@@ -571,9 +604,7 @@ fn verify_entries<R: Read>(
     }
     let manifest_bytes = read_small(&mut entry, MAX_MANIFEST_BYTES)?;
     drop(entry);
-
-    // 2. Its signature, checked before anything else is read.
-    let Some(mut entry) = next_entry(&mut entries)? else {
+    let Some(mut entry) = next_entry(entries)? else {
         return Err(VerifyError::Truncated);
     };
     let path = check_entry(&entry)?;
@@ -581,132 +612,147 @@ fn verify_entries<R: Read>(
         return Err(VerifyError::SignatureMissing { found: path });
     }
     let sig_bytes = read_small(&mut entry, MAX_SIGNATURE_BYTES)?;
-    drop(entry);
     if sig_bytes.len() as u64 > MAX_SIGNATURE_BYTES {
         return Err(VerifyError::MalformedSignature("larger than 4 KiB".into()));
     }
     let signature = String::from_utf8(sig_bytes)
         .map_err(|_| VerifyError::MalformedSignature("not UTF-8".into()))?;
-    let key_id = match keys {
-        Trust::Keys(keys) => {
-            keys.verify(&manifest_bytes, &signature)
-                .map_err(|e| match e {
-                    SigningError::UntrustedKey { key_id, trusted } => {
-                        VerifyError::UntrustedKey { key_id, trusted }
-                    }
-                    SigningError::BadSignature { key_id } => VerifyError::BadSignature { key_id },
-                    other => VerifyError::MalformedSignature(other.to_string()),
-                })?
-                .key_id
-        }
-        Trust::ContentOnly => crate::signing::signature_key_id(&signature)
-            .map_err(|e| VerifyError::MalformedSignature(e.to_string()))?,
-    };
+    Ok((manifest_bytes, signature))
+}
 
-    // 3. The manifest, now trusted, sets the bounds for the rest.
-    let manifest = Manifest::from_json(&manifest_bytes)?;
+/// Checks the manifest's signature against the trusted keys; returns the signer's key id.
+fn verify_signature(
+    keys: &TrustedKeys,
+    manifest_bytes: &[u8],
+    signature: &str,
+) -> Result<String, VerifyError> {
+    keys.verify(manifest_bytes, signature)
+        .map(|v| v.key_id)
+        .map_err(|e| match e {
+            SigningError::UntrustedKey { key_id, trusted } => {
+                VerifyError::UntrustedKey { key_id, trusted }
+            }
+            SigningError::BadSignature { key_id } => VerifyError::BadSignature { key_id },
+            other => VerifyError::MalformedSignature(other.to_string()),
+        })
+}
+
+/// Sets the decompressed-size bound from the signed manifest: each file's data rounded up to
+/// 512, plus headers (a long-name entry at most adds three blocks), plus the end marker and
+/// the record padding other tars may add.
+fn bound_payload(
+    manifest: &Manifest,
+    limits: Limits,
+    meter: &Rc<RefCell<Meter>>,
+) -> Result<(), VerifyError> {
     if manifest.files.len() > limits.max_files {
         return Err(VerifyError::TooManyEntries {
             count: manifest.files.len(),
             limit: limits.max_files,
         });
     }
-    {
-        let mut m = meter.borrow_mut();
-        // Each file costs its data rounded up to 512, plus headers (a long-name entry at most
-        // adds three blocks), plus the end marker and the record padding other tars may add.
-        let mut bound = m.read;
-        for f in &manifest.files {
-            bound = bound.saturating_add(f.size.div_ceil(512) * 512 + 4 * 512);
-        }
-        bound = bound.saturating_add(20 * 512);
-        m.limit = bound.min(limits.max_total);
+    let mut m = meter.borrow_mut();
+    let mut bound = m.read;
+    for f in &manifest.files {
+        bound = bound.saturating_add(f.size.div_ceil(512) * 512 + 4 * 512);
     }
+    bound = bound.saturating_add(20 * 512);
+    m.limit = bound.min(limits.max_total);
+    Ok(())
+}
 
-    // 4. Payload, exactly the manifest's files in order.
-    let position: HashMap<&str, usize> = manifest
-        .files
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (f.path.as_str(), i))
-        .collect();
-    let mut index = 0usize;
-    while let Some(mut entry) = next_entry(&mut entries)? {
-        let path = check_entry(&entry)?;
-        let Some(expected) = manifest.files.get(index) else {
-            return Err(
-                if position.contains_key(path.as_str()) || is_header_path(&path) {
-                    VerifyError::DuplicateEntry { path }
-                } else {
-                    VerifyError::UnexpectedEntry { path }
-                },
-            );
-        };
-        if path != expected.path {
-            return Err(match position.get(path.as_str()) {
-                Some(&i) if i < index => VerifyError::DuplicateEntry { path },
-                Some(_) => VerifyError::OutOfOrder {
-                    path,
-                    expected: expected.path.clone(),
-                },
-                None if is_header_path(&path) => VerifyError::DuplicateEntry { path },
-                None => VerifyError::UnexpectedEntry { path },
-            });
-        }
-        // The size the tar reader will read (a PAX `size` record overrides the header's).
-        let size = entry.size();
-        if size != expected.size {
-            return Err(VerifyError::SizeMismatch {
-                path,
-                expected: expected.size,
-                found: size,
-            });
-        }
-        let mode = entry.header().mode().map_err(tar_err)? & 0o7777;
-        if mode != expected.mode {
-            return Err(VerifyError::ModeMismatch {
-                path,
-                expected: expected.mode,
-                found: mode,
-            });
-        }
-        let sink_err = |source| VerifyError::Sink {
-            path: expected.path.clone(),
-            source,
-        };
-        let (sha, len) = {
-            let out = sink.open(expected).map_err(sink_err)?;
-            let mut hw = HashingWriter::new(out);
-            let mut buf = vec![0u8; 128 * 1024];
-            loop {
-                let n = entry.read(&mut buf).map_err(tar_err)?;
-                if n == 0 {
-                    break;
-                }
-                hw.write_all(&buf[..n]).map_err(sink_err)?;
-            }
-            hw.flush().map_err(sink_err)?;
-            hw.finish()
-        };
-        if len != expected.size {
-            return Err(VerifyError::Truncated);
-        }
-        if sha != expected.sha256 {
-            return Err(VerifyError::HashMismatch {
-                path,
-                expected: expected.sha256.clone(),
-                found: sha,
-            });
-        }
-        sink.close(expected).map_err(sink_err)?;
-        index += 1;
+/// The manifest file entry number `index` must be `path`; otherwise says how the archive
+/// differs (a duplicate, an entry out of order, one the manifest does not list).
+fn expect_entry<'m>(
+    manifest: &'m Manifest,
+    position: &HashMap<&str, usize>,
+    index: usize,
+    path: String,
+) -> Result<&'m FileEntry, VerifyError> {
+    let Some(expected) = manifest.files.get(index) else {
+        return Err(
+            if position.contains_key(path.as_str()) || is_header_path(&path) {
+                VerifyError::DuplicateEntry { path }
+            } else {
+                VerifyError::UnexpectedEntry { path }
+            },
+        );
+    };
+    if path == expected.path {
+        return Ok(expected);
     }
-    if let Some(missing) = manifest.files.get(index) {
-        return Err(VerifyError::MissingEntry {
-            path: missing.path.clone(),
+    Err(match position.get(path.as_str()) {
+        Some(&i) if i < index => VerifyError::DuplicateEntry { path },
+        Some(_) => VerifyError::OutOfOrder {
+            path,
+            expected: expected.path.clone(),
+        },
+        None if is_header_path(&path) => VerifyError::DuplicateEntry { path },
+        None => VerifyError::UnexpectedEntry { path },
+    })
+}
+
+/// The entry's size and mode are the manifest's.
+fn check_header<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    expected: &FileEntry,
+) -> Result<(), VerifyError> {
+    // The size the tar reader will read (a PAX `size` record overrides the header's).
+    let size = entry.size();
+    if size != expected.size {
+        return Err(VerifyError::SizeMismatch {
+            path: expected.path.clone(),
+            expected: expected.size,
+            found: size,
         });
     }
-    Ok((manifest, manifest_bytes, signature, key_id))
+    let mode = entry.header().mode().map_err(tar_err)? & 0o7777;
+    if mode != expected.mode {
+        return Err(VerifyError::ModeMismatch {
+            path: expected.path.clone(),
+            expected: expected.mode,
+            found: mode,
+        });
+    }
+    Ok(())
+}
+
+/// Streams the entry into the sink while hashing it; the sink closes the file only when the
+/// length and the hash are the manifest's.
+fn copy_verified<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    expected: &FileEntry,
+    sink: &mut dyn Sink,
+) -> Result<(), VerifyError> {
+    let sink_err = |source| VerifyError::Sink {
+        path: expected.path.clone(),
+        source,
+    };
+    let (sha, len) = {
+        let out = sink.open(expected).map_err(sink_err)?;
+        let mut hw = HashingWriter::new(out);
+        let mut buf = vec![0u8; 128 * 1024];
+        loop {
+            let n = entry.read(&mut buf).map_err(tar_err)?;
+            if n == 0 {
+                break;
+            }
+            hw.write_all(&buf[..n]).map_err(sink_err)?;
+        }
+        hw.flush().map_err(sink_err)?;
+        hw.finish()
+    };
+    if len != expected.size {
+        return Err(VerifyError::Truncated);
+    }
+    if sha != expected.sha256 {
+        return Err(VerifyError::HashMismatch {
+            path: expected.path.clone(),
+            expected: expected.sha256.clone(),
+            found: sha,
+        });
+    }
+    sink.close(expected).map_err(sink_err)
 }
 
 fn next_entry<'a, R: Read>(
@@ -786,12 +832,6 @@ pub fn peek_manifest_from(input: impl Read, keys: &TrustedKeys) -> Result<Manife
     let sig = read_named(MANIFEST_SIG_PATH, MAX_SIGNATURE_BYTES)?;
     let sig =
         String::from_utf8(sig).map_err(|_| VerifyError::MalformedSignature("not UTF-8".into()))?;
-    keys.verify(&manifest_bytes, &sig).map_err(|e| match e {
-        SigningError::UntrustedKey { key_id, trusted } => {
-            VerifyError::UntrustedKey { key_id, trusted }
-        }
-        SigningError::BadSignature { key_id } => VerifyError::BadSignature { key_id },
-        other => VerifyError::MalformedSignature(other.to_string()),
-    })?;
+    verify_signature(keys, &manifest_bytes, &sig)?;
     Ok(Manifest::from_json(&manifest_bytes)?)
 }
