@@ -48,7 +48,12 @@ docker info >/dev/null 2>&1 || die "the Docker daemon does not answer (see 'dock
 
 # Rust: the stable toolchain the workspace declares (rust-version in Cargo.toml).
 command -v cargo >/dev/null || die "cargo is missing: install Rust (rustup, stable >= 1.95)"
-rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true
+for c in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c" >/dev/null 2>&1 ||
+    die "the Rust component $c is missing and could not be added (rustup component add $c)"
+done
+cargo fmt --version >/dev/null 2>&1 || die "cargo fmt does not run"
+cargo clippy --version >/dev/null 2>&1 || die "cargo clippy does not run"
 if ! rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-gnu; then
   [ "$(uname -m)" = x86_64 ] || die "tests build a static x86_64 test service; run them on x86_64"
 fi

@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
+# Style and structure first: they fail in seconds.
+echo "==> cargo fmt --check"; cargo fmt --all --check || { echo "error: cargo fmt found unformatted code (run cargo fmt)" >&2; exit 1; }
+echo "==> module cycles"; python3 scripts/check-module-cycles.py
+echo "==> cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --locked --bins
 cargo test --workspace --locked --no-fail-fast
 # Release engineering, each step failing the run with its own message:
