@@ -19,6 +19,15 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+/// Most bytes the tar reader may read to reach one entry: padding of the previous one, its
+/// header, and long-name, long-link or PAX records (which it holds in memory). Genuine bundles
+/// need a few blocks; GNU tar's PAX records for a re-packed bundle stay far below this.
+pub const MAX_HEADER_BYTES: u64 = 16 * 1024;
+
+/// Most decompressed bytes before the manifest is trusted: the manifest, its signature and
+/// their headers.
+const HEAD_LIMIT: u64 = MAX_MANIFEST_BYTES + MAX_SIGNATURE_BYTES + 16 * 1024;
+
 /// Everything that can make a bundle unacceptable. Each variant is one specific problem.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -164,6 +173,15 @@ pub enum VerifyError {
         /// Hash of the bytes.
         found: String,
     },
+    /// An entry's tar headers (GNU long name or long link, PAX records) are larger than any
+    /// bundle needs: the tar reader would hold them in memory.
+    #[error(
+        "an entry's tar headers (long name, long link or PAX records) exceed {limit} bytes; bundles never need that much (memory bomb?)"
+    )]
+    HeaderTooLarge {
+        /// The bound, in bytes.
+        limit: u64,
+    },
     /// The decompressed stream is larger than the manifest allows.
     #[error(
         "decompressed data exceeds {limit} bytes, more than the manifest declares (decompression bomb?)"
@@ -211,6 +229,7 @@ impl VerifyError {
             VerifyError::SizeMismatch { .. } => "size-mismatch",
             VerifyError::ModeMismatch { .. } => "mode-mismatch",
             VerifyError::HashMismatch { .. } => "hash-mismatch",
+            VerifyError::HeaderTooLarge { .. } => "header-too-large",
             VerifyError::TooLarge { .. } => "too-large",
             VerifyError::TrailingData => "trailing-data",
             VerifyError::Sink { .. } => "sink",
@@ -323,6 +342,10 @@ struct Meter {
     failure: Option<VerifyError>,
     /// The compressed input has ended: a decoder error from now on means the file is cut short.
     source_ended: bool,
+    /// While the tar reader moves to the next entry: where that step started and how much it
+    /// may read (headers and extension records, which the tar reader keeps in memory).
+    step: Option<(u64, u64)>,
+    header_exceeded: bool,
 }
 
 /// Counts decompressed bytes, stops at the limit and remembers the first underlying failure.
@@ -333,22 +356,29 @@ struct Bounded<R> {
 
 impl<R: Read> Read for Bounded<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let m = self.meter.borrow_mut();
-        let room = m.limit.saturating_sub(m.read);
+        let m = self.meter.borrow();
+        let total_room = m.limit.saturating_sub(m.read);
+        let step_room = m
+            .step
+            .map(|(start, cap)| (start.saturating_add(cap)).saturating_sub(m.read));
+        let room = step_room.map_or(total_room, |r| r.min(total_room));
+        drop(m);
         if room == 0 {
-            // One more byte than allowed means the bound is crossed; probe for it.
+            // One more byte than allowed means a bound is crossed; probe for it.
             let mut probe = [0u8; 1];
-            drop(m);
             let n = self.inner.read(&mut probe).map_err(|e| self.note(e))?;
-            let mut m = self.meter.borrow_mut();
             if n == 0 {
                 return Ok(0);
+            }
+            let mut m = self.meter.borrow_mut();
+            if step_room == Some(0) {
+                m.header_exceeded = true;
+                return Err(io::Error::other("tar header size limit crossed"));
             }
             m.exceeded = true;
             return Err(io::Error::other("decompressed size limit crossed"));
         }
         let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
-        drop(m);
         let n = self
             .inner
             .read(&mut buf[..want])
@@ -390,7 +420,7 @@ pub fn read_bundle<R: Read>(
 ) -> Result<VerifiedBundle, VerifyError> {
     let hashed = Rc::new(RefCell::new(HashingReader::new(input)));
     let meter = Rc::new(RefCell::new(Meter {
-        limit: MAX_MANIFEST_BYTES + MAX_SIGNATURE_BYTES + 16 * 1024,
+        limit: HEAD_LIMIT,
         ..Meter::default()
     }));
     let source = SharedReader {
@@ -414,7 +444,11 @@ pub fn read_bundle<R: Read>(
         Ok(v) => Ok(v),
         Err(e) => {
             let mut m = meter.borrow_mut();
-            if m.exceeded {
+            if m.header_exceeded {
+                Err(VerifyError::HeaderTooLarge {
+                    limit: MAX_HEADER_BYTES,
+                })
+            } else if m.exceeded {
                 Err(VerifyError::TooLarge { limit: m.limit })
             } else if let Some(f) = m.failure.take() {
                 Err(f)
@@ -554,7 +588,7 @@ fn verify_entries<R: Read>(
 ) -> Result<Checked, VerifyError> {
     let mut entries = archive.entries().map_err(tar_err)?;
     // 1. The manifest and 2. its signature, checked before anything else is read.
-    let (manifest_bytes, signature) = read_head(&mut entries)?;
+    let (manifest_bytes, signature) = read_head(&mut entries, meter)?;
     let key_id = match keys {
         Trust::Keys(keys) => verify_signature(keys, &manifest_bytes, &signature)?,
         Trust::ContentOnly => crate::signing::signature_key_id(&signature)
@@ -571,7 +605,7 @@ fn verify_entries<R: Read>(
         .map(|(i, f)| (f.path.as_str(), i))
         .collect();
     let mut index = 0usize;
-    while let Some(mut entry) = next_entry(&mut entries)? {
+    while let Some(mut entry) = next_entry(&mut entries, meter)? {
         let path = check_entry(&entry)?;
         let expected = expect_entry(&manifest, &position, index, path)?;
         check_header(&entry, expected)?;
@@ -587,8 +621,11 @@ fn verify_entries<R: Read>(
 }
 
 /// Reads the first two entries: the manifest and its signature, each bounded.
-fn read_head<R: Read>(entries: &mut tar::Entries<'_, R>) -> Result<(Vec<u8>, String), VerifyError> {
-    let Some(mut entry) = next_entry(entries)? else {
+fn read_head<R: Read>(
+    entries: &mut tar::Entries<'_, R>,
+    meter: &Rc<RefCell<Meter>>,
+) -> Result<(Vec<u8>, String), VerifyError> {
+    let Some(mut entry) = next_entry(entries, meter)? else {
         return Err(VerifyError::ManifestMissing {
             found: "an empty archive".into(),
         });
@@ -604,7 +641,7 @@ fn read_head<R: Read>(entries: &mut tar::Entries<'_, R>) -> Result<(Vec<u8>, Str
     }
     let manifest_bytes = read_small(&mut entry, MAX_MANIFEST_BYTES)?;
     drop(entry);
-    let Some(mut entry) = next_entry(entries)? else {
+    let Some(mut entry) = next_entry(entries, meter)? else {
         return Err(VerifyError::Truncated);
     };
     let path = check_entry(&entry)?;
@@ -755,10 +792,27 @@ fn copy_verified<R: Read>(
     sink.close(expected).map_err(sink_err)
 }
 
+/// Moves to the next entry, letting the tar reader read at most [`MAX_HEADER_BYTES`] for it
+/// (the rest of the previous entry's padding, its headers and any long-name, long-link or PAX
+/// records, which the tar reader would otherwise read into memory whatever their size).
 fn next_entry<'a, R: Read>(
     entries: &mut tar::Entries<'a, R>,
+    meter: &Rc<RefCell<Meter>>,
 ) -> Result<Option<tar::Entry<'a, R>>, VerifyError> {
-    entries.next().transpose().map_err(tar_err)
+    {
+        let mut m = meter.borrow_mut();
+        m.step = Some((m.read, MAX_HEADER_BYTES));
+    }
+    let next = entries.next().transpose();
+    let mut m = meter.borrow_mut();
+    m.step = None;
+    if m.header_exceeded {
+        return Err(VerifyError::HeaderTooLarge {
+            limit: MAX_HEADER_BYTES,
+        });
+    }
+    drop(m);
+    next.map_err(tar_err)
 }
 
 fn is_header_path(p: &str) -> bool {
@@ -813,25 +867,16 @@ pub fn peek_manifest_from(input: impl Read, keys: &TrustedKeys) -> Result<Manife
     decoder
         .window_log_max(ZSTD_WINDOW_LOG_MAX)
         .map_err(|e| VerifyError::Compression(e.to_string()))?;
-    let mut archive =
-        tar::Archive::new(decoder.take(MAX_MANIFEST_BYTES + MAX_SIGNATURE_BYTES + 8192));
+    let meter = Rc::new(RefCell::new(Meter {
+        limit: HEAD_LIMIT,
+        ..Meter::default()
+    }));
+    let mut archive = tar::Archive::new(Bounded {
+        inner: decoder,
+        meter: meter.clone(),
+    });
     let mut entries = archive.entries().map_err(tar_err)?;
-    let mut read_named = |name: &str, max: u64| -> Result<Vec<u8>, VerifyError> {
-        let mut e = next_entry(&mut entries)?.ok_or(VerifyError::Truncated)?;
-        let path = check_entry(&e)?;
-        if path != name {
-            return Err(if name == MANIFEST_PATH {
-                VerifyError::ManifestMissing { found: path }
-            } else {
-                VerifyError::SignatureMissing { found: path }
-            });
-        }
-        read_small(&mut e, max)
-    };
-    let manifest_bytes = read_named(MANIFEST_PATH, MAX_MANIFEST_BYTES)?;
-    let sig = read_named(MANIFEST_SIG_PATH, MAX_SIGNATURE_BYTES)?;
-    let sig =
-        String::from_utf8(sig).map_err(|_| VerifyError::MalformedSignature("not UTF-8".into()))?;
+    let (manifest_bytes, sig) = read_head(&mut entries, &meter)?;
     verify_signature(keys, &manifest_bytes, &sig)?;
     Ok(Manifest::from_json(&manifest_bytes)?)
 }
