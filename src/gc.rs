@@ -2,8 +2,8 @@
 //!
 //! Keeps the newest `keep` good generations of each profile (so the newest good one always),
 //! the current one and any pending one; failed generations go unless current. A store entry is
-//! deleted only when no kept generation of any profile refers to it; an image only when no kept
-//! generation's manifest uses it.
+//! deleted only when no kept generation of any profile refers to it (and no apply of its
+//! profile is in progress); an image only when no kept entry's manifest uses it.
 //!
 //! The decision is [`plan`], a pure function of what gc sees on the host; [`gc`] reads the
 //! host, plans and carries the plan out.
@@ -96,9 +96,10 @@ impl GcPlan {
 /// generations go. A profile in `busy` (its lock held by another process) keeps every
 /// generation. `keep` 0 counts as 1: the newest good generation always stays.
 ///
-/// A store entry in `entries` goes when no kept generation of any profile links to it; its
-/// images go with it unless a kept entry (one linked by a kept generation) uses the same
-/// reference. Each image is listed once, under the first entry removed that has it.
+/// A store entry in `entries` goes when no kept generation of any profile links to it and its
+/// manifest does not name a busy profile (an apply in progress stores its entry well before a
+/// generation links it); its images go with it unless a kept entry uses the same reference.
+/// Each image is listed once, under the first entry removed that has it.
 pub fn plan(
     profiles: &[ProfileView],
     entries: &[EntryView],
@@ -143,6 +144,14 @@ pub fn plan(
             }
         }
     }
+    // A busy profile may be between storing its new entry and recording the generation that
+    // links it (verify, preflight, images and backup run in between): its entries stay.
+    kept_entries.extend(
+        entries
+            .iter()
+            .filter(|e| e.profile.as_ref().is_some_and(|p| busy.contains(p)))
+            .map(|e| e.name.clone()),
+    );
     let by_name: BTreeMap<&str, &EntryView> =
         entries.iter().map(|e| (e.name.as_str(), e)).collect();
     let kept_images: BTreeSet<&str> = kept_entries
@@ -183,8 +192,9 @@ impl ImageRemover for Runtime {
 }
 
 /// Runs gc over every profile. `held` are the profiles whose locks the caller holds; another
-/// profile whose lock is held by someone else is left untouched (all its generations count as
-/// kept). The report lists the images the runtime actually removed (one still in use stays).
+/// profile whose lock is held by someone else is left untouched (all its generations and every
+/// store entry of that profile count as kept). The report lists the images the runtime actually
+/// removed (one still in use stays).
 pub fn gc<R: ImageRemover + ?Sized>(
     layout: &Layout,
     runtime: &R,
@@ -193,7 +203,6 @@ pub fn gc<R: ImageRemover + ?Sized>(
 ) -> Result<GcReport> {
     let mut profiles = BTreeMap::new();
     let mut views = Vec::new();
-    let mut busy = BTreeSet::new();
     for name in layout.profile_names() {
         let Some(profile) = Profile::open(layout, &name)? else {
             continue;
@@ -212,9 +221,6 @@ pub fn gc<R: ImageRemover + ?Sized>(
                 })
                 .collect(),
         });
-        if !held.contains(&name) && crate::hostlock::is_locked(layout, &name) {
-            busy.insert(name.clone());
-        }
         profiles.insert(name, profile);
     }
     let entries: Vec<EntryView> = store::list(layout)
@@ -236,6 +242,23 @@ pub fn gc<R: ImageRemover + ?Sized>(
                 images: Vec::new(),
             },
         })
+        .collect();
+    // Busy: locked by someone else. A profile being installed for the first time has no state
+    // file yet, only its lock and its store entry, so the entries' profiles are asked too. A
+    // profile without a lock file has never been locked (taking the lock creates the file).
+    let names: BTreeSet<&str> = profiles
+        .keys()
+        .map(String::as_str)
+        .chain(entries.iter().filter_map(|e| e.profile.as_deref()))
+        .collect();
+    let busy: BTreeSet<String> = names
+        .into_iter()
+        .filter(|name| {
+            !held.iter().any(|h| h == name)
+                && layout.lock_file(name).exists()
+                && crate::hostlock::is_locked(layout, name)
+        })
+        .map(str::to_string)
         .collect();
     let plan = plan(&views, &entries, keep, &busy);
 
@@ -592,6 +615,30 @@ mod tests {
     }
 
     #[test]
+    fn entries_of_a_busy_profile_stay_before_any_generation_links_them() {
+        // `api` is in the middle of an apply: its new entry is stored (and its images are
+        // being loaded) but no generation links it yet. `new` is a first install: no state
+        // file yet, only its lock and its entry.
+        let profiles = [p("api", Some(1), vec![g(1, "api1", Good)])];
+        let store = [
+            e("api1", "api", &["api@sha256:01"]),
+            e("api2", "api", &["api@sha256:02", "old@sha256:00"]),
+            e("new1", "new", &["new@sha256:01"]),
+            e("web0", "web", &["old@sha256:00", "web@sha256:00"]),
+        ];
+        let busy: BTreeSet<String> = ["api".to_string(), "new".to_string()].into();
+        let plan = super::plan(&profiles, &store, 1, &busy);
+        assert!(plan.generations.is_empty());
+        assert_eq!(
+            plan.store_entries,
+            [EntryRemoval {
+                entry: "web0".into(),
+                images: vec!["web@sha256:00".into()],
+            }]
+        );
+    }
+
+    #[test]
     fn nothing_to_do_on_an_empty_host() {
         assert_eq!(super::plan(&[], &[], 5, &none()), GcPlan::default());
     }
@@ -702,6 +749,27 @@ mod tests {
             .iter()
             .map(|g| g.number)
             .collect()
+    }
+
+    #[test]
+    fn gc_leaves_the_entry_of_a_first_install_in_progress_alone() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(root.path());
+        let img = format!("fresh@{}", digest('5'));
+        add_entry(&layout, "e1-fresh", "fresh", &[&img]);
+        add_entry(&layout, "e0-gone", "gone", &[]);
+        add_generation(&layout, "web", 1, "e1-web", Good);
+        let _apply = crate::hostlock::acquire(&layout, "fresh", false).expect("lock fresh");
+        let remover = Remover {
+            refuse: Vec::new(),
+            calls: RefCell::new(Vec::new()),
+        };
+        let report = gc(&layout, &remover, 1, &["web".to_string()]).expect("gc");
+        assert_eq!(report.store_entries, ["e0-gone"]);
+        assert!(remover.calls.borrow().is_empty());
+        assert!(layout.store().join("e1-fresh").is_dir());
+        // No lock file is created for profiles that never took one.
+        assert!(!layout.lock_file("gone").exists());
     }
 
     #[test]
