@@ -109,3 +109,228 @@ pub fn verify(layout: &Layout) -> std::result::Result<u64, String> {
         Some(_) => Err("the last line does not match audit.head: the log was edited".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> (tempfile::TempDir, Layout) {
+        let root = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(root.path());
+        (root, layout)
+    }
+
+    fn append_n(layout: &Layout, n: usize) {
+        for i in 0..n {
+            append(
+                layout,
+                "apply",
+                serde_json::json!({"profile": "web", "i": i}),
+            )
+            .expect("append");
+        }
+    }
+
+    fn lines(layout: &Layout) -> Vec<String> {
+        std::fs::read_to_string(layout.audit_log())
+            .expect("log")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn write_lines(layout: &Layout, lines: &[String]) {
+        let mut text = lines.join("\n");
+        if !lines.is_empty() {
+            text.push('\n');
+        }
+        std::fs::write(layout.audit_log(), text).expect("write log");
+    }
+
+    fn parse(line: &str) -> Value {
+        serde_json::from_str(line).expect("json line")
+    }
+
+    #[test]
+    fn appended_lines_chain_and_the_head_names_the_last() {
+        let (_root, layout) = host();
+        append_n(&layout, 5);
+        assert_eq!(verify(&layout), Ok(5));
+        let lines = lines(&layout);
+        assert_eq!(lines.len(), 5);
+        let mut prev = GENESIS.to_string();
+        for (i, l) in lines.iter().enumerate() {
+            let v = parse(l);
+            assert_eq!(v["seq"], i as u64 + 1);
+            assert_eq!(v["prev"], prev.as_str());
+            assert_eq!(v["event"], "apply");
+            assert_eq!(v["i"], i);
+            prev = sha256_hex(l.as_bytes());
+        }
+        assert_eq!(
+            std::fs::read_to_string(layout.audit_head()).expect("head"),
+            format!("5 {prev}\n")
+        );
+    }
+
+    #[test]
+    fn fields_cannot_overwrite_the_chain_or_the_event() {
+        let (_root, layout) = host();
+        append(
+            &layout,
+            "gc",
+            serde_json::json!({"seq": 99, "prev": "forged", "event": "other", "profile": "web"}),
+        )
+        .expect("append");
+        let v = parse(&lines(&layout)[0]);
+        assert_eq!(v["seq"], 1);
+        assert_eq!(v["prev"], GENESIS);
+        assert_eq!(v["event"], "gc");
+        assert_eq!(v["profile"], "web");
+        assert_eq!(verify(&layout), Ok(1));
+    }
+
+    #[test]
+    fn a_host_without_a_log_verifies_with_zero_lines() {
+        let (_root, layout) = host();
+        assert_eq!(verify(&layout), Ok(0));
+    }
+
+    #[test]
+    fn an_edited_line_is_detected_at_the_line_after_it() {
+        let (_root, layout) = host();
+        append_n(&layout, 5);
+        let mut l = lines(&layout);
+        l[1] = l[1].replace("\"profile\":\"web\"", "\"profile\":\"api\"");
+        write_lines(&layout, &l);
+        assert_eq!(
+            verify(&layout),
+            Err("line 3 does not chain to line 2: the log was edited, reordered or lines were removed".into())
+        );
+    }
+
+    #[test]
+    fn an_edited_last_line_is_detected_by_the_head() {
+        let (_root, layout) = host();
+        append_n(&layout, 3);
+        let mut l = lines(&layout);
+        l[2] = l[2].replace("\"event\":\"apply\"", "\"event\":\"rollback\"");
+        write_lines(&layout, &l);
+        assert_eq!(
+            verify(&layout),
+            Err("the last line does not match audit.head: the log was edited".into())
+        );
+    }
+
+    #[test]
+    fn a_line_that_is_not_json_is_named() {
+        let (_root, layout) = host();
+        append_n(&layout, 4);
+        let mut l = lines(&layout);
+        l[2] = "deleted by hand".into();
+        write_lines(&layout, &l);
+        let err = verify(&layout).expect_err("not json");
+        assert!(err.starts_with("line 3 is not JSON ("), "{err}");
+        assert!(err.ends_with("): the log was edited"), "{err}");
+    }
+
+    #[test]
+    fn a_removed_middle_line_is_detected_where_it_was() {
+        let (_root, layout) = host();
+        append_n(&layout, 5);
+        let mut l = lines(&layout);
+        l.remove(2);
+        write_lines(&layout, &l);
+        let err = verify(&layout).expect_err("removed");
+        assert!(err.starts_with("line 3 has seq "), "{err}");
+        assert!(err.ends_with(": lines were removed or reordered"), "{err}");
+    }
+
+    #[test]
+    fn reordered_lines_are_detected_at_the_first_one_moved() {
+        let (_root, layout) = host();
+        append_n(&layout, 5);
+        let mut l = lines(&layout);
+        l.swap(1, 2);
+        write_lines(&layout, &l);
+        let err = verify(&layout).expect_err("reordered");
+        assert!(err.starts_with("line 2 has seq "), "{err}");
+        assert!(err.ends_with(": lines were removed or reordered"), "{err}");
+    }
+
+    #[test]
+    fn a_truncated_log_is_detected_by_the_head() {
+        let (_root, layout) = host();
+        append_n(&layout, 5);
+        let l = lines(&layout);
+        write_lines(&layout, &l[..4]);
+        assert_eq!(
+            verify(&layout),
+            Err("the log has 4 lines but 5 were written: it was truncated".into())
+        );
+        // All of it gone, the head still counts what was written.
+        std::fs::remove_file(layout.audit_log()).expect("rm log");
+        assert_eq!(
+            verify(&layout),
+            Err("the log has 0 lines but 5 were written: it was truncated".into())
+        );
+    }
+
+    #[test]
+    fn appending_after_a_truncation_keeps_it_detectable() {
+        let (_root, layout) = host();
+        append_n(&layout, 5);
+        let l = lines(&layout);
+        write_lines(&layout, &l[..4]);
+        assert!(
+            verify(&layout)
+                .expect_err("truncated")
+                .contains("truncated")
+        );
+        // The next line continues from the head (seq 6, chained to the lost line 5).
+        append_n(&layout, 1);
+        let after = lines(&layout);
+        assert_eq!(after.len(), 5);
+        let v = parse(&after[4]);
+        assert_eq!(v["seq"], 6);
+        assert_eq!(v["prev"], sha256_hex(l[4].as_bytes()).as_str());
+        let err = verify(&layout).expect_err("still broken");
+        assert!(err.starts_with("line 5 has seq "), "{err}");
+    }
+
+    #[test]
+    fn a_missing_head_is_reported_and_appending_then_restarts_the_chain() {
+        let (_root, layout) = host();
+        append_n(&layout, 3);
+        std::fs::remove_file(layout.audit_head()).expect("rm head");
+        assert_eq!(
+            verify(&layout),
+            Err("audit.head is missing: the log cannot be checked for truncation".into())
+        );
+        // Without a head, append starts a new chain at seq 1 after the old lines, which verify
+        // reports at that line.
+        append_n(&layout, 1);
+        let v = parse(&lines(&layout)[3]);
+        assert_eq!(v["seq"], 1);
+        assert_eq!(v["prev"], GENESIS);
+        let err = verify(&layout).expect_err("restarted chain");
+        assert!(err.starts_with("line 4 has seq "), "{err}");
+    }
+
+    #[test]
+    fn a_malformed_head_stops_append_and_verify() {
+        let (_root, layout) = host();
+        append_n(&layout, 2);
+        std::fs::write(layout.audit_head(), "two lines\n").expect("head");
+        let expected = format!(
+            "{} is malformed; run `smoker-install audit verify`",
+            layout.audit_head().display()
+        );
+        match append(&layout, "apply", serde_json::json!({})) {
+            Err(Error::State(m)) => assert_eq!(m, expected),
+            other => panic!("expected a state error, got {other:?}"),
+        }
+        assert_eq!(lines(&layout).len(), 2, "nothing was appended");
+        assert_eq!(verify(&layout), Err(expected));
+    }
+}
