@@ -85,9 +85,12 @@ pub fn verify(layout: &Layout) -> std::result::Result<u64, String> {
         let v: Value = serde_json::from_str(line)
             .map_err(|e| format!("line {n} is not JSON ({e}): the log was edited"))?;
         if v.get("seq").and_then(Value::as_u64) != Some(n) {
+            let seq = match v.get("seq") {
+                Some(s) => format!("seq {s}"),
+                None => "no seq".into(),
+            };
             return Err(format!(
-                "line {n} has seq {:?}: lines were removed or reordered",
-                v.get("seq")
+                "line {n} has {seq}: lines were removed or reordered"
             ));
         }
         if v.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
@@ -241,9 +244,10 @@ mod tests {
         let mut l = lines(&layout);
         l.remove(2);
         write_lines(&layout, &l);
-        let err = verify(&layout).expect_err("removed");
-        assert!(err.starts_with("line 3 has seq "), "{err}");
-        assert!(err.ends_with(": lines were removed or reordered"), "{err}");
+        assert_eq!(
+            verify(&layout),
+            Err("line 3 has seq 4: lines were removed or reordered".into())
+        );
     }
 
     #[test]
@@ -253,9 +257,25 @@ mod tests {
         let mut l = lines(&layout);
         l.swap(1, 2);
         write_lines(&layout, &l);
-        let err = verify(&layout).expect_err("reordered");
-        assert!(err.starts_with("line 2 has seq "), "{err}");
-        assert!(err.ends_with(": lines were removed or reordered"), "{err}");
+        assert_eq!(
+            verify(&layout),
+            Err("line 2 has seq 3: lines were removed or reordered".into())
+        );
+        // A line without a number for its seq says so.
+        let mut l = lines(&layout);
+        l.swap(1, 2);
+        l[1] = l[1].replace("\"seq\":2", "\"seq\":\"2\"");
+        write_lines(&layout, &l);
+        assert_eq!(
+            verify(&layout),
+            Err("line 2 has seq \"2\": lines were removed or reordered".into())
+        );
+        l[1] = l[1].replace("\"seq\":\"2\",", "");
+        write_lines(&layout, &l);
+        assert_eq!(
+            verify(&layout),
+            Err("line 2 has no seq: lines were removed or reordered".into())
+        );
     }
 
     #[test]
