@@ -8,13 +8,27 @@ use crate::error::{Error, Result, io_at};
 use crate::layout::Layout;
 use serde_json::{Map, Value};
 use smoker_format::digest::sha256_hex;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Appends one event. `fields` is merged into the line (it must be a JSON object).
+/// Appends one event. `fields` is merged into the line (it must be a JSON object); they
+/// cannot replace `seq`, `prev`, `time`, `event` or `host`.
+///
+/// Appends from several processes (applies of different profiles run at once) are serialised
+/// by an exclusive lock on the log, held from reading the head to writing the new one.
 pub fn append(layout: &Layout, event: &str, fields: Value) -> Result<()> {
     let log = layout.audit_log();
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(io_at(&log))?;
+    // Released when `f` is closed, after the head is written.
+    f.lock().map_err(io_at(&log))?;
     let (count, prev) = read_head(layout)?.unwrap_or((0, GENESIS.to_string()));
     let mut line = Map::new();
     line.insert("seq".into(), (count + 1).into());
@@ -33,14 +47,6 @@ pub fn append(layout: &Layout, event: &str, fields: Value) -> Result<()> {
         }
     }
     let text = serde_json::to_string(&Value::Object(line)).unwrap_or_default();
-    if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .map_err(io_at(&log))?;
     f.write_all(format!("{text}\n").as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(io_at(&log))?;
@@ -70,12 +76,20 @@ fn read_head(layout: &Layout) -> Result<Option<(u64, String)>> {
 }
 
 /// Checks the whole chain and the head. Returns the number of lines on success, or a message
-/// naming the first line that is wrong.
+/// naming the first line that is wrong. It waits for an append in progress to finish.
 pub fn verify(layout: &Layout) -> std::result::Result<u64, String> {
     let log = layout.audit_log();
-    let text = match std::fs::read_to_string(&log) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+    // A shared lock on the log keeps an append from landing between reading the log and
+    // reading the head; it is released when `_file` is closed, at the end.
+    let (text, _file) = match std::fs::File::open(&log) {
+        Ok(mut f) => {
+            let mut text = String::new();
+            f.lock_shared()
+                .and_then(|_| f.read_to_string(&mut text))
+                .map_err(|e| format!("{}: {e}", log.display()))?;
+            (text, Some(f))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), None),
         Err(e) => return Err(format!("{}: {e}", log.display())),
     };
     let mut prev = GENESIS.to_string();
@@ -335,6 +349,28 @@ mod tests {
         assert_eq!(v["prev"], GENESIS);
         let err = verify(&layout).expect_err("restarted chain");
         assert!(err.starts_with("line 4 has seq "), "{err}");
+    }
+
+    #[test]
+    fn concurrent_appends_keep_one_chain() {
+        // Applies of different profiles hold different profile locks and append to the one
+        // log at the same time (each append opens the log itself, as separate processes do).
+        let (_root, layout) = host();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let layout = layout.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        append(&layout, "apply", serde_json::json!({"t": t, "i": i}))
+                            .expect("append");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        assert_eq!(verify(&layout), Ok(100));
     }
 
     #[test]
