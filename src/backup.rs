@@ -165,8 +165,43 @@ pub fn restore(
     runtime.exec_from(stack, &hooks.service, &hooks.restore, &mut f)
 }
 
+/// Which backups retention keeps and which it removes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Ids of the backups kept.
+    pub kept: BTreeSet<String>,
+    /// Ids of the backups removed, oldest first (the order of the index).
+    pub removed: Vec<String>,
+}
+
+/// Decides retention over `backups` (oldest first, as in the index): the newest `keep` stay,
+/// and so does the newest backup of each generation in `protect`, however old. "Newest" is the
+/// position in the index, not the recorded time, so backups taken within the same second
+/// keep the order they were taken in. `keep` 0 keeps only the protected ones.
+pub fn retention(backups: &[Record], keep: usize, protect: &BTreeSet<u32>) -> Retention {
+    let mut protected: BTreeSet<&str> = BTreeSet::new();
+    for g in protect {
+        if let Some(b) = backups.iter().rev().find(|b| b.generation == *g) {
+            protected.insert(&b.id);
+        }
+    }
+    let mut kept = BTreeSet::new();
+    for (i, b) in backups.iter().rev().enumerate() {
+        if i < keep || protected.contains(b.id.as_str()) {
+            kept.insert(b.id.clone());
+        }
+    }
+    let removed = backups
+        .iter()
+        .filter(|b| !kept.contains(&b.id))
+        .map(|b| b.id.clone())
+        .collect();
+    Retention { kept, removed }
+}
+
 /// Deletes backups beyond `keep`, newest first, but never the newest backup of a generation in
-/// `protect` (the data a kept generation would need). Returns the ids removed.
+/// `protect` (the data a kept generation would need); see [`retention`]. Returns the ids
+/// removed.
 pub fn prune(
     layout: &Layout,
     profile: &str,
@@ -174,34 +209,178 @@ pub fn prune(
     protect: &BTreeSet<u32>,
 ) -> Result<Vec<String>> {
     let mut index = list(layout, profile)?;
-    let mut protected: BTreeSet<String> = BTreeSet::new();
-    for g in protect {
-        if let Some(b) = index.backups.iter().rev().find(|b| b.generation == *g) {
-            protected.insert(b.id.clone());
-        }
-    }
-    let mut kept = 0usize;
-    let mut keep_ids = BTreeSet::new();
-    for b in index.backups.iter().rev() {
-        if kept < keep || protected.contains(&b.id) {
-            keep_ids.insert(b.id.clone());
-            kept += 1;
-        }
-    }
-    let mut removed = Vec::new();
+    let decision = retention(&index.backups, keep, protect);
     let d = dir(layout, profile);
     for b in &index.backups {
-        if !keep_ids.contains(&b.id) {
+        if !decision.kept.contains(&b.id) {
             let p = d.join(&b.file);
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_at(&p)(e)),
             }
-            removed.push(b.id.clone());
         }
     }
-    index.backups.retain(|b| keep_ids.contains(&b.id));
+    index.backups.retain(|b| decision.kept.contains(&b.id));
     save(layout, profile, &index)?;
-    Ok(removed)
+    Ok(decision.removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, generation: u32, created: &str) -> Record {
+        Record {
+            id: id.into(),
+            file: format!("{id}.sql"),
+            sha256: String::new(),
+            size: 1,
+            created: created.into(),
+            generation,
+            ledger: Vec::new(),
+            reason: "pre-migration".into(),
+        }
+    }
+
+    /// Backups `b1`..`bN` taken a minute apart, of the given generations.
+    fn series(generations: &[u32]) -> Vec<Record> {
+        generations
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                rec(
+                    &format!("b{}", i + 1),
+                    *g,
+                    &format!("2026-01-01T00:{:02}:00Z", i),
+                )
+            })
+            .collect()
+    }
+
+    fn set(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn gens(g: &[u32]) -> BTreeSet<u32> {
+        g.iter().copied().collect()
+    }
+
+    #[test]
+    fn keeps_the_newest_n_and_removes_the_rest_oldest_first() {
+        let r = retention(&series(&[1, 1, 2, 2, 3]), 2, &gens(&[]));
+        assert_eq!(r.kept, set(&["b4", "b5"]));
+        assert_eq!(r.removed, ["b1", "b2", "b3"]);
+    }
+
+    #[test]
+    fn n_zero_keeps_only_the_newest_backup_of_each_protected_generation() {
+        let backups = series(&[1, 1, 2, 3, 3]);
+        let r = retention(&backups, 0, &gens(&[1, 3]));
+        assert_eq!(r.kept, set(&["b2", "b5"]));
+        assert_eq!(r.removed, ["b1", "b3", "b4"]);
+        let r = retention(&backups, 0, &gens(&[]));
+        assert!(r.kept.is_empty());
+        assert_eq!(r.removed, ["b1", "b2", "b3", "b4", "b5"]);
+    }
+
+    #[test]
+    fn several_backups_of_a_kept_generation_leave_only_its_newest_beyond_n() {
+        // Generation 2 has three backups, all outside the newest two.
+        let r = retention(&series(&[2, 2, 2, 4, 4]), 2, &gens(&[2, 4]));
+        assert_eq!(r.kept, set(&["b3", "b4", "b5"]));
+        assert_eq!(r.removed, ["b1", "b2"]);
+    }
+
+    #[test]
+    fn backups_of_generations_no_longer_kept_get_no_protection() {
+        // gc removed generations 1 and 2; only 3 is left.
+        let r = retention(&series(&[1, 2, 1, 2, 3, 2]), 1, &gens(&[3]));
+        assert_eq!(r.kept, set(&["b5", "b6"]));
+        assert_eq!(r.removed, ["b1", "b2", "b3", "b4"]);
+    }
+
+    #[test]
+    fn a_protected_backup_among_the_newest_n_does_not_widen_the_window() {
+        let r = retention(&series(&[1, 2, 3, 4]), 2, &gens(&[4]));
+        assert_eq!(r.kept, set(&["b3", "b4"]));
+        // A protected generation without any backup protects nothing.
+        let r = retention(&series(&[1, 2, 3, 4]), 2, &gens(&[9]));
+        assert_eq!(r.kept, set(&["b3", "b4"]));
+    }
+
+    #[test]
+    fn order_is_the_index_order_even_when_timestamps_tie_or_disagree() {
+        let backups = vec![
+            rec("x", 1, "2026-01-01T00:00:00Z"),
+            rec("y", 2, "2026-01-01T00:00:00Z"),
+            rec("z", 3, "2026-01-01T00:00:00Z"),
+            // Recorded after `z` although its clock said earlier (the clock was set back).
+            rec("w", 4, "2025-12-31T00:00:00Z"),
+        ];
+        let r = retention(&backups, 2, &gens(&[]));
+        assert_eq!(r.kept, set(&["z", "w"]));
+        assert_eq!(r.removed, ["x", "y"]);
+        // Of two backups of one generation with the same time, the later in the index counts
+        // as its newest.
+        let backups = vec![
+            rec("p", 1, "2026-01-01T00:00:00Z"),
+            rec("q", 1, "2026-01-01T00:00:00Z"),
+            rec("r", 2, "2026-01-01T00:00:01Z"),
+        ];
+        let r = retention(&backups, 1, &gens(&[1]));
+        assert_eq!(r.kept, set(&["q", "r"]));
+        assert_eq!(r.removed, ["p"]);
+    }
+
+    #[test]
+    fn keep_beyond_the_count_removes_nothing() {
+        let r = retention(&series(&[1, 2]), 10, &gens(&[]));
+        assert_eq!(r.kept, set(&["b1", "b2"]));
+        assert!(r.removed.is_empty());
+        assert_eq!(retention(&[], 3, &gens(&[1])), Retention::default());
+    }
+
+    #[test]
+    fn prune_deletes_the_files_and_rewrites_the_index() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(root.path());
+        let backups = series(&[1, 2, 2, 3]);
+        let d = dir(&layout, "web");
+        std::fs::create_dir_all(&d).expect("dir");
+        for b in &backups[1..] {
+            // b1's file is already gone: pruning it is not an error.
+            std::fs::write(d.join(&b.file), b"dump").expect("dump");
+        }
+        save(&layout, "web", &Index { backups }).expect("save");
+
+        let removed = prune(&layout, "web", 1, &gens(&[2])).expect("prune");
+        assert_eq!(removed, ["b1", "b2"]);
+        let ids: Vec<String> = list(&layout, "web")
+            .expect("list")
+            .backups
+            .into_iter()
+            .map(|b| b.id)
+            .collect();
+        assert_eq!(ids, ["b3", "b4"]);
+        assert!(!d.join("b2.sql").exists());
+        assert!(d.join("b3.sql").exists() && d.join("b4.sql").exists());
+    }
+
+    #[test]
+    fn a_missing_index_is_empty_and_a_corrupt_one_is_named() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(root.path());
+        assert!(list(&layout, "web").expect("list").backups.is_empty());
+        let d = dir(&layout, "web");
+        std::fs::create_dir_all(&d).expect("dir");
+        std::fs::write(d.join("index.json"), b"{not json").expect("write");
+        match list(&layout, "web") {
+            Err(Error::State(m)) => assert!(
+                m.contains(&d.join("index.json").display().to_string()) && m.contains("corrupt"),
+                "{m}"
+            ),
+            other => panic!("expected a state error, got {other:?}"),
+        }
+    }
 }

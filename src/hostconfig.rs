@@ -80,8 +80,15 @@ impl HostConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HostConfig::default()),
             Err(e) => return Err(Error::Io { path, source: e }),
         };
+        Self::parse(&text, &path)
+    }
+
+    /// Parses the text of a host config; `path` names it in messages. Unknown keys are errors
+    /// (a misspelt setting must not be ignored silently), and so is a webhook kind other than
+    /// `slack`, `discord` or `json`.
+    pub fn parse(text: &str, path: &Path) -> Result<HostConfig> {
         let cfg: HostConfig =
-            toml::from_str(&text).map_err(|e| Error::State(format!("{}: {e}", path.display())))?;
+            toml::from_str(text).map_err(|e| Error::State(format!("{}: {e}", path.display())))?;
         for w in &cfg.webhooks {
             if !matches!(w.kind.as_str(), "slack" | "discord" | "json") {
                 return Err(Error::State(format!(
@@ -92,5 +99,138 @@ impl HostConfig {
             }
         }
         Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<HostConfig> {
+        HostConfig::parse(text, Path::new("/etc/smoker/host.toml"))
+    }
+
+    fn state_error(text: &str) -> String {
+        match parse(text) {
+            Err(Error::State(m)) => m,
+            other => panic!("expected a state error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_file_means_the_defaults() {
+        let cfg = parse("").expect("parse");
+        assert_eq!(cfg.environment, None);
+        assert_eq!(cfg.backups.keep, 10);
+        assert!(cfg.webhooks.is_empty());
+        let d = HostConfig::default();
+        assert_eq!(d.environment, None);
+        assert_eq!(d.backups.keep, 10);
+        assert!(d.webhooks.is_empty());
+    }
+
+    #[test]
+    fn every_setting_is_read_and_webhooks_get_their_defaults() {
+        let cfg = parse(
+            r#"
+environment = "prod"
+
+[backups]
+keep = 3
+
+[[webhook]]
+url = "https://hooks.example/slack"
+kind = "slack"
+timeout_ms = 750
+
+[[webhook]]
+url = "http://127.0.0.1:9/json"
+"#,
+        )
+        .expect("parse");
+        assert_eq!(cfg.environment.as_deref(), Some("prod"));
+        assert_eq!(cfg.backups.keep, 3);
+        let hooks: Vec<(&str, &str, u64)> = cfg
+            .webhooks
+            .iter()
+            .map(|w| (w.url.as_str(), w.kind.as_str(), w.timeout_ms))
+            .collect();
+        assert_eq!(
+            hooks,
+            [
+                ("https://hooks.example/slack", "slack", 750),
+                ("http://127.0.0.1:9/json", "json", 5000),
+            ]
+        );
+        // An empty [backups] table keeps the default retention; zero is allowed.
+        assert_eq!(parse("[backups]\n").expect("parse").backups.keep, 10);
+        assert_eq!(
+            parse("[backups]\nkeep = 0\n").expect("parse").backups.keep,
+            0
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_file_and_the_key() {
+        for (text, key) in [
+            ("enviroment = \"prod\"\n", "enviroment"),
+            ("[backups]\nretain = 3\n", "retain"),
+            (
+                "[[webhook]]\nurl = \"http://x\"\nsecret = \"s\"\n",
+                "secret",
+            ),
+            ("[webhooks]\nurl = \"http://x\"\n", "webhooks"),
+        ] {
+            let m = state_error(text);
+            assert!(m.starts_with("/etc/smoker/host.toml: "), "{m}");
+            assert!(m.contains(&format!("unknown field `{key}`")), "{text}: {m}");
+        }
+    }
+
+    #[test]
+    fn wrong_values_are_errors_naming_the_file() {
+        let m = state_error("[[webhook]]\nurl = \"http://x\"\nkind = \"teams\"\n");
+        assert_eq!(
+            m,
+            "/etc/smoker/host.toml: webhook kind `teams` is not slack, discord or json"
+        );
+        let m = state_error("[[webhook]]\nkind = \"json\"\n");
+        assert!(m.contains("missing field `url`"), "{m}");
+        let m = state_error("[backups]\nkeep = -1\n");
+        assert!(m.starts_with("/etc/smoker/host.toml: "), "{m}");
+        assert!(m.contains("line 2") && m.contains("keep = -1"), "{m}");
+        assert!(m.contains("invalid value: integer `-1`"), "{m}");
+        let m = state_error("environment = 3\n");
+        assert!(
+            m.contains("invalid type: integer `3`, expected a string"),
+            "{m}"
+        );
+        let m = state_error("environment = \n");
+        assert!(m.starts_with("/etc/smoker/host.toml: "), "{m}");
+    }
+
+    #[test]
+    fn load_reads_the_given_file_and_a_missing_one_is_the_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("host.toml");
+        let cfg = HostConfig::load(Some(&missing)).expect("missing file");
+        assert_eq!(cfg.environment, None);
+        assert_eq!(cfg.backups.keep, 10);
+        std::fs::write(&missing, "environment = \"staging\"\n").expect("write");
+        let cfg = HostConfig::load(Some(&missing)).expect("load");
+        assert_eq!(cfg.environment.as_deref(), Some("staging"));
+        std::fs::write(&missing, "environment = \"staging\"\ntypo = 1\n").expect("write");
+        match HostConfig::load(Some(&missing)) {
+            Err(Error::State(m)) => {
+                assert!(m.starts_with(&format!("{}: ", missing.display())), "{m}");
+                assert!(m.contains("unknown field `typo`"), "{m}");
+            }
+            other => panic!("expected a state error, got {other:?}"),
+        }
+        // A path that cannot be read (a directory) is an I/O error on that path.
+        match HostConfig::load(Some(dir.path())) {
+            Err(Error::Io { path, .. }) => assert_eq!(path, dir.path()),
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
     }
 }

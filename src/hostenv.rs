@@ -13,7 +13,9 @@ pub fn default_env_file(profile: &str) -> PathBuf {
 }
 
 /// Parses `KEY=VALUE` lines (blank lines, `#` comments and an `export ` prefix allowed;
-/// matching single or double quotes around the value are removed).
+/// matching single or double quotes around the value are removed). Key and value are trimmed;
+/// nothing else is interpreted (no escapes, no inline comments), the value runs to the end of
+/// the line, and a later assignment of a key wins. A line without `=` is skipped, not an error.
 pub fn parse(text: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for line in text.lines() {
@@ -74,4 +76,137 @@ pub fn missing(required: &[String], host: &BTreeMap<String, String>) -> Vec<Stri
         .filter(|k| host.get(*k).is_none_or(|v| v.is_empty()))
         .cloned()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn comments_blank_lines_and_export_are_understood() {
+        let env = parse(
+            "# database\n\n   # indented comment\nDB_USER=app\nexport DB_PASSWORD=s3cret\n  PORT = 8080  \n",
+        );
+        assert_eq!(
+            env,
+            map(&[
+                ("DB_PASSWORD", "s3cret"),
+                ("DB_USER", "app"),
+                ("PORT", "8080")
+            ])
+        );
+    }
+
+    #[test]
+    fn matching_quotes_are_removed_and_nothing_else_is_interpreted() {
+        let env = parse(concat!(
+            "DOUBLE=\"two words\"\n",
+            "SINGLE='it''s'\n",
+            "MIXED=\"open'\n",
+            "INNER=\"a\"b\"\n",
+            "ESCAPE=\"a\\nb\"\n",
+            "HASH=value # not a comment\n",
+            "URL=postgres://u:p@db/app?sslmode=require\n",
+            "LONE=\"\n",
+        ));
+        assert_eq!(
+            env,
+            map(&[
+                ("DOUBLE", "two words"),
+                ("ESCAPE", "a\\nb"),
+                ("HASH", "value # not a comment"),
+                ("INNER", "a\"b"),
+                ("LONE", "\""),
+                ("MIXED", "\"open'"),
+                ("SINGLE", "it''s"),
+                ("URL", "postgres://u:p@db/app?sslmode=require"),
+            ])
+        );
+    }
+
+    #[test]
+    fn empty_values_are_kept_as_empty() {
+        let env = parse("A=\nB=\"\"\nC=''\nD=   \n");
+        assert_eq!(env, map(&[("A", ""), ("B", ""), ("C", ""), ("D", "")]));
+    }
+
+    #[test]
+    fn the_last_assignment_of_a_key_wins() {
+        assert_eq!(parse("K=1\nexport K=2\n"), map(&[("K", "2")]));
+    }
+
+    #[test]
+    fn lines_without_an_equals_sign_are_skipped_without_an_error() {
+        // The parser never fails: a line that is not KEY=VALUE is ignored (the required-secrets
+        // check then names a secret that was meant to be set on it). An empty key is kept, and
+        // `export` followed by a tab is not recognised.
+        let env = parse("DB_PASSWORD: s3cret\nexport\nGOOD=1\n=orphan\nexport\tTABBED=2\n");
+        assert_eq!(
+            env,
+            map(&[("", "orphan"), ("GOOD", "1"), ("export\tTABBED", "2")])
+        );
+        assert_eq!(missing(&["DB_PASSWORD".to_string()], &env), ["DB_PASSWORD"]);
+    }
+
+    #[test]
+    fn missing_names_absent_and_empty_secrets_in_their_order() {
+        let host = map(&[("SET", "x"), ("EMPTY", "")]);
+        let required: Vec<String> = ["ZED", "SET", "EMPTY", "ALPHA"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(missing(&required, &host), ["ZED", "EMPTY", "ALPHA"]);
+        assert!(missing(&[], &host).is_empty());
+    }
+
+    #[test]
+    fn read_host_treats_a_missing_file_as_empty_and_names_an_unreadable_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("web.env");
+        assert!(read_host(&file).expect("missing").is_empty());
+        std::fs::write(&file, "export TOKEN='abc'\n").expect("write");
+        assert_eq!(read_host(&file).expect("read"), map(&[("TOKEN", "abc")]));
+        match read_host(dir.path()) {
+            Err(Error::Io { path, .. }) => assert_eq!(path, dir.path()),
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn host_values_override_the_bundle_config() {
+        let entry = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(entry.path().join("config")).expect("dir");
+        std::fs::write(
+            entry.path().join("config/prod.env"),
+            "LOG_LEVEL=info\nDB_HOST=db\n",
+        )
+        .expect("write");
+        let host = map(&[("LOG_LEVEL", "debug"), ("DB_PASSWORD", "pw")]);
+        let env = stack_env(entry.path(), Some("config/prod.env"), &host).expect("env");
+        assert_eq!(
+            env,
+            map(&[
+                ("DB_HOST", "db"),
+                ("DB_PASSWORD", "pw"),
+                ("LOG_LEVEL", "debug")
+            ])
+        );
+        assert_eq!(stack_env(entry.path(), None, &host).expect("env"), host);
+        match stack_env(entry.path(), Some("config/dev.env"), &host) {
+            Err(Error::Io { path, .. }) => assert_eq!(path, entry.path().join("config/dev.env")),
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_default_env_file_is_named_after_the_profile() {
+        assert_eq!(default_env_file("web"), Path::new("/etc/smoker/web.env"));
+    }
 }

@@ -83,3 +83,38 @@ impl Layout {
         v
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_sit_under_the_root() {
+        let l = Layout::new("/var/lib/smoker");
+        assert_eq!(l.root(), Path::new("/var/lib/smoker"));
+        assert_eq!(l.store(), Path::new("/var/lib/smoker/store"));
+        assert_eq!(l.staging(), Path::new("/var/lib/smoker/staging"));
+        assert_eq!(l.profile("web"), Path::new("/var/lib/smoker/profiles/web"));
+        assert_eq!(
+            l.lock_file("web"),
+            Path::new("/var/lib/smoker/locks/web.lock")
+        );
+        assert_eq!(l.audit_log(), Path::new("/var/lib/smoker/audit.log"));
+        assert_eq!(l.audit_head(), Path::new("/var/lib/smoker/audit.head"));
+    }
+
+    #[test]
+    fn profile_names_are_the_directories_with_a_state_file_sorted() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let l = Layout::new(root.path());
+        assert!(l.profile_names().is_empty(), "no profiles directory yet");
+        for (name, state) in [("web", true), ("api", true), ("half", false)] {
+            std::fs::create_dir_all(l.profile(name)).expect("dir");
+            if state {
+                std::fs::write(l.profile(name).join("state.json"), "{}").expect("state");
+            }
+        }
+        std::fs::write(l.profiles().join("stray.json"), "{}").expect("file");
+        assert_eq!(l.profile_names(), ["api", "web"]);
+    }
+}

@@ -83,29 +83,36 @@ fn payload(hook: &Webhook, n: &Notice, host: &str) -> serde_json::Value {
     }
 }
 
+/// The GitHub Actions workflow command for a notice: an `error` annotation for a failure, a
+/// `warning` for a rollback, a `notice` otherwise; the message is escaped so that it stays one
+/// command.
+pub fn annotation(n: &Notice) -> String {
+    let level = match n.event {
+        Event::Failed => "error",
+        Event::RolledBack => "warning",
+        _ => "notice",
+    };
+    let msg = n
+        .message
+        .replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A");
+    format!(
+        "::{level} title=smoker-install {} {}::{} {} {}: {msg}",
+        n.event.as_str(),
+        n.profile,
+        n.profile,
+        n.version,
+        n.environment
+    )
+}
+
 /// Sends a notice everywhere configured. Never fails: returns what could not be delivered.
 pub fn send(layout: &Layout, cfg: &HostConfig, n: &Notice) -> Vec<Delivery> {
     let host = crate::sys::hostname();
     let _ = crate::audit::append(layout, "notify", serde_json::json!({"notice": n}));
     if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
-        let level = match n.event {
-            Event::Failed => "error",
-            Event::RolledBack => "warning",
-            _ => "notice",
-        };
-        let msg = n
-            .message
-            .replace('%', "%25")
-            .replace('\r', "%0D")
-            .replace('\n', "%0A");
-        println!(
-            "::{level} title=smoker-install {} {}::{} {} {}: {msg}",
-            n.event.as_str(),
-            n.profile,
-            n.profile,
-            n.version,
-            n.environment
-        );
+        println!("{}", annotation(n));
     }
     let mut out = Vec::new();
     for hook in &cfg.webhooks {
@@ -151,4 +158,201 @@ pub fn send(layout: &Layout, cfg: &HostConfig, n: &Notice) -> Vec<Delivery> {
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    use std::net::TcpListener;
+
+    fn notice(event: Event, message: &str) -> Notice {
+        Notice {
+            event,
+            profile: "web".into(),
+            version: "1.2.0".into(),
+            environment: "prod".into(),
+            generation: Some(3),
+            message: message.into(),
+        }
+    }
+
+    fn hook(url: &str, kind: &str, timeout_ms: u64) -> Webhook {
+        Webhook {
+            url: url.into(),
+            kind: kind.into(),
+            timeout_ms,
+        }
+    }
+
+    #[test]
+    fn slack_and_discord_get_one_line_json_gets_every_field() {
+        let n = notice(Event::RolledBack, "gate failed");
+        let line = "[rolled-back] web 1.2.0 (prod) on pi-3: gate failed";
+        assert_eq!(
+            payload(&hook("u", "slack", 1), &n, "pi-3"),
+            serde_json::json!({ "text": line })
+        );
+        assert_eq!(
+            payload(&hook("u", "discord", 1), &n, "pi-3"),
+            serde_json::json!({ "content": line })
+        );
+        assert_eq!(
+            payload(&hook("u", "json", 1), &n, "pi-3"),
+            serde_json::json!({
+                "event": "rolled-back",
+                "profile": "web",
+                "version": "1.2.0",
+                "environment": "prod",
+                "generation": 3,
+                "host": "pi-3",
+                "message": "gate failed",
+            })
+        );
+    }
+
+    #[test]
+    fn annotations_pick_the_level_and_keep_the_message_on_one_line() {
+        assert_eq!(
+            annotation(&notice(Event::Failed, "50% done\r\nthen broke")),
+            "::error title=smoker-install failed web::web 1.2.0 prod: 50%25 done%0D%0Athen broke"
+        );
+        assert!(annotation(&notice(Event::RolledBack, "x")).starts_with("::warning title="));
+        assert!(annotation(&notice(Event::Succeeded, "x")).starts_with("::notice title="));
+        assert!(annotation(&notice(Event::Started, "x")).starts_with("::notice title="));
+    }
+
+    /// A one-request HTTP server answering `status`; returns its URL and the request body.
+    fn server(status: &'static str) -> (String, std::thread::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            let mut reader = BufReader::new(stream);
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).expect("header");
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().expect("length");
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).expect("body");
+            let mut stream = reader.into_inner();
+            write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
+            .expect("answer");
+            String::from_utf8(body).expect("utf-8")
+        });
+        (url, handle)
+    }
+
+    fn audit_events(layout: &Layout) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(layout.audit_log())
+            .expect("audit log")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect()
+    }
+
+    #[test]
+    fn a_delivered_notice_posts_the_payload_and_is_audited() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(root.path());
+        let (url, server) = server("204 No Content");
+        let cfg = HostConfig {
+            webhooks: vec![hook(&url, "slack", 5000)],
+            ..HostConfig::default()
+        };
+        let out = send(&layout, &cfg, &notice(Event::Succeeded, "healthy"));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].url, url);
+        assert_eq!(out[0].error, None);
+        let body: serde_json::Value =
+            serde_json::from_str(&server.join().expect("server")).expect("json body");
+        assert_eq!(
+            body["text"],
+            format!(
+                "[succeeded] web 1.2.0 (prod) on {}: healthy",
+                crate::hostlock::hostname()
+            )
+        );
+        let events = audit_events(&layout);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["event"], "notify");
+        assert_eq!(events[0]["notice"]["event"], "succeeded");
+        assert_eq!(crate::audit::verify(&layout), Ok(1));
+    }
+
+    #[test]
+    fn undeliverable_notices_are_reported_and_audited_never_raised() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(root.path());
+        let (rejecting, server) = server("500 Internal Server Error");
+        // A port nobody listens on.
+        let closed = {
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+            format!("http://{}/hook", l.local_addr().expect("addr"))
+        };
+        // One that accepts and never answers.
+        let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let silent_url = format!("http://{}/hook", silent.local_addr().expect("addr"));
+        let cfg = HostConfig {
+            webhooks: vec![
+                hook(&rejecting, "json", 5000),
+                hook(&closed, "discord", 5000),
+                hook(&silent_url, "json", 300),
+            ],
+            ..HostConfig::default()
+        };
+        let out = send(&layout, &cfg, &notice(Event::Failed, "gate failed"));
+        server.join().expect("server");
+        let errors: Vec<(&str, Option<&str>)> = out
+            .iter()
+            .map(|d| (d.url.as_str(), d.error.as_deref()))
+            .collect();
+        assert_eq!(
+            errors[0],
+            (
+                rejecting.as_str(),
+                Some("answered 500 Internal Server Error")
+            )
+        );
+        assert_eq!(errors[1].0, closed);
+        assert!(errors[1].1.is_some(), "{errors:?}");
+        assert_eq!(
+            errors[2],
+            (silent_url.as_str(), Some("no answer within 300 ms"))
+        );
+        let events = audit_events(&layout);
+        let failed: Vec<(&str, &str)> = events
+            .iter()
+            .filter(|e| e["event"] == "notify-failed")
+            .map(|e| {
+                (
+                    e["url"].as_str().unwrap_or_default(),
+                    e["error"].as_str().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(failed.len(), 3);
+        assert_eq!(
+            failed[0],
+            (rejecting.as_str(), "answered 500 Internal Server Error")
+        );
+        assert_eq!(failed[2], (silent_url.as_str(), "no answer within 300 ms"));
+        assert!(
+            events
+                .iter()
+                .all(|e| e["event"] == "notify" || e["event"] == "notify-failed")
+        );
+        assert_eq!(crate::audit::verify(&layout), Ok(4));
+        drop(silent);
+    }
 }
