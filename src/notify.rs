@@ -280,7 +280,7 @@ mod tests {
             body["text"],
             format!(
                 "[succeeded] web 1.2.0 (prod) on {}: healthy",
-                crate::hostlock::hostname()
+                crate::sys::hostname()
             )
         );
         let events = audit_events(&layout);
