@@ -397,12 +397,153 @@ impl Manifest {
                 return bad(format!("`{needed}` is referenced but not listed in files"));
             }
         }
-        for i in &self.images {
-            if !i.digest.starts_with("sha256:") {
+        self.validate_places()?;
+        self.validate_names()
+    }
+
+    /// Every path the installer joins to a store entry stays inside it and where it belongs,
+    /// and no file is listed where another one needs a directory.
+    fn validate_places(&self) -> Result<(), ManifestError> {
+        let bad = |s: String| Err(ManifestError::Invalid(s));
+        let paths: std::collections::BTreeSet<&str> =
+            self.files.iter().map(|f| f.path.as_str()).collect();
+        for f in &self.files {
+            if !PAYLOAD_DIRS.iter().any(|d| under(&f.path, d)) {
                 return bad(format!(
-                    "image of service `{}` is not pinned by digest",
-                    i.service
+                    "`{}` is outside the payload directories ({})",
+                    f.path,
+                    PAYLOAD_DIRS.join(", ")
                 ));
+            }
+            let mut at = 0;
+            while let Some(i) = f.path[at..].find('/') {
+                let dir = &f.path[..at + i];
+                if paths.contains(dir) {
+                    return bad(format!(
+                        "`{dir}` is listed as a file and as the directory of `{}`",
+                        f.path
+                    ));
+                }
+                at += i + 1;
+            }
+        }
+        check_relative_path(&self.compose.project_directory)
+            .map_err(|e| ManifestError::Invalid(format!("compose project directory: {e}")))?;
+        if !self
+            .files
+            .iter()
+            .any(|f| under(&f.path, &self.compose.project_directory))
+        {
+            return bad(format!(
+                "compose project directory `{}` holds no listed file",
+                self.compose.project_directory
+            ));
+        }
+        for c in &self.compose.files {
+            if !(under(c, "stack") || under(c, "generated")) {
+                return bad(format!(
+                    "compose file `{c}` is outside stack/ and generated/"
+                ));
+            }
+        }
+        if let Some(e) = &self.compose.env_file
+            && !under(e, "config")
+        {
+            return bad(format!("env file `{e}` is outside config/"));
+        }
+        for m in &self.migrations {
+            if !under(&m.path, "migrations") {
+                return bad(format!("migration `{}` is outside migrations/", m.path));
+            }
+        }
+        for a in self.images.iter().filter_map(|i| i.archive.as_ref()) {
+            if !under(a, "images") {
+                return bad(format!("image archive `{a}` is outside images/"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Names and digests that reach command lines or file names are of a safe shape: no
+    /// option-looking `-` prefix, no path separators, digests as `sha256:` + 64 hex digits.
+    fn validate_names(&self) -> Result<(), ManifestError> {
+        let bad = |s: String| Err(ManifestError::Invalid(s));
+        let mut services: Vec<(&str, &str)> = self
+            .images
+            .iter()
+            .map(|i| (i.service.as_str(), "image"))
+            .collect();
+        if let Some(r) = &self.migration_runner {
+            services.push((&r.service, "migration runner"));
+        }
+        if let Some(b) = &self.backup {
+            services.push((&b.service, "backup"));
+        }
+        for (svc, what) in services {
+            if !is_service_name(svc) {
+                return bad(format!(
+                    "{what} service `{svc}` is not a compose service name (letters, digits, `.`, `_`, `-`; not starting with `-`)"
+                ));
+            }
+        }
+        for i in &self.images {
+            for (field, d) in [
+                ("digest", Some(&i.digest)),
+                ("index_digest", i.index_digest.as_ref()),
+                ("config_digest", i.config_digest.as_ref()),
+            ] {
+                if let Some(d) = d
+                    && !crate::digest::is_digest(d)
+                {
+                    return bad(format!(
+                        "{field} `{d}` of service `{}` is not sha256: and 64 lowercase hex digits",
+                        i.service
+                    ));
+                }
+            }
+            if i.repository.is_empty()
+                || i.repository.starts_with('-')
+                || i.repository.bytes().any(|b| !b.is_ascii_graphic())
+            {
+                return bad(format!(
+                    "image repository `{}` of service `{}` is not a valid reference",
+                    i.repository, i.service
+                ));
+            }
+        }
+        for m in &self.migrations {
+            if !is_name(&m.id) {
+                return bad(format!("migration id `{}` is not a valid name", m.id));
+            }
+            if m.sha256.len() != 64
+                || !m
+                    .sha256
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            {
+                return bad(format!("sha256 of migration `{}` is malformed", m.id));
+            }
+        }
+        if let Some(b) = &self.backup
+            && (b.extension.is_empty()
+                || b.extension.len() > 16
+                || !b
+                    .extension
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'.')
+                || b.extension.starts_with('.'))
+        {
+            return bad(format!(
+                "backup extension `{}` must be 1 to 16 letters, digits or dots, not starting with a dot",
+                b.extension
+            ));
+        }
+        for v in &self.required_secrets {
+            let ok = !v.is_empty()
+                && v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+                && !v.as_bytes()[0].is_ascii_digit();
+            if !ok {
+                return bad(format!("required variable `{v}` is not a variable name"));
             }
         }
         Ok(())
@@ -436,6 +577,23 @@ pub fn is_name(s: &str) -> bool {
         && s.as_bytes()[0].is_ascii_alphanumeric()
 }
 
+/// The top-level directories a bundle's payload may use.
+pub const PAYLOAD_DIRS: &[&str] = &["config", "generated", "images", "migrations", "stack"];
+
+/// True when `path` is `dir` itself or inside it.
+fn under(path: &str, dir: &str) -> bool {
+    path == dir || path.strip_prefix(dir).is_some_and(|r| r.starts_with('/'))
+}
+
+/// A compose service name: letters, digits, `.`, `_`, `-`, starting with a letter or digit.
+pub fn is_service_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+}
+
 /// Checks a bundle-relative path: no absolute path, no empty, `.` or `..` component.
 pub fn check_relative_path(path: &str) -> Result<(), String> {
     if path.is_empty() || path.len() > 1024 {
@@ -455,4 +613,182 @@ pub fn check_relative_path(path: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod validation_tests {
+    use super::*;
+
+    fn file(path: &str) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            size: 1,
+            sha256: "a".repeat(64),
+            mode: 0o644,
+        }
+    }
+
+    /// A valid manifest with a compose file, an env file, a migration and an image.
+    fn good() -> Manifest {
+        let mut m = Manifest::skeleton("cloud", "1.0.0", Arch::Amd64, "prod");
+        m.files = vec![
+            file("config/prod.env"),
+            file("generated/pin.compose.yaml"),
+            file("migrations/0001-init.sh"),
+            file("stack/compose.yaml"),
+        ];
+        m.compose.files = vec![
+            "stack/compose.yaml".into(),
+            "generated/pin.compose.yaml".into(),
+        ];
+        m.compose.env_file = Some("config/prod.env".into());
+        m.migrations = vec![Migration {
+            id: "0001-init".into(),
+            path: "migrations/0001-init.sh".into(),
+            sha256: "b".repeat(64),
+        }];
+        m.migration_runner = Some(Runner {
+            service: "db".into(),
+            command: vec!["sh".into()],
+        });
+        m.images = vec![Image {
+            service: "db".into(),
+            original: "mongo:7".into(),
+            repository: "docker.io/library/mongo".into(),
+            digest: format!("sha256:{}", "c".repeat(64)),
+            index_digest: None,
+            config_digest: Some(format!("sha256:{}", "d".repeat(64))),
+            archive: None,
+        }];
+        m.backup = Some(Backup {
+            service: "db".into(),
+            command: vec!["dump".into()],
+            restore: vec!["restore".into()],
+            extension: "archive.gz".into(),
+            restore_on_rollback: false,
+        });
+        m.required_secrets = vec!["DB_PASSWORD".into()];
+        m
+    }
+
+    fn refused(m: &Manifest, needle: &str) {
+        match m.validate() {
+            Err(ManifestError::Invalid(msg)) => {
+                assert!(msg.contains(needle), "`{msg}` does not say `{needle}`")
+            }
+            other => panic!("expected a refusal naming `{needle}`, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_good_manifest_is_valid() {
+        good().validate().expect("valid");
+    }
+
+    #[test]
+    fn project_directory_must_stay_inside_and_hold_files() {
+        for bad in ["/srv/app", "../outside", "stack/../..", ""] {
+            let mut m = good();
+            m.compose.project_directory = bad.into();
+            refused(&m, "compose project directory");
+        }
+        let mut m = good();
+        m.compose.project_directory = "elsewhere".into();
+        refused(&m, "holds no listed file");
+    }
+
+    #[test]
+    fn backup_extension_cannot_carry_a_path() {
+        for bad in [
+            "../../etc/cron.d/x",
+            "a/b",
+            "",
+            ".hidden",
+            "x y",
+            "waytoolongextension",
+        ] {
+            let mut m = good();
+            if let Some(b) = m.backup.as_mut() {
+                b.extension = bad.into();
+            }
+            refused(&m, "backup extension");
+        }
+    }
+
+    #[test]
+    fn service_names_cannot_look_like_options() {
+        let mut m = good();
+        m.images[0].service = "--privileged".into();
+        refused(&m, "image service `--privileged`");
+        let mut m = good();
+        if let Some(r) = m.migration_runner.as_mut() {
+            r.service = "-v".into();
+        }
+        refused(&m, "migration runner service `-v`");
+        let mut m = good();
+        if let Some(b) = m.backup.as_mut() {
+            b.service = "db;rm".into();
+        }
+        refused(&m, "backup service `db;rm`");
+    }
+
+    #[test]
+    fn digests_must_be_sha256_hex() {
+        let mut m = good();
+        m.images[0].digest = "sha256:zz".into();
+        refused(&m, "digest `sha256:zz`");
+        let mut m = good();
+        m.images[0].config_digest = Some(format!("sha256:{}", "C".repeat(64)));
+        refused(&m, "config_digest");
+        let mut m = good();
+        m.images[0].index_digest = Some("md5:00".into());
+        refused(&m, "index_digest");
+        let mut m = good();
+        m.migrations[0].sha256 = "x".repeat(64);
+        refused(&m, "sha256 of migration `0001-init`");
+        let mut m = good();
+        m.images[0].repository = "-oops".into();
+        refused(&m, "image repository `-oops`");
+    }
+
+    #[test]
+    fn files_stay_in_the_payload_directories() {
+        let mut m = good();
+        m.files.push(file("toplevel.txt"));
+        refused(&m, "`toplevel.txt` is outside the payload directories");
+        let mut m = good();
+        m.compose.files.push("config/prod.env".into());
+        refused(&m, "compose file `config/prod.env` is outside");
+        let mut m = good();
+        m.compose.env_file = Some("stack/compose.yaml".into());
+        refused(&m, "env file `stack/compose.yaml` is outside config/");
+        let mut m = good();
+        m.migrations[0].path = "stack/compose.yaml".into();
+        refused(&m, "migration `stack/compose.yaml` is outside migrations/");
+        let mut m = good();
+        m.images[0].archive = Some("stack/compose.yaml".into());
+        refused(&m, "image archive `stack/compose.yaml` is outside images/");
+    }
+
+    #[test]
+    fn a_file_cannot_also_be_a_directory() {
+        let mut m = good();
+        m.files.push(file("stack/a"));
+        m.files.push(file("stack/a-b"));
+        m.files.push(file("stack/a/b"));
+        m.files.sort_by(|a, b| a.path.cmp(&b.path));
+        refused(
+            &m,
+            "`stack/a` is listed as a file and as the directory of `stack/a/b`",
+        );
+    }
+
+    #[test]
+    fn secret_names_are_variable_names() {
+        for bad in ["1ABC", "A-B", "", "A B", "A=B"] {
+            let mut m = good();
+            m.required_secrets = vec![bad.into()];
+            refused(&m, "required variable");
+        }
+    }
 }
