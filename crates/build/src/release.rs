@@ -510,7 +510,30 @@ fn add_migrations(
                 message: format!("migration `{}/{name}` must be named NNNN-name.ext", m.dir),
             });
         }
+        // A migration must be a file of the recipe itself: a link (to `/proc/self/environ`, a
+        // key file, another checkout) would ship whatever it points at.
         let src = dir.join(&name);
+        let meta = std::fs::symlink_metadata(&src).map_err(io_err(&src))?;
+        if meta.file_type().is_symlink() {
+            return Err(ReleaseError::Reference {
+                recipe: rname.clone(),
+                message: format!(
+                    "migration `{}/{name}` is a symbolic link; migrations must be regular files inside the recipe",
+                    m.dir
+                ),
+            });
+        }
+        let real = dir.canonicalize().map_err(io_err(&dir))?;
+        if !real.starts_with(root) {
+            return Err(ReleaseError::Reference {
+                recipe: rname.clone(),
+                message: format!(
+                    "migrations dir `{}` is a link that leaves the recipe directory (to {})",
+                    m.dir,
+                    real.display()
+                ),
+            });
+        }
         let (payload, mode) = regular_file(&src, rname, "migrations")?;
         let path = format!("migrations/{name}");
         let id = name.split('.').next().unwrap_or(&name).to_string();

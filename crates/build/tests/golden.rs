@@ -1,5 +1,5 @@
-//! The golden bundle: a fixed recipe, lock, key and time give exactly the committed manifest
-//! and bundle sha256. Any change to the format, the planner, the writer, a dependency that
+//! The golden recipe. Its bundle: a fixed recipe, lock, key and time give exactly the committed
+//! manifest and bundle sha256. Copies of it, altered, show what release refuses. Any change to the format, the planner, the writer, a dependency that
 //! touches their bytes, or the fixture shows up here and must be made deliberately: rerun
 //! with `SMOKER_BLESS=1` to rewrite the golden files, and say why in the commit.
 
@@ -80,4 +80,83 @@ fn building_twice_gives_the_same_bytes() {
     let (m2, s2, _b) = build(Arch::Amd64);
     assert_eq!(m1, m2);
     assert_eq!(s1, s2);
+}
+
+/// A copy of the golden recipe in a temporary directory, with its lock.
+fn scratch_recipe() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let copy = |from: &Path, to: &Path| {
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .expect("run cp");
+        assert!(
+            status.success(),
+            "cp -a {} {}",
+            from.display(),
+            to.display()
+        );
+    };
+    copy(&fixture().join("golden"), &tmp.path().join("golden"));
+    copy(
+        &fixture().join("golden.lock"),
+        &tmp.path().join("golden.lock"),
+    );
+    tmp
+}
+
+fn plan_in(dir: &Path) -> Result<release::Plan, release::ReleaseError> {
+    let recipe = Recipe::load(dir, "golden").expect("the recipe loads");
+    let lock_path = Lock::path(dir, "golden");
+    let lock = Lock::load(&lock_path, "golden").expect("the lock loads");
+    let source = SourceInfo {
+        commit: None,
+        dirty: false,
+        recipe_dir: "recipes/golden".into(),
+        epoch: 1_700_000_000,
+    };
+    release::plan(
+        &recipe,
+        &lock,
+        &lock_path,
+        Arch::Amd64,
+        "prod",
+        &semver::Version::new(1, 0, 0),
+        &source,
+    )
+}
+
+#[test]
+fn a_symlinked_migration_is_refused_and_its_target_never_read() {
+    let tmp = scratch_recipe();
+    let secret = tmp.path().join("secret.txt");
+    std::fs::write(&secret, "SMOKER_KEY_PASSWORD=hunter2\n").expect("write the secret");
+    let link = tmp.path().join("golden/migrations/0002-leak.sh");
+    std::os::unix::fs::symlink(&secret, &link).expect("symlink");
+    let err = plan_in(tmp.path()).expect_err("a linked migration must be refused");
+    let msg = err.to_string();
+    assert!(msg.contains("0002-leak.sh"), "{msg}");
+    assert!(msg.contains("symbolic link"), "{msg}");
+    // Also a link to /proc/self/environ, the case that would ship the key password.
+    std::fs::remove_file(&link).expect("remove");
+    std::os::unix::fs::symlink("/proc/self/environ", &link).expect("symlink");
+    let msg = plan_in(tmp.path()).expect_err("refused").to_string();
+    assert!(msg.contains("symbolic link"), "{msg}");
+}
+
+#[test]
+fn a_migrations_directory_linked_out_of_the_recipe_is_refused() {
+    let tmp = scratch_recipe();
+    let outside = tmp.path().join("elsewhere");
+    std::fs::create_dir(&outside).expect("mkdir");
+    std::fs::write(outside.join("0001-init.sh"), "echo hi\n").expect("write");
+    let dir = tmp.path().join("golden/migrations");
+    std::fs::remove_dir_all(&dir).expect("remove the migrations dir");
+    std::os::unix::fs::symlink(&outside, &dir).expect("symlink");
+    let msg = plan_in(tmp.path())
+        .expect_err("a migrations dir outside the recipe must be refused")
+        .to_string();
+    assert!(msg.contains("leaves the recipe directory"), "{msg}");
 }
