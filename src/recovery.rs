@@ -16,8 +16,10 @@ use serde::Serialize;
 pub struct ProfileRecovery {
     /// Profile name.
     pub profile: String,
-    /// `nothing` (nothing was interrupted), `committed` (the interrupted generation passed its
-    /// gate), `rolled-back`, `broken` or `error` (recovery could not run; see `kind`).
+    /// `nothing` (nothing was interrupted), `marked-failed` (a run stopped before switching:
+    /// its generation is marked failed, the current one is untouched), `committed` (the
+    /// interrupted current generation passed its gate), `rolled-back`, `broken`, or `error`
+    /// (recovery could not run; see `kind`).
     pub result: String,
     /// The failure kind (`rolled-back`, `broken`, `locked`, …); null when the profile is fine.
     pub kind: Option<Kind>,
@@ -98,6 +100,7 @@ pub fn recover_one(
             .is_some_and(|g| g.status == Status::Good)
     });
     let (result, kind) = match interrupted {
+        None if message.is_some() => ("marked-failed", None),
         None => ("nothing", None),
         Some(n) if serving_good && current == Some(n) => ("committed", None),
         Some(_) if serving_good => ("rolled-back", Some(Kind::RolledBack)),

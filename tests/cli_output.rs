@@ -657,3 +657,53 @@ fn several_profiles_need_profile_which_is_a_usage_error() {
         insta::assert_snapshot!("several_profiles_text", stderr(&out));
     });
 }
+
+#[test]
+fn recover_marks_a_generation_that_never_became_current_failed() {
+    let host = Host::new();
+    let layout = host.layout();
+    let mut p = Profile::open_or_create(&layout, "svc", "smoker-svc").expect("profile");
+    for n in [1, 2] {
+        let store = format!("{n:032}-svc-{n}.0.0-amd64");
+        std::fs::create_dir_all(layout.store().join(&store)).expect("store entry");
+        p.add_pending(Generation {
+            number: n,
+            store,
+            version: format!("{n}.0.0"),
+            arch: "amd64".into(),
+            environment: "dev".into(),
+            bundle_sha256: "0".repeat(64),
+            manifest_sha256: format!("{n}").repeat(64),
+            status: Status::Pending,
+            installed_at: format!("2026-01-0{n}T10:00:00Z"),
+            decided_at: None,
+            reason: None,
+        })
+        .expect("add");
+        if n == 1 {
+            p.switch(1).expect("switch");
+            p.decide(1, Status::Good, None).expect("decide");
+        }
+    }
+    host.settings().bind(|| {
+        // Before: status reports it, changing nothing.
+        let out = host.run(&["status"]);
+        assert_exit(&out, None);
+        assert!(
+            stdout(&out).contains("an apply was interrupted before it switched to it"),
+            "{}",
+            stdout(&out)
+        );
+        // recover finishes it without Docker: the generation is marked failed.
+        let out = host.run(&["recover", "--json"]);
+        let e = envelope(&out);
+        assert!(e.ok, "{e:?}");
+        assert_eq!(e.data["profiles"][0]["result"], "marked-failed");
+        insta::assert_snapshot!("recover_marked_failed_json", stdout(&out));
+    });
+    let p = Profile::open(&layout, "svc")
+        .expect("open")
+        .expect("profile");
+    assert_eq!(p.generation(2).map(|g| g.status), Some(Status::Failed));
+    assert_eq!(p.current(), Some(1));
+}
