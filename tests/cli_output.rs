@@ -298,7 +298,14 @@ fn usage_errors_exit_2_with_an_envelope_under_json() {
 
         // A bundle or --usb is required.
         let out = host.run(&["apply", "--json"]);
-        assert_eq!(envelope(&out).kind, Some(Kind::Usage));
+        let e = envelope(&out);
+        assert_eq!(e.kind, Some(Kind::Usage));
+        assert_eq!(e.command.as_deref(), Some("apply"));
+        assert!(
+            e.message.is_some_and(|m| m.starts_with("no bundle given")),
+            "{}",
+            stdout(&out)
+        );
     });
 }
 

@@ -81,7 +81,6 @@ pub enum Cmd {
         #[arg(long = "media-root", requires = "usb")]
         media_roots: Vec<PathBuf>,
         /// The bundle file (or --usb).
-        #[arg(required_unless_present = "usb")]
         bundle: Option<PathBuf>,
     },
     /// Switch back to a kept generation (default: the previous good one). Needs no network and

@@ -149,6 +149,12 @@ pub struct ApplyArgs {
 
 /// `apply`.
 pub fn apply(ctx: &Ctx, a: ApplyArgs) -> Result<Applied, Failure> {
+    if a.bundle.is_none() && !a.usb {
+        return Err(Failure::new(
+            Kind::Usage,
+            "no bundle given: pass the bundle file (smoker-install apply BUNDLE), or --usb to find one on removable media",
+        ));
+    }
     let opts = apply::Options {
         keys: a.keys.load()?,
         env_file: a.env_file,
