@@ -145,7 +145,7 @@ done
 if ! wait "$tpid"; then
   echo "bench-offline: apply failed:" >&2; cat "$work/apply.log" >&2; exit 1
 fi
-images_us=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["durations_us"]["images"])' "$work/apply.json")
+images_us=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["data"]["durations_us"]["images"])' "$work/apply.json")
 maxrss_kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$work/time.txt")
 wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$work/time.txt")
 loaded=$(grep -c 'loading' "$work/apply.log" || true)

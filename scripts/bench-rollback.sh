@@ -25,7 +25,7 @@ run apply --key "$work/release.pub" --env-file "$work/demo.env" --project "$proj
 t0=$(now_ms); run apply --json --key "$work/release.pub" "$b2" >"$work/apply.json" 2>/dev/null; t1=$(now_ms)
 python3 - "$work/apply.json" $((t1 - t0)) <<'PY'
 import json, sys
-d = json.load(open(sys.argv[1]))["durations_us"]
+d = json.load(open(sys.argv[1]))["data"]["durations_us"]
 wall = int(sys.argv[2])
 up, health = d.get("up", 0) / 1000, d.get("health", 0) / 1000
 print(f"apply v2: wall {wall} ms; compose up {up:.0f} ms; health gate {health:.0f} ms; "
@@ -37,7 +37,7 @@ say "rollback x$rounds (alternating 1 and 2)"
 for i in $(seq 1 "$rounds"); do
   for to in 1 2; do
     t0=$(now_ms); run rollback --to "$to" --json >"$work/rb.json" 2>/dev/null; wait_healthy; t1=$(now_ms)
-    python3 -c "import json,sys; d=json.load(open(sys.argv[1]))['durations_us']; print('rollback', d['switch'], d['up+health'], sys.argv[2])" "$work/rb.json" $((t1 - t0)) >>"$work/rb.txt"
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1]))['data']['durations_us']; print('rollback', d['switch'], d['up+health'], sys.argv[2])" "$work/rb.json" $((t1 - t0)) >>"$work/rb.txt"
   done
 done
 

@@ -429,13 +429,12 @@ impl Manifest {
         }
         check_relative_path(&self.compose.project_directory)
             .map_err(|e| ManifestError::Invalid(format!("compose project directory: {e}")))?;
-        if !self
-            .files
+        if !PAYLOAD_DIRS
             .iter()
-            .any(|f| under(&f.path, &self.compose.project_directory))
+            .any(|d| under(&self.compose.project_directory, d))
         {
             return bad(format!(
-                "compose project directory `{}` holds no listed file",
+                "compose project directory `{}` is outside the payload directories",
                 self.compose.project_directory
             ));
         }
@@ -694,7 +693,7 @@ mod validation_tests {
         }
         let mut m = good();
         m.compose.project_directory = "elsewhere".into();
-        refused(&m, "holds no listed file");
+        refused(&m, "is outside the payload directories");
     }
 
     #[test]

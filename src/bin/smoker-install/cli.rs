@@ -1,0 +1,225 @@
+//! The command line: subcommands, options, and the help text with the exit status table.
+
+use clap::{CommandFactory as _, Parser, Subcommand};
+use smoker::layout::{DEFAULT_ROOT, ROOT_ENV};
+use std::path::PathBuf;
+
+/// Command line of `smoker-install`.
+#[derive(Parser)]
+#[command(
+    name = "smoker-install",
+    version,
+    about = "Verify and apply smoker-release bundles"
+)]
+pub struct Cli {
+    /// Host root holding the store, profiles, locks and audit log.
+    #[arg(long, global = true, env = ROOT_ENV, default_value = DEFAULT_ROOT)]
+    pub root: PathBuf,
+    /// The host's config: environment, backup retention, webhooks.
+    #[arg(long, global = true, env = smoker::hostconfig::HOST_CONFIG_ENV, default_value = smoker::hostconfig::DEFAULT_HOST_CONFIG)]
+    pub host_config: PathBuf,
+    /// Print one JSON document on stdout: {"ok", "command", "kind", "exit_code", "message",
+    /// "data"}, for failures too.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// Where trusted public keys come from.
+#[derive(clap::Args, Clone)]
+pub struct KeyArgs {
+    /// A trusted public key file.
+    #[arg(long, conflicts_with = "keys")]
+    pub key: Option<PathBuf>,
+    /// A directory of trusted public keys (`*.pub`).
+    #[arg(long, env = "SMOKER_KEYS")]
+    pub keys: Option<PathBuf>,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Check a bundle's signature and every file in it; writes nothing.
+    Verify {
+        /// Trusted keys.
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// The bundle file.
+        bundle: PathBuf,
+    },
+    /// Verify a bundle, install it as a new generation, switch, health-check, and roll back by
+    /// itself when it is not healthy.
+    Apply {
+        /// Trusted keys.
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// Host env file with the stack's secrets (default /etc/smoker/<profile>.env).
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        /// Generations to keep.
+        #[arg(long, default_value_t = 5)]
+        keep: usize,
+        /// Wait for the profile lock instead of failing.
+        #[arg(long)]
+        wait: bool,
+        /// Allow a version older than the newest good generation.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Allow a bundle built for another environment than this host's.
+        #[arg(long)]
+        allow_env_change: bool,
+        /// Compose project name for a new profile (default smoker-<profile>).
+        #[arg(long)]
+        project: Option<String>,
+        /// Find the bundle on removable media instead: the newest valid one for this host's
+        /// profile, architecture and environment (needs no network).
+        #[arg(long, conflicts_with = "bundle")]
+        usb: bool,
+        /// Where removable media are mounted (repeatable; default /media and /mnt).
+        #[arg(long = "media-root", requires = "usb")]
+        media_roots: Vec<PathBuf>,
+        /// The bundle file (or --usb).
+        bundle: Option<PathBuf>,
+    },
+    /// Switch back to a kept generation (default: the previous good one). Needs no network and
+    /// no bundle file.
+    Rollback {
+        /// Profile (default: the only profile on this host).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Generation number to return to.
+        #[arg(long)]
+        to: Option<u32>,
+        /// When the target is older than migrations applied here, restore the backup taken
+        /// before them (otherwise such a rollback is refused).
+        #[arg(long)]
+        restore_data: bool,
+        /// Wait for the profile lock instead of failing.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Check everything an apply of this bundle needs, listing every problem; changes nothing.
+    Preflight {
+        /// Trusted keys.
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// Host env file (default: the profile's, else /etc/smoker/<profile>.env).
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        /// Accept a bundle of another environment.
+        #[arg(long)]
+        allow_env_change: bool,
+        /// The bundle file.
+        bundle: PathBuf,
+    },
+    /// Take a backup of a profile's data now (through the recipe's backup hook).
+    Backup {
+        /// Profile (default: the only profile on this host).
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// List a profile's backups.
+    Backups {
+        /// Profile (default: the only profile on this host).
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// Restore a backup into the running stack (a safety backup is taken first).
+    Restore {
+        /// Profile (default: the only profile on this host).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Backup id (see `smoker-install backups`).
+        id: String,
+    },
+    /// Current generation of each profile; changes nothing (an interrupted apply is reported,
+    /// not finished: see `recover`).
+    Status {
+        /// Only this profile.
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// Every kept generation with its status; changes nothing.
+    History {
+        /// Only this profile.
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// Finish interrupted applies and rollbacks (run at boot).
+    Recover {
+        /// Wait for locks instead of failing.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Remove old generations, unreferenced store entries and unused images (finishes
+    /// interrupted applies first).
+    Gc {
+        /// Generations to keep per profile.
+        #[arg(long, default_value_t = 5)]
+        keep: usize,
+    },
+    /// End a hung holder of a profile lock.
+    Unlock {
+        /// Profile (default: the only profile on this host).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Required: kill the holder if it is alive (its work is finished by the next run).
+        #[arg(long)]
+        force: bool,
+    },
+    /// The audit log.
+    Audit {
+        /// What to do with it.
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+/// `smoker-install audit …`.
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Check the hash chain: detects edited, reordered or truncated logs.
+    Verify,
+}
+
+impl Cmd {
+    /// The subcommand's name as the `command` field of `--json` output.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Cmd::Verify { .. } => "verify",
+            Cmd::Apply { .. } => "apply",
+            Cmd::Rollback { .. } => "rollback",
+            Cmd::Preflight { .. } => "preflight",
+            Cmd::Backup { .. } => "backup",
+            Cmd::Backups { .. } => "backups",
+            Cmd::Restore { .. } => "restore",
+            Cmd::Status { .. } => "status",
+            Cmd::History { .. } => "history",
+            Cmd::Recover { .. } => "recover",
+            Cmd::Gc { .. } => "gc",
+            Cmd::Unlock { .. } => "unlock",
+            Cmd::Audit {
+                cmd: AuditCmd::Verify,
+            } => "audit verify",
+        }
+    }
+}
+
+/// The command with the exit status table at the end of every help text (the top level's and
+/// each subcommand's).
+pub fn command() -> clap::Command {
+    fn with_table(c: clap::Command) -> clap::Command {
+        c.after_help(help_epilogue()).mut_subcommands(with_table)
+    }
+    with_table(Cli::command())
+}
+
+/// The text after the options in `--help`: the exit status table and the JSON envelope.
+pub fn help_epilogue() -> String {
+    format!(
+        "{}\nWith --json, stdout carries exactly one JSON document, for failures too:\n  {{\"ok\": bool, \"command\": \"…\", \"kind\": \"<kind>\"|null, \"exit_code\": N, \"message\": \"…\"|null, \"data\": …|null}}",
+        smoker::error::exit_status_table()
+    )
+}

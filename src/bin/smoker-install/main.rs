@@ -1,0 +1,131 @@
+//! `smoker-install`: verifies bundles and applies them on a host.
+//!
+//! Every subcommand returns a typed result (`commands`), rendered once (`output`): as text, or
+//! with `--json` as one envelope. The exit status is the failure's kind
+//! (`smoker::error::Kind::exit_code`), the same for every subcommand.
+
+mod cli;
+mod commands;
+mod output;
+
+use clap::FromArgMatches as _;
+use cli::{AuditCmd, Cli, Cmd};
+use commands::{ApplyArgs, Ctx};
+use output::Output;
+use smoker::envelope::Envelope;
+use smoker::error::Kind;
+use smoker::layout::Layout;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    let out = if cli.json {
+        Output::json()
+    } else {
+        Output::text()
+    };
+    let ctx = Ctx {
+        layout: Layout::new(&cli.root),
+        host_config: cli.host_config,
+    };
+    let command = cli.cmd.name();
+    match cli.cmd {
+        Cmd::Verify { keys, bundle } => out.finish(command, commands::verify(&keys, bundle)),
+        Cmd::Apply {
+            keys,
+            env_file,
+            keep,
+            wait,
+            allow_downgrade,
+            allow_env_change,
+            project,
+            usb,
+            media_roots,
+            bundle,
+        } => out.finish(
+            command,
+            commands::apply(
+                &ctx,
+                ApplyArgs {
+                    keys,
+                    env_file,
+                    keep,
+                    wait,
+                    allow_downgrade,
+                    allow_env_change,
+                    project,
+                    bundle,
+                    usb,
+                    media_roots,
+                },
+            ),
+        ),
+        Cmd::Rollback {
+            profile,
+            to,
+            restore_data,
+            wait,
+        } => out.finish(
+            command,
+            commands::rollback(
+                &ctx,
+                profile,
+                smoker::rollback::Request {
+                    to,
+                    restore_data,
+                    wait,
+                },
+            ),
+        ),
+        Cmd::Preflight {
+            keys,
+            env_file,
+            allow_env_change,
+            bundle,
+        } => out.finish(
+            command,
+            commands::preflight(&ctx, &keys, env_file.as_deref(), allow_env_change, bundle),
+        ),
+        Cmd::Backup { profile } => out.finish(command, commands::backup(&ctx, profile)),
+        Cmd::Backups { profile } => out.finish(command, commands::backups(&ctx, profile)),
+        Cmd::Restore { profile, id } => out.finish(command, commands::restore(&ctx, profile, id)),
+        Cmd::Status { profile } => out.finish(command, commands::status(&ctx, profile.as_deref())),
+        Cmd::History { profile } => {
+            out.finish(command, commands::history(&ctx, profile.as_deref()))
+        }
+        Cmd::Recover { wait } => out.finish(command, commands::recover(&ctx, wait)),
+        Cmd::Gc { keep } => out.finish(command, commands::gc(&ctx, keep)),
+        Cmd::Unlock { profile, force } => {
+            out.finish(command, commands::unlock(&ctx, profile, force))
+        }
+        Cmd::Audit {
+            cmd: AuditCmd::Verify,
+        } => out.finish(command, commands::audit_verify(&ctx)),
+    }
+}
+
+/// A command line clap refused (exit status 2, message on stderr), or `--help` / `--version`
+/// (0). With `--json` anywhere on the line, a usage error is also reported as an envelope on
+/// stdout.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    let code = e.exit_code();
+    let _ = e.print();
+    if e.use_stderr() && std::env::args_os().skip(1).any(|a| a == "--json") {
+        let rendered = e.render().to_string();
+        let message = rendered
+            .trim()
+            .strip_prefix("error: ")
+            .unwrap_or(rendered.trim())
+            .to_string();
+        let envelope = Envelope::failure(None, Kind::Usage, message, serde_json::Value::Null);
+        println!("{}", envelope.to_json());
+        return ExitCode::from(Kind::Usage.exit_code());
+    }
+    ExitCode::from(u8::try_from(code).unwrap_or(Kind::Usage.exit_code()))
+}

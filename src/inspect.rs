@@ -1,0 +1,258 @@
+//! Read-only views of the profiles for `smoker-install status` and `history`.
+//!
+//! They change nothing: no recovery runs, no lock is taken or waited for, no file or directory
+//! is created. A `pending` generation is reported for what it is — an apply or rollback in
+//! progress while the profile lock is held, an interrupted one otherwise (then
+//! `smoker-install recover` finishes it) — and a held lock is reported with its holder.
+
+use crate::error::{Error, Result};
+use crate::hostlock::Holder;
+use crate::layout::Layout;
+use crate::profile::{Generation, Profile, Status};
+use serde::Serialize;
+use std::io::Read as _;
+use std::os::fd::AsRawFd as _;
+
+/// Whether a profile's lock is held, and by whom.
+#[derive(Debug, Clone, Serialize)]
+pub struct LockState {
+    /// True when a live process holds the lock.
+    pub locked: bool,
+    /// The recorded holder, when the lock is held.
+    pub holder: Option<Holder>,
+}
+
+/// Looks at a profile's lock without taking it and without creating the lock file.
+///
+/// A holder writes its record right after taking the lock and empties it before releasing it,
+/// so an empty or missing record means the lock is free. A record left behind by a holder that
+/// died (the kernel released its lock) is told apart by a non-blocking shared `flock` attempt,
+/// released at once; only that case touches the lock at all.
+pub fn lock_state(layout: &Layout, profile: &str) -> LockState {
+    let free = LockState {
+        locked: false,
+        holder: None,
+    };
+    let Ok(mut file) = std::fs::File::open(layout.lock_file(profile)) else {
+        return free;
+    };
+    let mut text = String::new();
+    if file.read_to_string(&mut text).is_err() || text.trim().is_empty() {
+        return free;
+    }
+    // SAFETY: `file` owns a valid descriptor for the duration of both calls.
+    let held = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0;
+    if !held {
+        // SAFETY: as above; releases the shared lock just taken.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        return free;
+    }
+    LockState {
+        locked: true,
+        holder: serde_json::from_str(&text).ok(),
+    }
+}
+
+/// A generation still `pending`: its apply or rollback has not decided it yet.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unfinished {
+    /// Generation number.
+    pub generation: u32,
+    /// True when `current` points at it (the health gate had not decided); false when the run
+    /// stopped before switching to it.
+    pub current: bool,
+    /// When it became pending (RFC 3339).
+    pub since: String,
+    /// True while the profile lock is held: the apply or rollback is still running.
+    pub in_progress: bool,
+    /// A sentence saying what happened and what to do.
+    pub message: String,
+}
+
+/// The pending generations of a profile, explained.
+pub fn unfinished(profile: &Profile, lock: &LockState) -> Vec<Unfinished> {
+    let current = profile.current();
+    profile
+        .state
+        .generations
+        .iter()
+        .filter(|g| g.status == Status::Pending)
+        .map(|g| {
+            let is_current = Some(g.number) == current;
+            let since = g
+                .decided_at
+                .clone()
+                .unwrap_or_else(|| g.installed_at.clone());
+            let message = if lock.locked {
+                format!(
+                    "generation {} pending since {since}: an apply or rollback is in progress ({})",
+                    g.number,
+                    lock.holder
+                        .as_ref()
+                        .map(Holder::describe)
+                        .unwrap_or_else(|| "holder not recorded".into())
+                )
+            } else if is_current {
+                format!(
+                    "generation {} pending since {since}: an apply or rollback was interrupted before its health gate decided; run `smoker-install recover`",
+                    g.number
+                )
+            } else {
+                format!(
+                    "generation {} pending since {since}: an apply was interrupted before it switched to it; run `smoker-install recover`",
+                    g.number
+                )
+            };
+            Unfinished {
+                generation: g.number,
+                current: is_current,
+                since,
+                in_progress: lock.locked,
+                message,
+            }
+        })
+        .collect()
+}
+
+/// One profile as `smoker-install status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileStatus {
+    /// Profile name.
+    pub profile: String,
+    /// Compose project name.
+    pub project: String,
+    /// The generation `current` points at.
+    pub current: Option<u32>,
+    /// Its version.
+    pub version: Option<String>,
+    /// Its architecture.
+    pub arch: Option<String>,
+    /// Its environment.
+    pub environment: Option<String>,
+    /// sha256 of the bundle it was installed from.
+    pub bundle_sha256: Option<String>,
+    /// Its status: `good`, `pending` or `failed`.
+    pub health: Option<Status>,
+    /// When it was installed (RFC 3339).
+    pub installed_at: Option<String>,
+    /// Numbers of the pending generations.
+    pub pending: Vec<u32>,
+    /// Numbers of the failed generations.
+    pub failed: Vec<u32>,
+    /// True when the profile lock is held.
+    pub locked: bool,
+    /// Who holds the lock, when it is held.
+    pub holder: Option<Holder>,
+    /// The pending generations explained (in progress or interrupted).
+    pub unfinished: Vec<Unfinished>,
+}
+
+/// One profile as `smoker-install history` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileHistory {
+    /// Profile name.
+    pub profile: String,
+    /// Compose project name.
+    pub project: String,
+    /// The generation `current` points at.
+    pub current: Option<u32>,
+    /// Every kept generation, oldest first.
+    pub generations: Vec<Generation>,
+    /// True when the profile lock is held.
+    pub locked: bool,
+    /// Who holds the lock, when it is held.
+    pub holder: Option<Holder>,
+    /// The pending generations explained (in progress or interrupted).
+    pub unfinished: Vec<Unfinished>,
+}
+
+fn open(layout: &Layout, name: &str) -> Result<Profile> {
+    Profile::open(layout, name)?
+        .ok_or_else(|| Error::State(format!("no profile `{name}` on this host")))
+}
+
+/// The status of one profile, read without changing anything.
+pub fn status(layout: &Layout, name: &str) -> Result<ProfileStatus> {
+    let p = open(layout, name)?;
+    let lock = lock_state(layout, name);
+    let cur = p.current();
+    let g = cur.and_then(|n| p.generation(n));
+    let numbers = |s: Status| -> Vec<u32> {
+        p.state
+            .generations
+            .iter()
+            .filter(|g| g.status == s)
+            .map(|g| g.number)
+            .collect()
+    };
+    Ok(ProfileStatus {
+        profile: name.to_string(),
+        project: p.state.project.clone(),
+        current: cur,
+        version: g.map(|g| g.version.clone()),
+        arch: g.map(|g| g.arch.clone()),
+        environment: g.map(|g| g.environment.clone()),
+        bundle_sha256: g.map(|g| g.bundle_sha256.clone()),
+        health: g.map(|g| g.status),
+        installed_at: g.map(|g| g.installed_at.clone()),
+        pending: numbers(Status::Pending),
+        failed: numbers(Status::Failed),
+        unfinished: unfinished(&p, &lock),
+        locked: lock.locked,
+        holder: lock.holder,
+    })
+}
+
+/// The history of one profile, read without changing anything.
+pub fn history(layout: &Layout, name: &str) -> Result<ProfileHistory> {
+    let p = open(layout, name)?;
+    let lock = lock_state(layout, name);
+    Ok(ProfileHistory {
+        profile: name.to_string(),
+        project: p.state.project.clone(),
+        current: p.current(),
+        unfinished: unfinished(&p, &lock),
+        generations: p.state.generations,
+        locked: lock.locked,
+        holder: lock.holder,
+    })
+}
+
+/// The profiles a read-only command looks at: the one named, or every profile on the host.
+pub fn profile_names(layout: &Layout, only: Option<&str>) -> Vec<String> {
+    match only {
+        Some(p) => vec![p.to_string()],
+        None => layout.profile_names(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hostlock;
+
+    #[test]
+    fn a_missing_lock_file_is_free_and_stays_missing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(dir.path());
+        let s = lock_state(&layout, "svc");
+        assert!(!s.locked && s.holder.is_none());
+        assert!(!layout.lock_file("svc").exists());
+        assert!(!dir.path().join("locks").exists());
+    }
+
+    #[test]
+    fn a_held_lock_names_its_holder_and_a_released_one_is_free() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(dir.path());
+        let lock = hostlock::acquire(&layout, "svc", false).expect("lock");
+        let s = lock_state(&layout, "svc");
+        assert!(s.locked);
+        assert_eq!(s.holder.map(|h| h.pid), Some(std::process::id() as i32));
+        // Still held by us: taking it again must fail (the probe did not disturb it).
+        assert!(hostlock::acquire(&layout, "svc", false).is_err());
+        drop(lock);
+        let s = lock_state(&layout, "svc");
+        assert!(!s.locked && s.holder.is_none());
+    }
+}

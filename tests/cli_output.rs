@@ -1,0 +1,716 @@
+//! `smoker-install`'s output and exit statuses, run as a process, without Docker: the help
+//! text with the exit status table, the `--json` envelope of successes and of every failure
+//! kind reachable without a container engine, and read-only `status` / `history`.
+//!
+//! Snapshots (insta, `tests/snapshots/`) have temporary paths, key ids, hashes, times, pids and
+//! the host name replaced, so they are the same on every run and machine. Every case asserts
+//! its exit status explicitly as well.
+
+use smoker::error::Kind;
+use smoker::layout::Layout;
+use smoker::profile::{Generation, Profile, Status};
+use smoker_format::manifest::{
+    Arch, ComposeSpec, FORMAT_VERSION, FileEntry, Health, Image, Manifest, Source,
+};
+use smoker_format::signing::SecretKey;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A host root, a trusted key and a bundle signed by it.
+struct Host {
+    dir: tempfile::TempDir,
+    public_key: PathBuf,
+    key: SecretKey,
+}
+
+impl Host {
+    fn new() -> Host {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (key, public_key) = new_key(dir.path(), "release");
+        Host {
+            dir,
+            public_key,
+            key,
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn layout(&self) -> Layout {
+        Layout::new(self.root())
+    }
+
+    /// `smoker-install --root <root> --host-config <dir>/host.toml ARGS`, with none of the
+    /// caller's smoker or GitHub Actions variables.
+    fn run(&self, args: &[&str]) -> Output {
+        cli()
+            .arg("--root")
+            .arg(self.root())
+            .arg("--host-config")
+            .arg(self.dir.path().join("host.toml"))
+            .args(args)
+            .output()
+            .expect("running smoker-install")
+    }
+
+    /// A signed bundle of profile `svc` for this host's architecture.
+    fn bundle(&self, version: &str, environment: &str, secrets: &[&str]) -> PathBuf {
+        signed_bundle(
+            &self.key,
+            &self.dir.path().join("bundles"),
+            version,
+            environment,
+            secrets,
+        )
+    }
+
+    /// Settings that replace everything volatile in output.
+    fn settings(&self) -> insta::Settings {
+        let mut s = insta::Settings::clone_current();
+        s.set_prepend_module_to_snapshot(false);
+        s.add_filter(&escape(&self.dir.path().display().to_string()), "[TMP]");
+        s.add_filter(&escape(&smoker::sys::hostname()), "[HOST]");
+        s.add_filter(r"\b[0-9a-f]{64}\b", "[SHA256]");
+        s.add_filter(r"\b[0-9A-F]{16}\b", "[KEY-ID]");
+        s.add_filter(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "[TIME]");
+        s.add_filter(r"pid \d+", "pid [PID]");
+        s.add_filter(r#""pid": \d+"#, r#""pid": "[PID]""#);
+        s.add_filter(r#""started": \d+"#, r#""started": "[EPOCH]""#);
+        s.add_filter(r"running `[^`]*`", "running `[COMMAND]`");
+        s.add_filter(
+            r#""command": "[^"]*cli_output[^"]*""#,
+            r#""command": "[COMMAND]""#,
+        );
+        s.add_filter(r"\(\d+s ago\)", "([AGE] ago)");
+        s.add_filter(r"\d+ bytes", "[N] bytes");
+        s.add_filter(r#""compressed_bytes": \d+"#, r#""compressed_bytes": "[N]""#);
+        s
+    }
+}
+
+/// The binary under test, with a clean environment for its options.
+fn cli() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_smoker-install"));
+    for var in [
+        "SMOKER_ROOT",
+        "SMOKER_HOST_CONFIG",
+        "SMOKER_KEYS",
+        "SMOKER_FAULT",
+        "SMOKER_COMPOSE",
+        "SMOKER_ALLOW_FOREIGN_ARCH",
+        "GITHUB_ACTIONS",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// Escapes a literal for an insta filter (a regex).
+fn escape(literal: &str) -> String {
+    let mut out = String::new();
+    for ch in literal.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(ch) {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn new_key(dir: &Path, name: &str) -> (SecretKey, PathBuf) {
+    let secret = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub"));
+    smoker_format::signing::generate(&secret, &public, None).expect("generating a key pair");
+    let key = SecretKey::load(&secret, None).expect("loading the secret key");
+    (key, public)
+}
+
+/// A small signed bundle of profile `svc` (one service pinned to a made-up digest), written as
+/// the release builder writes one.
+fn signed_bundle(
+    key: &SecretKey,
+    out: &Path,
+    version: &str,
+    environment: &str,
+    secrets: &[&str],
+) -> PathBuf {
+    let env_path = format!("config/{environment}.env");
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let raw: Vec<(String, Vec<u8>)> = vec![
+        (env_path.clone(), b"MODE=test\n".to_vec()),
+        (
+            "generated/pin.compose.yaml".into(),
+            format!("services:\n  app:\n    image: registry.example/app@{digest}\n").into_bytes(),
+        ),
+        (
+            "stack/compose.yaml".into(),
+            b"services:\n  app:\n    image: registry.example/app:1.0\n".to_vec(),
+        ),
+    ];
+    let files: Vec<(FileEntry, Vec<u8>)> = raw
+        .into_iter()
+        .map(|(path, bytes)| {
+            (
+                FileEntry {
+                    path,
+                    size: bytes.len() as u64,
+                    sha256: smoker_format::digest::sha256_hex(&bytes),
+                    mode: 0o644,
+                },
+                bytes,
+            )
+        })
+        .collect();
+    let manifest = Manifest {
+        format: FORMAT_VERSION,
+        name: "svc".into(),
+        version: version.into(),
+        arch: Arch::host().expect("a supported host architecture"),
+        environment: environment.into(),
+        source: Source {
+            commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            dirty: false,
+            recipe_dir: "recipes/svc".into(),
+        },
+        created: 1_700_000_000,
+        min_installer_version: "0.1.0".into(),
+        compose: ComposeSpec {
+            files: vec![
+                "stack/compose.yaml".into(),
+                "generated/pin.compose.yaml".into(),
+            ],
+            project_directory: "stack".into(),
+            env_file: Some(env_path),
+        },
+        images: vec![Image {
+            service: "app".into(),
+            original: "registry.example/app:1.0".into(),
+            repository: "registry.example/app".into(),
+            digest,
+            index_digest: None,
+            config_digest: Some(format!("sha256:{}", "cd".repeat(32))),
+            archive: None,
+        }],
+        migrations: vec![],
+        migration_runner: None,
+        health: Health {
+            window_secs: 5,
+            failures: 1,
+            successes: 1,
+            interval_ms: 100,
+            http: vec![],
+        },
+        backup: None,
+        required_secrets: secrets.iter().map(|s| s.to_string()).collect(),
+        files: files.iter().map(|(e, _)| e.clone()).collect(),
+    };
+    manifest.validate().expect("a valid manifest");
+    let json = manifest.to_canonical_json();
+    let comment = smoker_build::release::trusted_comment(
+        &manifest,
+        &smoker_format::digest::sha256_hex(json.as_slice()),
+    );
+    let sig = key.sign(json.as_slice(), &comment).expect("signing");
+    let payload: Vec<_> = files
+        .into_iter()
+        .map(|(e, b)| (e, smoker_format::bundle::write::Payload::Bytes(b)))
+        .collect();
+    let bytes = smoker_format::bundle::write::write_bundle(Vec::new(), &manifest, &sig, &payload)
+        .expect("write_bundle");
+    std::fs::create_dir_all(out).expect("mkdir");
+    let path = out.join(format!("{}.tar.zst", manifest.stem()));
+    std::fs::write(&path, bytes).expect("writing the bundle");
+    path
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The exit status, which must be the one of `kind` (0 for `None`).
+#[track_caller]
+fn assert_exit(o: &Output, kind: Option<Kind>) {
+    assert_eq!(
+        o.status.code(),
+        Some(kind.map_or(0, |k| i32::from(k.exit_code()))),
+        "expected {}\nstdout:\n{}\nstderr:\n{}",
+        kind.map_or("success", Kind::as_str),
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// stdout as one envelope, checked against the exit status.
+#[track_caller]
+fn envelope(o: &Output) -> smoker::envelope::Envelope {
+    let e: smoker::envelope::Envelope = serde_json::from_slice(&o.stdout).unwrap_or_else(|err| {
+        panic!(
+            "stdout is not one JSON envelope ({err}):\n{}\nstderr:\n{}",
+            stdout(o),
+            stderr(o)
+        )
+    });
+    assert_eq!(o.status.code(), Some(i32::from(e.exit_code)), "{e:?}");
+    assert_eq!(e.ok, e.exit_code == 0, "{e:?}");
+    assert_eq!(e.kind.map(Kind::exit_code), (!e.ok).then_some(e.exit_code));
+    e
+}
+
+#[test]
+fn help_documents_the_exit_statuses() {
+    let out = cli().arg("--help").output().expect("run");
+    assert_exit(&out, None);
+    Host::new()
+        .settings()
+        .bind(|| insta::assert_snapshot!("help", stdout(&out)));
+    for k in Kind::ALL {
+        assert!(stdout(&out).contains(k.as_str()), "{k} missing from --help");
+    }
+    // Every subcommand's help ends with the same table.
+    let apply = cli().args(["apply", "--help"]).output().expect("run");
+    assert_exit(&apply, None);
+    assert!(
+        stdout(&apply).contains(&smoker::error::exit_status_table()),
+        "{}",
+        stdout(&apply)
+    );
+}
+
+#[test]
+fn usage_errors_exit_2_with_an_envelope_under_json() {
+    let host = Host::new();
+    host.settings().bind(|| {
+        let out = host.run(&["status", "--bogus"]);
+        assert_exit(&out, Some(Kind::Usage));
+        assert!(out.stdout.is_empty());
+        insta::assert_snapshot!("usage_text", stderr(&out));
+
+        let out = host.run(&["status", "--bogus", "--json"]);
+        let e = envelope(&out);
+        assert_eq!(e.kind, Some(Kind::Usage));
+        insta::assert_snapshot!("usage_json", stdout(&out));
+
+        // A bundle or --usb is required.
+        let out = host.run(&["apply", "--json"]);
+        let e = envelope(&out);
+        assert_eq!(e.kind, Some(Kind::Usage));
+        assert_eq!(e.command.as_deref(), Some("apply"));
+        assert!(
+            e.message.is_some_and(|m| m.starts_with("no bundle given")),
+            "{}",
+            stdout(&out)
+        );
+    });
+}
+
+#[test]
+fn verify_of_a_good_bundle() {
+    let host = Host::new();
+    let bundle = host.bundle("1.0.0", "dev", &[]);
+    let key = host.public_key.display().to_string();
+    let b = bundle.display().to_string();
+    host.settings().bind(|| {
+        let out = host.run(&["verify", "--key", &key, &b]);
+        assert_exit(&out, None);
+        insta::assert_snapshot!("verify_ok_text", stdout(&out));
+
+        let out = host.run(&["verify", "--json", "--key", &key, &b]);
+        let e = envelope(&out);
+        assert!(e.ok);
+        assert_eq!(e.data["version"], "1.0.0");
+        insta::assert_snapshot!("verify_ok_json", stdout(&out));
+    });
+    assert!(!host.root().exists(), "verify wrote under the root");
+}
+
+#[test]
+fn verify_of_a_rejected_bundle_is_kind_verify() {
+    let host = Host::new();
+    let bundle = host.bundle("1.0.0", "dev", &[]);
+    let b = bundle.display().to_string();
+    // Signed by a key this host does not trust.
+    let (_, other) = new_key(host.dir.path(), "other");
+    let other = other.display().to_string();
+    host.settings().bind(|| {
+        let out = host.run(&["verify", "--key", &other, &b]);
+        assert_exit(&out, Some(Kind::Verify));
+        assert!(out.stdout.is_empty());
+        insta::assert_snapshot!("verify_untrusted_text", stderr(&out));
+
+        let out = host.run(&["verify", "--json", "--key", &other, &b]);
+        let e = envelope(&out);
+        assert_eq!(e.kind, Some(Kind::Verify));
+        assert_eq!(e.data["reason"], "untrusted-key");
+        insta::assert_snapshot!("verify_untrusted_json", stdout(&out));
+    });
+
+    // A truncated copy: the specific reason is in `data.reason`, the kind is `verify`.
+    let key = host.public_key.display().to_string();
+    let bytes = std::fs::read(&bundle).expect("read");
+    let cut = host.dir.path().join("cut.tar.zst");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+    let out = host.run(&[
+        "verify",
+        "--json",
+        "--key",
+        &key,
+        &cut.display().to_string(),
+    ]);
+    let e = envelope(&out);
+    assert_eq!(e.kind, Some(Kind::Verify), "{e:?}");
+    assert_eq!(e.exit_code, 3);
+    assert!(e.data["reason"].is_string(), "{e:?}");
+
+    // A bundle that cannot be read at all is `io`, not a verdict on a bundle.
+    let missing = host.dir.path().join("missing.tar.zst");
+    let out = host.run(&[
+        "verify",
+        "--json",
+        "--key",
+        &key,
+        &missing.display().to_string(),
+    ]);
+    let e = envelope(&out);
+    assert_eq!(e.kind, Some(Kind::Io), "{e:?}");
+    assert_eq!(e.exit_code, 1);
+}
+
+#[test]
+fn apply_of_another_environment_is_refused_by_policy() {
+    let host = Host::new();
+    std::fs::write(
+        host.dir.path().join("host.toml"),
+        "environment = \"prod\"\n",
+    )
+    .expect("host config");
+    let bundle = host.bundle("1.0.0", "dev", &[]).display().to_string();
+    let key = host.public_key.display().to_string();
+    host.settings().bind(|| {
+        let out = host.run(&["apply", "--key", &key, &bundle]);
+        assert_exit(&out, Some(Kind::Policy));
+        insta::assert_snapshot!(
+            "apply_policy_text",
+            stderr(&out)
+                .lines()
+                .filter(|l| l.starts_with("error:"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+
+        let out = host.run(&["apply", "--json", "--key", &key, &bundle]);
+        let e = envelope(&out);
+        assert_eq!(e.kind, Some(Kind::Policy));
+        insta::assert_snapshot!("apply_policy_json", stdout(&out));
+    });
+    assert!(
+        host.layout().profile_names().is_empty(),
+        "a refused apply created a profile"
+    );
+}
+
+#[test]
+fn preflight_problems_are_kind_preflight() {
+    let host = Host::new();
+    let bundle = host
+        .bundle("1.0.0", "dev", &["TEST_SECRET"])
+        .display()
+        .to_string();
+    let env_file = host.dir.path().join("empty.env");
+    std::fs::write(&env_file, "").expect("env file");
+    let out = host.run(&[
+        "preflight",
+        "--json",
+        "--key",
+        &host.public_key.display().to_string(),
+        "--env-file",
+        &env_file.display().to_string(),
+        &bundle,
+    ]);
+    // Which checks run depends on whether Docker answers; the missing variable fails either way.
+    let e = envelope(&out);
+    assert_eq!(e.kind, Some(Kind::Preflight), "{e:?}");
+    assert_eq!(e.exit_code, 5);
+    let checks = e.data["checks"].as_array().expect("checks");
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["name"] == "variables" && c["ok"] == false),
+        "{e:?}"
+    );
+    assert!(
+        e.message
+            .as_deref()
+            .is_some_and(|m| m.contains("TEST_SECRET")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn status_and_history_of_an_empty_root() {
+    let host = Host::new();
+    host.settings().bind(|| {
+        for cmd in ["status", "history"] {
+            let out = host.run(&[cmd]);
+            assert_exit(&out, None);
+            insta::assert_snapshot!(format!("{cmd}_empty_text"), stdout(&out));
+            let out = host.run(&[cmd, "--json"]);
+            let e = envelope(&out);
+            assert!(e.ok);
+            insta::assert_snapshot!(format!("{cmd}_empty_json"), stdout(&out));
+        }
+        // Commands that need a profile say there is none: `state`.
+        let out = host.run(&["backups", "--json"]);
+        assert_eq!(envelope(&out).kind, Some(Kind::State));
+        insta::assert_snapshot!("backups_no_profile_json", stdout(&out));
+        let out = host.run(&["status", "--profile", "nope", "--json"]);
+        assert_eq!(envelope(&out).kind, Some(Kind::State));
+        // Nothing to recover; the audit log is empty and intact.
+        let out = host.run(&["recover", "--json"]);
+        assert!(envelope(&out).ok);
+        let out = host.run(&["audit", "verify", "--json"]);
+        let e = envelope(&out);
+        assert_eq!(e.data["entries"], 0);
+        insta::assert_snapshot!("audit_empty_json", stdout(&out));
+    });
+    assert!(!host.root().exists(), "read-only commands created the root");
+}
+
+#[test]
+fn an_edited_audit_log_is_kind_state() {
+    let host = Host::new();
+    std::fs::create_dir_all(host.root()).expect("root");
+    std::fs::write(host.root().join("audit.log"), "not json\n").expect("log");
+    host.settings().bind(|| {
+        let out = host.run(&["audit", "verify"]);
+        assert_exit(&out, Some(Kind::State));
+        insta::assert_snapshot!("audit_edited_text", stderr(&out));
+        let out = host.run(&["audit", "verify", "--json"]);
+        assert_eq!(envelope(&out).kind, Some(Kind::State));
+        insta::assert_snapshot!("audit_edited_json", stdout(&out));
+    });
+}
+
+/// Profile `svc` with generation 1 good and generation 2 `pending` and current: what an apply
+/// interrupted between the switch and its health gate leaves behind.
+fn interrupted_profile(host: &Host) -> Layout {
+    let layout = host.layout();
+    let generation = |number: u32, status: Status, store: &str| Generation {
+        number,
+        store: store.into(),
+        version: format!("{number}.0.0"),
+        arch: "amd64".into(),
+        environment: "dev".into(),
+        bundle_sha256: format!("{number}").repeat(64),
+        manifest_sha256: format!("{}", number + 2).repeat(64),
+        status,
+        installed_at: format!("2026-01-0{number}T10:00:00Z"),
+        decided_at: (status != Status::Pending).then(|| format!("2026-01-0{number}T10:01:00Z")),
+        reason: None,
+    };
+    let mut p = Profile::open_or_create(&layout, "svc", "smoker-svc").expect("profile");
+    for (n, status) in [(1, Status::Good), (2, Status::Pending)] {
+        let store = format!("{n:032}-svc-{n}.0.0-amd64");
+        std::fs::create_dir_all(layout.store().join(&store)).expect("store entry");
+        p.add_pending(generation(n, Status::Pending, &store))
+            .expect("add");
+        p.switch(n).expect("switch");
+        if status == Status::Good {
+            p.decide(n, Status::Good, None).expect("decide");
+            if let Some(g) = p.generation_mut(n) {
+                g.decided_at = Some("2026-01-01T10:01:00Z".into());
+            }
+            p.save().expect("save");
+        }
+    }
+    layout
+}
+
+#[test]
+fn status_reports_an_interrupted_generation_and_changes_nothing() {
+    let host = Host::new();
+    let layout = interrupted_profile(&host);
+    let state = layout.profile("svc").join("state.json");
+    let before = std::fs::read(&state).expect("state");
+    let listing = |root: &Path| -> Vec<String> {
+        let mut v = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("readdir") {
+                let p = e.expect("entry").path();
+                v.push(p.display().to_string());
+                if p.is_dir() && !p.is_symlink() {
+                    stack.push(p);
+                }
+            }
+        }
+        v.sort();
+        v
+    };
+    let tree = listing(&host.root());
+    host.settings().bind(|| {
+        for cmd in ["status", "history"] {
+            let out = host.run(&[cmd]);
+            assert_exit(&out, None);
+            assert!(
+                stdout(&out).contains(
+                    "generation 2 pending since 2026-01-02T10:00:00Z: an apply or rollback was interrupted"
+                ) && stdout(&out).contains("run `smoker-install recover`"),
+                "{}",
+                stdout(&out)
+            );
+            insta::assert_snapshot!(format!("{cmd}_interrupted_text"), stdout(&out));
+            let out = host.run(&[cmd, "--json"]);
+            let e = envelope(&out);
+            assert!(e.ok);
+            let p = &e.data["profiles"][0];
+            assert_eq!(p["current"], 2);
+            assert_eq!(p["unfinished"][0]["generation"], 2);
+            assert_eq!(p["unfinished"][0]["in_progress"], false);
+            insta::assert_snapshot!(format!("{cmd}_interrupted_json"), stdout(&out));
+        }
+    });
+    assert_eq!(
+        std::fs::read(&state).expect("state"),
+        before,
+        "status changed state.json"
+    );
+    assert_eq!(
+        listing(&host.root()),
+        tree,
+        "status created or removed files"
+    );
+    let p = Profile::open(&layout, "svc")
+        .expect("open")
+        .expect("profile");
+    assert_eq!(p.current(), Some(2));
+    assert_eq!(
+        p.generation(2).map(|g| g.status),
+        Some(Status::Pending),
+        "status must not recover"
+    );
+}
+
+#[test]
+fn a_held_lock_is_kind_locked_and_status_names_the_holder() {
+    let host = Host::new();
+    let layout = interrupted_profile(&host);
+    let bundle = host.bundle("3.0.0", "dev", &[]).display().to_string();
+    let key = host.public_key.display().to_string();
+    let _lock = smoker::hostlock::acquire(&layout, "svc", false).expect("lock");
+    let state = std::fs::read(layout.profile("svc").join("state.json")).expect("state");
+    host.settings().bind(|| {
+        let out = host.run(&["apply", "--key", &key, &bundle]);
+        assert_exit(&out, Some(Kind::Locked));
+        insta::assert_snapshot!(
+            "apply_locked_text",
+            stderr(&out)
+                .lines()
+                .filter(|l| l.starts_with("error:"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let out = host.run(&["apply", "--json", "--key", &key, &bundle]);
+        assert_eq!(envelope(&out).kind, Some(Kind::Locked));
+        insta::assert_snapshot!("apply_locked_json", stdout(&out));
+
+        for args in [
+            &["rollback", "--json"][..],
+            &["recover", "--json"],
+            &["unlock", "--json"],
+            &["backup", "--json"],
+        ] {
+            let out = host.run(args);
+            let e = envelope(&out);
+            assert_eq!(e.kind, Some(Kind::Locked), "{args:?}: {e:?}");
+            assert_eq!(e.exit_code, 6, "{args:?}");
+        }
+
+        // status does not wait: it says who holds the lock, and that the pending generation
+        // is being worked on.
+        let out = host.run(&["status"]);
+        assert_exit(&out, None);
+        assert!(stdout(&out).contains("locked by pid"), "{}", stdout(&out));
+        insta::assert_snapshot!("status_locked_text", stdout(&out));
+        let out = host.run(&["status", "--json"]);
+        let e = envelope(&out);
+        let p = &e.data["profiles"][0];
+        assert_eq!(p["locked"], true);
+        assert_eq!(p["holder"]["pid"], std::process::id());
+        assert_eq!(p["unfinished"][0]["in_progress"], true);
+        insta::assert_snapshot!("status_locked_json", stdout(&out));
+    });
+    assert_eq!(
+        std::fs::read(layout.profile("svc").join("state.json")).expect("state"),
+        state
+    );
+}
+
+#[test]
+fn several_profiles_need_profile_which_is_a_usage_error() {
+    let host = Host::new();
+    let layout = host.layout();
+    for name in ["a", "b"] {
+        Profile::open_or_create(&layout, name, &format!("smoker-{name}")).expect("profile");
+    }
+    host.settings().bind(|| {
+        let out = host.run(&["backups"]);
+        assert_exit(&out, Some(Kind::Usage));
+        insta::assert_snapshot!("several_profiles_text", stderr(&out));
+    });
+}
+
+#[test]
+fn recover_marks_a_generation_that_never_became_current_failed() {
+    let host = Host::new();
+    let layout = host.layout();
+    let mut p = Profile::open_or_create(&layout, "svc", "smoker-svc").expect("profile");
+    for n in [1, 2] {
+        let store = format!("{n:032}-svc-{n}.0.0-amd64");
+        std::fs::create_dir_all(layout.store().join(&store)).expect("store entry");
+        p.add_pending(Generation {
+            number: n,
+            store,
+            version: format!("{n}.0.0"),
+            arch: "amd64".into(),
+            environment: "dev".into(),
+            bundle_sha256: "0".repeat(64),
+            manifest_sha256: format!("{n}").repeat(64),
+            status: Status::Pending,
+            installed_at: format!("2026-01-0{n}T10:00:00Z"),
+            decided_at: None,
+            reason: None,
+        })
+        .expect("add");
+        if n == 1 {
+            p.switch(1).expect("switch");
+            p.decide(1, Status::Good, None).expect("decide");
+        }
+    }
+    host.settings().bind(|| {
+        // Before: status reports it, changing nothing.
+        let out = host.run(&["status"]);
+        assert_exit(&out, None);
+        assert!(
+            stdout(&out).contains("an apply was interrupted before it switched to it"),
+            "{}",
+            stdout(&out)
+        );
+        // recover finishes it without Docker: the generation is marked failed.
+        let out = host.run(&["recover", "--json"]);
+        let e = envelope(&out);
+        assert!(e.ok, "{e:?}");
+        assert_eq!(e.data["profiles"][0]["result"], "marked-failed");
+        insta::assert_snapshot!("recover_marked_failed_json", stdout(&out));
+    });
+    let p = Profile::open(&layout, "svc")
+        .expect("open")
+        .expect("profile");
+    assert_eq!(p.generation(2).map(|g| g.status), Some(Status::Failed));
+    assert_eq!(p.current(), Some(1));
+}
