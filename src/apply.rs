@@ -82,9 +82,32 @@ pub fn apply(
     opts: &Options,
     progress: &dyn Progress,
 ) -> Result<Outcome> {
+    let file = crate::fsutil::open_regular(bundle, true)?;
+    apply_open(layout, file, bundle, opts, progress)
+}
+
+/// [`apply`] of a bundle on removable media: the path must name a regular file itself, not a
+/// symbolic link (the media's files are not trusted to point anywhere).
+pub fn apply_media(
+    layout: &Layout,
+    bundle: &Path,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Outcome> {
+    let file = crate::fsutil::open_regular(bundle, false)?;
+    apply_open(layout, file, bundle, opts, progress)
+}
+
+/// Applies an open bundle file; `bundle` names it in messages and the audit log.
+fn apply_open(
+    layout: &Layout,
+    mut file: std::fs::File,
+    bundle: &Path,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Outcome> {
     let mut timer = Timer::default();
     progress.step("reading the manifest");
-    let mut file = std::fs::File::open(bundle).map_err(io_at(bundle))?;
     let peek = smoker_format::bundle::read::peek_manifest_from(&file, &opts.keys)?;
     file.seek(SeekFrom::Start(0)).map_err(io_at(bundle))?;
     let name = peek.name.clone();

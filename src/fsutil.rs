@@ -96,3 +96,46 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
     (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
+
+/// Opens `path` for reading only if it is a regular file. With `follow_links` false the last
+/// component must not be a symbolic link (`O_NOFOLLOW`); FIFOs and devices are refused without
+/// blocking (`O_NONBLOCK` on open, then a check of what was opened, so a name swapped between
+/// a look and the open cannot hand over something else).
+pub fn open_regular(path: &Path, follow_links: bool) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
+    if !follow_links {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                crate::error::Error::Policy(format!(
+                    "{} is a symbolic link; links are not followed here",
+                    shown(path)
+                ))
+            } else {
+                crate::error::Error::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                }
+            }
+        })?;
+    let meta = file.metadata().map_err(io_at(path))?;
+    if !meta.is_file() {
+        return Err(crate::error::Error::Policy(format!(
+            "{} is not a regular file",
+            shown(path)
+        )));
+    }
+    Ok(file)
+}
+
+/// A path as it may be shown in a message or a log: control characters and invalid UTF-8
+/// escaped, so a hostile file name cannot rewrite a terminal or forge log lines.
+pub fn shown(path: &Path) -> String {
+    path.to_string_lossy().escape_debug().to_string()
+}

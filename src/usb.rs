@@ -26,8 +26,11 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_MEDIA_ROOTS: [&str; 2] = ["/media", "/mnt"];
 /// How deep below a media root bundles are looked for (e.g. `/media/pi/STICK/bundles/prod/`).
 pub const MAX_DEPTH: usize = 6;
-/// Most files looked at below the media roots.
+/// Most directory entries looked at below the media roots.
 const MAX_ENTRIES: usize = 100_000;
+/// Most bundle files judged (each costs an open and a signature check): a stick holding
+/// thousands of stubs is not read to the end.
+pub const MAX_BUNDLE_FILES: usize = 256;
 
 /// A bundle file that was not chosen, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -67,19 +70,40 @@ pub fn media_roots(given: &[PathBuf]) -> Vec<PathBuf> {
     }
 }
 
-/// Every `*.tar.zst` regular file below `roots`, sorted.
-pub fn find_bundle_files(roots: &[PathBuf]) -> Vec<PathBuf> {
-    let mut found = Vec::new();
+/// What a search of the media found.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// `*.tar.zst` regular files, sorted, at most [`MAX_BUNDLE_FILES`].
+    pub files: Vec<PathBuf>,
+    /// Bundle-named entries that are not regular files (links, FIFOs, devices, directories),
+    /// and files beyond the budget.
+    pub skipped: Vec<Skipped>,
+}
+
+/// Every `*.tar.zst` regular file below `roots` (links never followed, neither directories nor
+/// files), sorted; other entries with a bundle's name are reported as skipped.
+pub fn find_bundle_files(roots: &[PathBuf]) -> Found {
+    let mut found = Found::default();
     let mut seen = 0usize;
     for root in roots {
         walk(root, 0, &mut found, &mut seen);
     }
-    found.sort();
-    found.dedup();
+    found.files.sort();
+    found.files.dedup();
+    if found.files.len() > MAX_BUNDLE_FILES {
+        for path in found.files.split_off(MAX_BUNDLE_FILES) {
+            found.skipped.push(Skipped {
+                reason: format!(
+                    "not examined: more than {MAX_BUNDLE_FILES} bundle files on the media (the first {MAX_BUNDLE_FILES} by name were)"
+                ),
+                path,
+            });
+        }
+    }
     found
 }
 
-fn walk(dir: &Path, depth: usize, found: &mut Vec<PathBuf>, seen: &mut usize) {
+fn walk(dir: &Path, depth: usize, found: &mut Found, seen: &mut usize) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
@@ -93,22 +117,42 @@ fn walk(dir: &Path, depth: usize, found: &mut Vec<PathBuf>, seen: &mut usize) {
             continue;
         }
         let path = e.path();
+        // The entry's own type: a symbolic link is a link here, whatever it points at.
         let Ok(kind) = e.file_type() else { continue };
         if kind.is_dir() {
             if depth < MAX_DEPTH {
                 walk(&path, depth + 1, found, seen);
             }
-        } else if name.ends_with(".tar.zst") && std::fs::metadata(&path).is_ok_and(|m| m.is_file())
-        {
-            found.push(path);
+        } else if name.ends_with(".tar.zst") {
+            if kind.is_file() {
+                found.files.push(path);
+            } else {
+                let what = if kind.is_symlink() {
+                    "a symbolic link (links on removable media are never followed)"
+                } else {
+                    "not a regular file"
+                };
+                found.skipped.push(Skipped {
+                    path,
+                    reason: what.to_string(),
+                });
+            }
         }
     }
 }
 
+/// Reads and checks the signed manifest of a bundle on the media: opened without following a
+/// link and only if it is a regular file.
+fn peek(path: &Path, opts: &Options) -> Result<Manifest> {
+    let file = crate::fsutil::open_regular(path, false)?;
+    Ok(smoker_format::bundle::read::peek_manifest_from(
+        file, &opts.keys,
+    )?)
+}
+
 /// Looks at every bundle below `roots` and sorts out the ones this host could apply.
 pub fn scan(layout: &Layout, roots: &[PathBuf], opts: &Options) -> Result<Scan> {
-    let files = find_bundle_files(roots);
-    let mut skipped = Vec::new();
+    let Found { files, mut skipped } = find_bundle_files(roots);
     let mut usable = Vec::new();
     let installed = layout.profile_names();
     let host_arch = crate::policy::host_arch();
@@ -118,7 +162,7 @@ pub fn scan(layout: &Layout, roots: &[PathBuf], opts: &Options) -> Result<Scan> 
             path: path.clone(),
             reason,
         };
-        let m = match smoker_format::bundle::read::peek_manifest(&path, &opts.keys) {
+        let m = match peek(&path, opts) {
             Ok(m) => m,
             Err(e) => {
                 skipped.push(skip(format!("not usable: {e}")));
@@ -205,7 +249,11 @@ pub fn apply_from_media(
     progress.step(&format!("looking for bundles under {}", list_roots(roots)));
     let scan = scan(layout, roots, opts)?;
     for s in &scan.skipped {
-        progress.info(&format!("skipped {}: {}", s.path.display(), s.reason));
+        progress.info(&format!(
+            "skipped {}: {}",
+            crate::fsutil::shown(&s.path),
+            s.reason
+        ));
     }
     let mut kinds: Vec<(String, String)> = scan
         .usable
@@ -242,13 +290,13 @@ pub fn apply_from_media(
         }
         progress.info(&format!(
             "chose {}: {} {} for {}/{} — {why}",
-            c.path.display(),
+            crate::fsutil::shown(&c.path),
             m.name,
             m.version,
             m.arch,
             m.environment
         ));
-        match apply::apply(layout, &c.path, opts, progress) {
+        match apply::apply_media(layout, &c.path, opts, progress) {
             Ok(o) => {
                 for other in scan.usable.iter().skip(i + 1) {
                     let reason = if other.manifest.version == m.version {
@@ -262,14 +310,17 @@ pub fn apply_from_media(
                             other.manifest.version, m.version
                         )
                     };
-                    progress.info(&format!("not chosen {}: {reason}", other.path.display()));
+                    progress.info(&format!(
+                        "not chosen {}: {reason}",
+                        crate::fsutil::shown(&other.path)
+                    ));
                 }
                 return Ok((o, c.path.clone()));
             }
             Err(Error::Verify(e)) => {
                 progress.info(&format!(
                     "rejected {}: it failed verification ({e}); nothing of it was installed — trying the next newest bundle",
-                    c.path.display()
+                    crate::fsutil::shown(&c.path)
                 ));
                 rejected.push(Skipped {
                     path: c.path.clone(),
@@ -283,7 +334,7 @@ pub fn apply_from_media(
         .skipped
         .iter()
         .chain(rejected.iter())
-        .map(|s| format!("{}: {}", s.path.display(), s.reason))
+        .map(|s| format!("{}: {}", crate::fsutil::shown(&s.path), s.reason))
         .collect();
     if reasons.is_empty() {
         return Err(Error::State(format!(
@@ -320,7 +371,92 @@ mod tests {
         mk("a/b/c/d/e/f/g/h/deep.tar.zst");
         std::os::unix::fs::symlink(root.join("stick"), root.join("loop")).expect("symlink");
         let found = find_bundle_files(&[root.to_path_buf()]);
-        assert_eq!(found, vec![b, a]);
+        assert_eq!(found.files, vec![b, a]);
+        assert!(found.skipped.is_empty(), "{:?}", found.skipped);
+    }
+
+    #[test]
+    fn links_fifos_and_directories_named_like_bundles_are_skipped_with_a_reason() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let root = d.path();
+        let real = root.join("real-1.0.0-amd64.tar.zst");
+        std::fs::write(&real, b"x").expect("write");
+        // A link to a file that would block a reader forever, and one to a genuine file.
+        std::os::unix::fs::symlink("/proc/kmsg", root.join("kmsg.tar.zst")).expect("symlink");
+        std::os::unix::fs::symlink(&real, root.join("alias.tar.zst")).expect("symlink");
+        let fifo = root.join("pipe.tar.zst");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("c path");
+        // SAFETY: `c` is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        std::fs::create_dir(root.join("dir.tar.zst")).expect("mkdir");
+        let found = find_bundle_files(&[root.to_path_buf()]);
+        assert_eq!(found.files, vec![real]);
+        let mut reasons: Vec<(String, String)> = found
+            .skipped
+            .iter()
+            .map(|s| {
+                let name = s.path.file_name().map(|n| n.to_string_lossy().into_owned());
+                (name.unwrap_or_default(), s.reason.clone())
+            })
+            .collect();
+        reasons.sort();
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert_eq!(reasons[0].0, "alias.tar.zst");
+        assert!(reasons[0].1.contains("symbolic link"), "{reasons:?}");
+        assert_eq!(reasons[1].0, "kmsg.tar.zst");
+        assert!(reasons[1].1.contains("symbolic link"), "{reasons:?}");
+        assert_eq!(reasons[2].0, "pipe.tar.zst");
+        assert!(reasons[2].1.contains("not a regular file"), "{reasons:?}");
+    }
+
+    #[test]
+    fn a_name_swapped_for_a_link_or_fifo_after_the_scan_is_not_opened() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let link = d.path().join("swapped.tar.zst");
+        std::os::unix::fs::symlink("/proc/kmsg", &link).expect("symlink");
+        match crate::fsutil::open_regular(&link, false) {
+            Err(Error::Policy(m)) => assert!(m.contains("symbolic link"), "{m}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let fifo = d.path().join("fifo.tar.zst");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("c path");
+        // SAFETY: `c` is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        // O_NONBLOCK: the open returns at once instead of waiting for a writer.
+        match crate::fsutil::open_regular(&fifo, true) {
+            Err(Error::Policy(m)) => assert!(m.contains("not a regular file"), "{m}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn thousands_of_stub_bundles_are_judged_only_up_to_the_budget() {
+        let d = tempfile::tempdir().expect("tempdir");
+        for i in 0..(MAX_BUNDLE_FILES + 40) {
+            std::fs::write(d.path().join(format!("stub-{i:05}.tar.zst")), b"").expect("write");
+        }
+        let found = find_bundle_files(&[d.path().to_path_buf()]);
+        assert_eq!(found.files.len(), MAX_BUNDLE_FILES);
+        assert_eq!(found.skipped.len(), 40);
+        assert!(
+            found.skipped[0]
+                .reason
+                .contains("more than 256 bundle files")
+        );
+    }
+
+    #[test]
+    fn control_characters_in_names_are_escaped_in_messages() {
+        let p = PathBuf::from("/media/x/evil\u{1b}[2J\nfake line.tar.zst");
+        let shown = crate::fsutil::shown(&p);
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\n'),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("\\u{1b}") && shown.contains("\\n"),
+            "{shown}"
+        );
     }
 
     #[test]
