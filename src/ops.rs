@@ -11,50 +11,88 @@ use crate::migrate::Ledger;
 use crate::profile::Profile;
 use crate::runtime::{Runtime, Stack};
 use crate::store::{self, StoreEntry};
-use smoker_format::bundle::read::{DirSink, Limits, Trust, read_bundle};
 use smoker_format::signing::TrustedKeys;
 use std::path::Path;
 
-/// `smoker-install preflight <bundle>`: verifies the bundle into a temporary directory (never
-/// the store) and runs every preflight check.
+/// What `smoker-install preflight` is asked about a bundle.
+pub struct PreflightRequest<'a> {
+    /// The bundle file.
+    pub bundle: &'a Path,
+    /// Trusted keys.
+    pub keys: &'a TrustedKeys,
+    /// Host env file (default: the profile's, else `/etc/smoker/<profile>.env`).
+    pub env_file: Option<&'a Path>,
+    /// The host's declaration.
+    pub host: &'a HostConfig,
+    /// As `apply --allow-env-change`.
+    pub allow_env_change: bool,
+    /// As `apply --allow-downgrade`.
+    pub allow_downgrade: bool,
+}
+
+/// `smoker-install preflight <bundle>`: every check `apply` makes before it changes anything —
+/// verification, the host's policy (profile, architecture, environment, downgrade) and the
+/// preflight checks — without storing anything. The bundle is verified into a staging
+/// directory under the host root (on disk, never `/tmp`, which is memory on many hosts),
+/// after checking there is room for its payload; the staged copy is removed afterwards.
 pub fn preflight_bundle(
     layout: &Layout,
-    bundle: &Path,
-    keys: &TrustedKeys,
-    env_file: Option<&Path>,
-    host: &HostConfig,
-    allow_env_change: bool,
+    req: &PreflightRequest<'_>,
 ) -> Result<crate::preflight::Report> {
-    let tmp = tempfile::tempdir().map_err(io_at(Path::new("/tmp")))?;
-    let f = std::fs::File::open(bundle).map_err(io_at(bundle))?;
-    let v = read_bundle(
-        std::io::BufReader::new(f),
-        Trust::Keys(keys),
-        &mut DirSink::new(tmp.path()),
-        Limits::default(),
-    )?;
-    let name = v.manifest.name.clone();
+    let mut file = crate::fsutil::open_regular(req.bundle, true)?;
+    let peek = smoker_format::bundle::read::peek_manifest_from(&file, req.keys)?;
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).map_err(io_at(req.bundle))?;
+    let staging = layout.staging();
+    let need = peek
+        .payload_bytes()
+        .saturating_add(crate::preflight::MARGIN_BYTES);
+    if let Some(free) = crate::fsutil::free_bytes(&staging)
+        && free < need
+    {
+        return Err(Error::Preflight(vec![format!(
+            "disk (staging): {} needs {need} bytes free to verify this bundle's payload, {free} are free; free space or remove old generations with `smoker-install gc`",
+            staging.display()
+        )]));
+    }
+    let staged = crate::store::stage(layout, file, req.keys)?;
+    let m = staged.manifest();
+    let name = m.name.clone();
     let profile = Profile::open(layout, &name)?;
     let env_file = env_file_for(
         &name,
-        env_file,
+        req.env_file,
         profile.as_ref().and_then(|p| p.state.env_file.as_deref()),
     );
     let project = profile
         .as_ref()
         .map(|p| p.state.project.clone())
         .unwrap_or_else(|| format!("smoker-{name}"));
-    let (_, report) = crate::preflight::run(&crate::preflight::Inputs {
+    let (_, mut report) = crate::preflight::run(&crate::preflight::Inputs {
         layout,
-        manifest: &v.manifest,
-        payload_dir: tmp.path(),
-        bundle_bytes: v.compressed_bytes,
+        manifest: m,
+        payload_dir: staged.path(),
+        bundle_bytes: staged.verified.compressed_bytes,
         env_file: &env_file,
-        host,
-        allow_env_change,
+        host: req.host,
+        allow_env_change: req.allow_env_change,
         project: &project,
         holds_lock: false,
     })?;
+    let facts = crate::policy::HostFacts::gather(
+        layout,
+        req.host,
+        &name,
+        req.allow_env_change,
+        req.allow_downgrade,
+    );
+    let generations = profile
+        .as_ref()
+        .map(|p| &p.state.generations[..])
+        .unwrap_or(&[]);
+    match crate::policy::check_downgrade(m, generations, facts.allow_downgrade) {
+        Ok(()) => report.add("downgrade", true, format!("version {}", m.version)),
+        Err(e) => report.add("downgrade", false, e.to_string()),
+    }
     Ok(report)
 }
 

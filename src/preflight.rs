@@ -32,7 +32,8 @@ pub struct Report {
 }
 
 impl Report {
-    fn add(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
+    /// Records one check.
+    pub fn add(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
         self.checks.push(Check {
             name: name.to_string(),
             ok,

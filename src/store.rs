@@ -45,6 +45,11 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// Where the verified payload is staged (removed when this is dropped uncommitted).
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// The verified manifest (the one every later decision must use).
     pub fn manifest(&self) -> &Manifest {
         &self.verified.manifest

@@ -714,3 +714,62 @@ fn recover_marks_a_generation_that_never_became_current_failed() {
     assert_eq!(p.generation(2).map(|g| g.status), Some(Status::Failed));
     assert_eq!(p.current(), Some(1));
 }
+
+#[test]
+fn preflight_refuses_a_downgrade_as_apply_does() {
+    let host = Host::new();
+    let layout = host.layout();
+    let store = format!("{:032}-svc-2.0.0-amd64", 2);
+    std::fs::create_dir_all(layout.store().join(&store)).expect("store entry");
+    let mut p = Profile::open_or_create(&layout, "svc", "smoker-svc").expect("profile");
+    p.add_pending(Generation {
+        number: 1,
+        store,
+        version: "2.0.0".into(),
+        arch: "amd64".into(),
+        environment: "dev".into(),
+        bundle_sha256: "1".repeat(64),
+        manifest_sha256: "2".repeat(64),
+        status: Status::Pending,
+        installed_at: "2026-01-01T10:00:00Z".into(),
+        decided_at: None,
+        reason: None,
+    })
+    .expect("add");
+    p.switch(1).expect("switch");
+    p.decide(1, Status::Good, None).expect("decide");
+    let bundle = host.bundle("1.0.0", "dev", &[]).display().to_string();
+    let key = host.public_key.display().to_string();
+    let downgrade = |e: &smoker::envelope::Envelope| {
+        e.data["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == "downgrade").cloned())
+            .unwrap_or_else(|| panic!("no downgrade check in {e:?}"))
+    };
+    let out = host.run(&["preflight", "--json", "--key", &key, &bundle]);
+    let e = envelope(&out);
+    assert_eq!(e.kind, Some(Kind::Preflight), "{e:?}");
+    let d = downgrade(&e);
+    assert_eq!(d["ok"], false, "{e:?}");
+    assert!(
+        d["detail"]
+            .as_str()
+            .is_some_and(|s| s.contains("1.0.0 is older than the newest good generation (2.0.0)")),
+        "{e:?}"
+    );
+    // Nothing was stored or left staged by the check.
+    let staged = std::fs::read_dir(layout.staging())
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(staged, 0, "preflight left files in staging");
+    let out = host.run(&[
+        "preflight",
+        "--json",
+        "--allow-downgrade",
+        "--key",
+        &key,
+        &bundle,
+    ]);
+    let e = envelope(&out);
+    assert_eq!(downgrade(&e)["ok"], true, "{e:?}");
+}

@@ -111,6 +111,9 @@ pub enum Cmd {
         /// Accept a bundle of another environment.
         #[arg(long)]
         allow_env_change: bool,
+        /// Accept a version older than the newest good generation (as `apply --allow-downgrade`).
+        #[arg(long)]
+        allow_downgrade: bool,
         /// The bundle file.
         bundle: PathBuf,
     },

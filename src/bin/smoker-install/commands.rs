@@ -195,16 +195,19 @@ pub fn preflight(
     ctx: &Ctx,
     keys: &KeyArgs,
     env_file: Option<&Path>,
-    allow_env_change: bool,
+    (allow_env_change, allow_downgrade): (bool, bool),
     bundle: PathBuf,
 ) -> Result<Preflighted, Failure> {
     let report = smoker::ops::preflight_bundle(
         &ctx.layout,
-        &bundle,
-        &keys.load()?,
-        env_file,
-        &ctx.host()?,
-        allow_env_change,
+        &smoker::ops::PreflightRequest {
+            bundle: &bundle,
+            keys: &keys.load()?,
+            env_file,
+            host: &ctx.host()?,
+            allow_env_change,
+            allow_downgrade,
+        },
     )?;
     Ok(Preflighted { bundle, report })
 }

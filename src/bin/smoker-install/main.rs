@@ -87,10 +87,17 @@ fn main() -> ExitCode {
             keys,
             env_file,
             allow_env_change,
+            allow_downgrade,
             bundle,
         } => out.finish(
             command,
-            commands::preflight(&ctx, &keys, env_file.as_deref(), allow_env_change, bundle),
+            commands::preflight(
+                &ctx,
+                &keys,
+                env_file.as_deref(),
+                (allow_env_change, allow_downgrade),
+                bundle,
+            ),
         ),
         Cmd::Backup { profile } => out.finish(command, commands::backup(&ctx, profile)),
         Cmd::Backups { profile } => out.finish(command, commands::backups(&ctx, profile)),
