@@ -15,6 +15,9 @@ use smoker_format::manifest::{Health, HttpCheck};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+/// Most bytes of an HTTP check's answer that are read (and searched for `body_contains`).
+pub const MAX_BODY_BYTES: u64 = 64 * 1024;
+
 /// The outcome of one check in one round.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckResult {
@@ -259,7 +262,11 @@ fn http_result(client: &reqwest::blocking::Client, check: &HttpCheck) -> CheckRe
         }
     };
     let status = resp.status().as_u16();
-    let body = resp.text().unwrap_or_default();
+    // A health answer is small; read at most MAX_BODY_BYTES of it (a service answering with an
+    // endless or huge body must not grow the installer's memory).
+    let mut raw = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::Read::take(resp, MAX_BODY_BYTES), &mut raw);
+    let body = String::from_utf8_lossy(&raw);
     if status != check.status {
         return fail(
             true,
@@ -287,5 +294,70 @@ fn http_result(client: &reqwest::blocking::Client, check: &HttpCheck) -> CheckRe
         ok: true,
         counts: false,
         detail: format!("{status} in {latency} ms"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read as _, Write as _};
+
+    /// A one-shot HTTP server on loopback answering 200 with `body_len` bytes of `a`, streamed.
+    /// Returns its URL and how many body bytes it managed to send before the client went away.
+    fn endless_server(body_len: u64) -> (String, std::thread::JoinHandle<u64>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let url = format!("http://{}/health", listener.local_addr().expect("addr"));
+        let handle = std::thread::spawn(move || {
+            let Ok((mut sock, _)) = listener.accept() else {
+                return 0;
+            };
+            let mut req = [0u8; 1024];
+            let _ = sock.read(&mut req);
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {body_len}\r\n\r\n");
+            if sock.write_all(head.as_bytes()).is_err() {
+                return 0;
+            }
+            let chunk = vec![b'a'; 64 * 1024];
+            let mut sent = 0u64;
+            while sent < body_len {
+                if sock.write_all(&chunk).is_err() {
+                    break;
+                }
+                sent += chunk.len() as u64;
+            }
+            sent
+        });
+        (url, handle)
+    }
+
+    #[test]
+    fn a_huge_answer_is_read_only_up_to_the_bound() {
+        // 8 GiB announced and streamed: reading it all would take minutes and the memory of the
+        // body; the check reads MAX_BODY_BYTES and decides.
+        let (url, server) = endless_server(8 << 30);
+        let client = reqwest::blocking::Client::new();
+        let check = HttpCheck {
+            name: "api".into(),
+            url,
+            status: 200,
+            body_contains: Some("needle".into()),
+            timeout_ms: 20_000,
+            max_latency_ms: None,
+        };
+        let started = Instant::now();
+        let r = http_result(&client, &check);
+        drop(client);
+        assert!(!r.ok, "{r:?}");
+        assert!(r.detail.contains("body lacks \"needle\""), "{r:?}");
+        let sent = server.join().expect("server thread");
+        assert!(
+            sent < 256 << 20,
+            "the server could send {sent} bytes: the body was not cut short"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "took {:?}",
+            started.elapsed()
+        );
     }
 }
