@@ -259,6 +259,12 @@ impl Run<'_> {
             );
         }
         profile.decide(number, Status::Good, None)?;
+        policy::record_commit(
+            self.layout,
+            self.name,
+            &entry.manifest.version,
+            self.opts.allow_downgrade,
+        )?;
         fault::point("apply:committed");
         self.progress.info(&format!(
             "generation {number} is healthy: {}",

@@ -7,6 +7,7 @@
 //! <root>/profiles/<name>/current  -> <N>-link     switched with rename(2)
 //! <root>/profiles/<name>/state.json               generations and their status
 //! <root>/locks/<name>.lock                        per-profile lock and its holder
+//! <root>/floors/<name>                            anti-rollback floor: highest version committed
 //! <root>/audit.log, audit.head                    hash-chained audit log
 //! ```
 
@@ -57,6 +58,12 @@ impl Layout {
     /// Lock file of a profile.
     pub fn lock_file(&self, name: &str) -> PathBuf {
         self.root.join("locks").join(format!("{name}.lock"))
+    }
+
+    /// A profile's anti-rollback floor (kept outside the profile's directory, so removing or
+    /// recreating the profile does not lower it).
+    pub fn floor_file(&self, name: &str) -> PathBuf {
+        self.root.join("floors").join(name)
     }
 
     /// The audit log.

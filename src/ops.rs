@@ -89,7 +89,12 @@ pub fn preflight_bundle(
         .as_ref()
         .map(|p| &p.state.generations[..])
         .unwrap_or(&[]);
-    match crate::policy::check_downgrade(m, generations, facts.allow_downgrade) {
+    match crate::policy::check_downgrade(
+        m,
+        generations,
+        facts.floor.as_ref(),
+        facts.allow_downgrade,
+    ) {
         Ok(()) => report.add("downgrade", true, format!("version {}", m.version)),
         Err(e) => report.add("downgrade", false, e.to_string()),
     }

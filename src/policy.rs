@@ -21,6 +21,8 @@ pub struct HostFacts {
     pub allow_env_change: bool,
     /// Install a version older than the newest good one (`--allow-downgrade`).
     pub allow_downgrade: bool,
+    /// The profile's anti-rollback floor: the highest version ever committed here.
+    pub floor: Option<semver::Version>,
 }
 
 impl HostFacts {
@@ -37,6 +39,7 @@ impl HostFacts {
             environment: host_environment(layout, host, profile),
             allow_env_change,
             allow_downgrade,
+            floor: read_floor(layout, profile),
         }
     }
 }
@@ -95,9 +98,15 @@ pub fn check_environment(
     }
 }
 
-/// A version older than the newest good generation is refused unless allowed: going back is
-/// what `rollback` is for.
-pub fn check_downgrade(m: &Manifest, generations: &[Generation], allow: bool) -> Result<()> {
+/// A version older than the newest good generation, or than the profile's floor (the highest
+/// version ever committed here, which gc, failed generations and a new profile directory do
+/// not lower), is refused unless allowed: going back is what `rollback` is for.
+pub fn check_downgrade(
+    m: &Manifest,
+    generations: &[Generation],
+    floor: Option<&semver::Version>,
+    allow: bool,
+) -> Result<()> {
     let Ok(new) = semver::Version::parse(&m.version) else {
         return Ok(());
     };
@@ -106,12 +115,59 @@ pub fn check_downgrade(m: &Manifest, generations: &[Generation], allow: bool) ->
         .filter(|g| g.status == Status::Good)
         .filter_map(|g| semver::Version::parse(&g.version).ok())
         .max();
-    match newest_good {
-        Some(good) if new < good && !allow => Err(Error::Policy(format!(
+    if let Some(good) = newest_good
+        && new < good
+        && !allow
+    {
+        return Err(Error::Policy(format!(
             "bundle version {new} is older than the newest good generation ({good}); use `smoker-install rollback` to return to a kept generation, or pass --allow-downgrade"
+        )));
+    }
+    match floor {
+        Some(floor) if new < *floor && !allow => Err(Error::Policy(format!(
+            "bundle version {new} is below this profile's anti-rollback floor {floor} (the highest version ever committed here); an older signed bundle is not installed again unless you pass --allow-downgrade, which lowers the floor"
         ))),
         _ => Ok(()),
     }
+}
+
+/// The profile's anti-rollback floor, if one was recorded.
+pub fn read_floor(layout: &Layout, profile: &str) -> Option<semver::Version> {
+    let text = std::fs::read_to_string(layout.floor_file(profile)).ok()?;
+    semver::Version::parse(text.trim()).ok()
+}
+
+/// After `version` was committed: raises the floor to it, or — when the operator allowed a
+/// downgrade — sets the floor to it (lowering it) and says so in the audit log. Returns the
+/// floor as it is now.
+pub fn record_commit(
+    layout: &Layout,
+    profile: &str,
+    version: &str,
+    downgrade_allowed: bool,
+) -> Result<Option<semver::Version>> {
+    let Ok(new) = semver::Version::parse(version) else {
+        return Ok(read_floor(layout, profile));
+    };
+    let old = read_floor(layout, profile);
+    let next = match &old {
+        Some(f) if *f >= new && !downgrade_allowed => return Ok(old),
+        Some(f) if *f == new => return Ok(old),
+        _ => new.clone(),
+    };
+    crate::fsutil::write_atomic(
+        &layout.floor_file(profile),
+        format!("{next}\n").as_bytes(),
+        0o644,
+    )?;
+    if let Some(f) = old.filter(|f| *f > next) {
+        crate::audit::append(
+            layout,
+            "floor-lowered",
+            serde_json::json!({"profile": profile, "from": f.to_string(), "to": next.to_string(), "reason": "--allow-downgrade"}),
+        )?;
+    }
+    Ok(Some(next))
 }
 
 /// Every policy decision for installing `m` as `profile` on this host, in the order an
@@ -132,7 +188,7 @@ pub fn check(
     }
     check_arch(m, facts.arch)?;
     check_environment(m, facts.environment.as_ref(), facts.allow_env_change)?;
-    check_downgrade(m, generations, facts.allow_downgrade)
+    check_downgrade(m, generations, facts.floor.as_ref(), facts.allow_downgrade)
 }
 
 #[cfg(test)]
@@ -242,6 +298,67 @@ mod tests {
         // Pre-releases order before their release.
         let pre = manifest("cloud", "1.2.0-rc.1", Arch::Amd64, "prod");
         policy_message(check(&pre, "cloud", &gens, &facts()));
+    }
+
+    #[test]
+    fn the_floor_refuses_older_versions_even_without_any_generation() {
+        let m = manifest("cloud", "1.4.0", Arch::Amd64, "prod");
+        let f = HostFacts {
+            floor: Some(semver::Version::new(1, 5, 0)),
+            ..facts()
+        };
+        // A new profile directory (no generations) does not lower the floor.
+        let msg = policy_message(check(&m, "cloud", &[], &f));
+        assert!(
+            msg.contains("below this profile's anti-rollback floor 1.5.0"),
+            "{msg}"
+        );
+        let allowed = HostFacts {
+            allow_downgrade: true,
+            ..f.clone()
+        };
+        check(&m, "cloud", &[], &allowed).expect("--allow-downgrade passes the floor");
+        check(
+            &manifest("cloud", "1.5.0", Arch::Amd64, "prod"),
+            "cloud",
+            &[],
+            &f,
+        )
+        .expect("the floor itself is allowed");
+    }
+
+    #[test]
+    fn the_floor_rises_with_commits_survives_the_profile_and_is_lowered_only_when_allowed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(dir.path());
+        assert_eq!(read_floor(&layout, "cloud"), None);
+        let v = |s: &str| semver::Version::parse(s).expect("semver");
+        assert_eq!(
+            record_commit(&layout, "cloud", "1.2.0", false).expect("commit"),
+            Some(v("1.2.0"))
+        );
+        assert_eq!(
+            record_commit(&layout, "cloud", "1.5.0", false).expect("commit"),
+            Some(v("1.5.0"))
+        );
+        // A rollback-like commit of an older version without the allowance keeps the floor.
+        assert_eq!(
+            record_commit(&layout, "cloud", "1.2.0", false).expect("commit"),
+            Some(v("1.5.0"))
+        );
+        // Removing the profile's directory does not touch it.
+        std::fs::create_dir_all(layout.profile("cloud")).expect("mkdir");
+        std::fs::remove_dir_all(layout.profile("cloud")).expect("rm");
+        assert_eq!(read_floor(&layout, "cloud"), Some(v("1.5.0")));
+        // --allow-downgrade lowers it, and the audit log says so.
+        assert_eq!(
+            record_commit(&layout, "cloud", "1.1.0", true).expect("commit"),
+            Some(v("1.1.0"))
+        );
+        let log = std::fs::read_to_string(layout.audit_log()).expect("audit log");
+        assert!(log.contains("floor-lowered"), "{log}");
+        assert!(log.contains("\"from\":\"1.5.0\""), "{log}");
+        assert!(log.contains("\"to\":\"1.1.0\""), "{log}");
     }
 
     #[test]

@@ -97,6 +97,7 @@ fn switch_and_activate(
     };
     if report.healthy {
         profile.decide(target, Status::Good, None)?;
+        crate::policy::record_commit(layout, &profile.state.name, &entry.manifest.version, false)?;
     } else {
         profile.decide(target, Status::Failed, Some(report.summary.clone()))?;
     }
@@ -245,6 +246,7 @@ pub fn recover_profile(
     };
     let message = if report.healthy {
         profile.decide(cur, Status::Good, None)?;
+        crate::policy::record_commit(layout, name, &entry.manifest.version, false)?;
         format!("generation {cur} passed its health gate and is committed")
     } else {
         profile.decide(cur, Status::Failed, Some(report.summary.clone()))?;
