@@ -86,6 +86,7 @@ pub fn gate(
                     let mine: Vec<&Container> = list.iter().filter(|c| &c.service == svc).collect();
                     results.push(container_result(svc, &mine, images.get(svc)));
                 }
+                results.extend(unknown_containers(&list, services));
             }
             Err(e) => results.push(CheckResult {
                 name: "docker".into(),
@@ -163,6 +164,25 @@ pub fn gate(
         }
         std::thread::sleep(interval);
     }
+}
+
+/// Running containers of the project whose service the bundle does not pin: something
+/// started them outside the signed manifest (an `include:`d file, a hand-run `docker compose`,
+/// a service replaced behind the installer's back). Each one fails the gate, by name.
+fn unknown_containers(list: &[Container], services: &[String]) -> Vec<CheckResult> {
+    list.iter()
+        .filter(|c| !services.contains(&c.service))
+        .filter(|c| matches!(c.state.as_str(), "running" | "restarting" | "created"))
+        .map(|c| CheckResult {
+            name: format!("unpinned:{}", c.service),
+            ok: false,
+            counts: true,
+            detail: format!(
+                "container {} of service `{}` runs in this project, but the bundle pins no image for that service",
+                c.name, c.service
+            ),
+        })
+        .collect()
 }
 
 fn container_result(
@@ -328,6 +348,35 @@ mod tests {
             sent
         });
         (url, handle)
+    }
+
+    fn container(service: &str, state: &str) -> Container {
+        Container {
+            id: format!("id-{service}"),
+            name: format!("proj-{service}-1"),
+            service: service.into(),
+            state: state.into(),
+            exit_code: 0,
+            health: None,
+            image_id: format!("sha256:{}", "a".repeat(64)),
+            restart_count: 0,
+        }
+    }
+
+    #[test]
+    fn running_containers_of_unpinned_services_fail_the_gate_by_name() {
+        let list = vec![
+            container("api", "running"),
+            container("watchtower", "running"),
+            container("old-job", "exited"),
+        ];
+        let services = vec!["api".to_string()];
+        let r = unknown_containers(&list, &services);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].name, "unpinned:watchtower");
+        assert!(!r[0].ok && r[0].counts);
+        assert!(r[0].detail.contains("proj-watchtower-1"), "{r:?}");
+        assert!(unknown_containers(&list[..1], &services).is_empty());
     }
 
     #[test]

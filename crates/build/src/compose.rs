@@ -76,6 +76,11 @@ pub fn analyze(text: &str, vars: &BTreeMap<String, String>) -> Result<ComposeInf
     let Yaml::Hash(top) = doc else {
         return Err(ComposeError::Invalid("top level is not a mapping".into()));
     };
+    if top.contains_key(&key("include")) {
+        return Err(ComposeError::Invalid(
+            "top-level `include:` brings in services and files this release cannot see, pin or carry; move the included services into the recipe's compose file (or list the file in the recipe's compose files)".into(),
+        ));
+    }
     let version = top.get(&key("version")).and_then(scalar);
     let Some(Yaml::Hash(services)) = top.get(&key("services")) else {
         return Err(ComposeError::Invalid("no `services:` mapping".into()));
@@ -453,6 +458,17 @@ configs:
                 ("./nginx.conf", "configs.nginx", true),
             ]
         );
+    }
+
+    #[test]
+    fn top_level_include_is_refused() {
+        let err = analyze(
+            "include:\n  - other.yaml\nservices:\n  a:\n    image: a\n",
+            &BTreeMap::new(),
+        )
+        .expect_err("include: must be refused")
+        .to_string();
+        assert!(err.contains("top-level `include:`"), "{err}");
     }
 
     #[test]
