@@ -28,6 +28,7 @@ pub mod notify;
 pub mod ops;
 pub mod policy;
 pub mod preflight;
+pub mod privilege;
 pub mod profile;
 pub mod progress;
 pub mod recovery;

@@ -773,3 +773,61 @@ fn preflight_refuses_a_downgrade_as_apply_does() {
     let e = envelope(&out);
     assert_eq!(downgrade(&e)["ok"], true, "{e:?}");
 }
+
+#[test]
+fn a_caller_elevated_by_sudo_cannot_choose_keys_root_or_exceptions() {
+    let host = Host::new();
+    let bundle = host.bundle("1.0.0", "dev", &[]).display().to_string();
+    let key = host.public_key.display().to_string();
+    // What sudo puts in the environment of a command a user runs through it.
+    let out = cli()
+        .env("SUDO_UID", "1000")
+        .env("SUDO_USER", "deploy")
+        .env("SUDO_COMMAND", "/usr/bin/smoker-install")
+        .args([
+            "--json",
+            "apply",
+            "--key",
+            &key,
+            "--allow-downgrade",
+            &bundle,
+        ])
+        .arg("--root")
+        .arg(host.root())
+        .output()
+        .expect("run");
+    let e = envelope(&out);
+    assert_eq!(e.kind, Some(Kind::Policy), "{e:?}");
+    assert_exit(&out, Some(Kind::Policy));
+    let msg = e.message.unwrap_or_default();
+    for needle in [
+        "caller (deploy)",
+        "--key/--keys/SMOKER_KEYS",
+        "--allow-downgrade",
+        "--root/SMOKER_ROOT",
+    ] {
+        assert!(msg.contains(needle), "`{needle}` not in: {msg}");
+    }
+    // Nothing was written under the root it named.
+    assert!(!host.root().join("store").exists());
+    // The same as root itself is not refused for those reasons.
+    let out = host.run(&["--json", "verify", "--key", &key, &bundle]);
+    assert_exit(&out, None);
+}
+
+#[test]
+fn a_host_root_writable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let host = Host::new();
+    std::fs::create_dir_all(host.root()).expect("mkdir");
+    std::fs::set_permissions(host.root(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let out = host.run(&["--json", "status"]);
+    let e = envelope(&out);
+    assert_eq!(e.kind, Some(Kind::Policy), "{e:?}");
+    assert!(
+        e.message
+            .as_deref()
+            .is_some_and(|m| m.contains("chmod go-w")),
+        "{e:?}"
+    );
+}

@@ -30,11 +30,16 @@ fn main() -> ExitCode {
     } else {
         Output::text()
     };
+    let command = cli.cmd.name();
+    if let Err(e) = trust_gate(&cli) {
+        let f = output::Failure::from(e);
+        let envelope = Envelope::failure(Some(command), f.kind, f.message, serde_json::Value::Null);
+        return out.emit(&envelope, "");
+    }
     let ctx = Ctx {
         layout: Layout::new(&cli.root),
         host_config: cli.host_config,
     };
-    let command = cli.cmd.name();
     match cli.cmd {
         Cmd::Verify { keys, bundle } => out.finish(command, commands::verify(&keys, bundle)),
         Cmd::Apply {
@@ -135,4 +140,74 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         return ExitCode::from(Kind::Usage.exit_code());
     }
     ExitCode::from(u8::try_from(code).unwrap_or(Kind::Usage.exit_code()))
+}
+
+/// Before anything runs: an elevated caller (sudo by a user, set-uid) may not pick what the
+/// installer trusts or which policy exceptions apply, and a root process refuses a host root
+/// that someone other than root could change.
+fn trust_gate(cli: &Cli) -> smoker::error::Result<()> {
+    use smoker::privilege::{self, Choices, Invoker};
+    let invoker = privilege::invoker();
+    if invoker != Invoker::Unprivileged {
+        privilege::check_root_dir(&cli.root)?;
+    }
+    if !matches!(invoker, Invoker::Elevated { .. }) {
+        return Ok(());
+    }
+    let mut choices = Choices {
+        root: not_default(&cli.root, smoker::layout::DEFAULT_ROOT),
+        host_config: not_default(&cli.host_config, smoker::hostconfig::DEFAULT_HOST_CONFIG),
+        ..Choices::default()
+    };
+    match &cli.cmd {
+        Cmd::Verify { keys, .. } => choices.keys = keys_of(keys),
+        Cmd::Apply {
+            keys,
+            env_file,
+            allow_downgrade,
+            allow_env_change,
+            project,
+            ..
+        } => {
+            choices.keys = keys_of(keys);
+            choices.env_file = env_file.as_deref();
+            for (set, flag) in [
+                (*allow_downgrade, "--allow-downgrade"),
+                (*allow_env_change, "--allow-env-change"),
+                (project.is_some(), "--project"),
+            ] {
+                if set {
+                    choices.exceptions.push(flag);
+                }
+            }
+        }
+        Cmd::Preflight {
+            keys,
+            env_file,
+            allow_env_change,
+            allow_downgrade,
+            ..
+        } => {
+            choices.keys = keys_of(keys);
+            choices.env_file = env_file.as_deref();
+            for (set, flag) in [
+                (*allow_downgrade, "--allow-downgrade"),
+                (*allow_env_change, "--allow-env-change"),
+            ] {
+                if set {
+                    choices.exceptions.push(flag);
+                }
+            }
+        }
+        _ => {}
+    }
+    privilege::check_elevated(&invoker, &choices)
+}
+
+fn not_default<'a>(p: &'a std::path::Path, default: &str) -> Option<&'a std::path::Path> {
+    (p != std::path::Path::new(default)).then_some(p)
+}
+
+fn keys_of(k: &cli::KeyArgs) -> Option<&std::path::Path> {
+    k.key.as_deref().or(k.keys.as_deref())
 }
