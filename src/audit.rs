@@ -19,14 +19,7 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 /// by an exclusive lock on the log, held from reading the head to writing the new one.
 pub fn append(layout: &Layout, event: &str, fields: Value) -> Result<()> {
     let log = layout.audit_log();
-    if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .map_err(io_at(&log))?;
+    let mut f = crate::fsutil::open_private(&log, crate::fsutil::Private::Append)?;
     // Released when `f` is closed, after the head is written.
     f.lock().map_err(io_at(&log))?;
     let (count, prev) = read_head(layout)?.unwrap_or((0, GENESIS.to_string()));
@@ -53,7 +46,7 @@ pub fn append(layout: &Layout, event: &str, fields: Value) -> Result<()> {
     crate::fsutil::write_atomic(
         &layout.audit_head(),
         format!("{} {}\n", count + 1, sha256_hex(text.as_bytes())).as_bytes(),
-        0o644,
+        0o600,
     )
 }
 

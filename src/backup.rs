@@ -79,7 +79,7 @@ pub fn take(
     reason: &str,
 ) -> Result<Record> {
     let d = dir(layout, stack.manifest.name.as_str());
-    std::fs::create_dir_all(&d).map_err(io_at(&d))?;
+    crate::fsutil::private_dir(&d)?;
     let now = std::time::SystemTime::now();
     let stamp = humantime::format_rfc3339_millis(now)
         .to_string()
@@ -90,14 +90,7 @@ pub fn take(
     let path = d.join(&file);
     let tmp = d.join(format!(".{file}.partial"));
     let result = (|| -> Result<(String, u64)> {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_at(&tmp))?;
+        let f = crate::fsutil::open_private(&tmp, crate::fsutil::Private::Truncate)?;
         let mut hw = smoker_format::digest::HashingWriter::new(std::io::BufWriter::new(f));
         runtime.exec_to(stack, &hooks.service, &hooks.command, &mut hw)?;
         hw.flush().map_err(io_at(&tmp))?;

@@ -139,3 +139,113 @@ pub fn open_regular(path: &Path, follow_links: bool) -> Result<std::fs::File> {
 pub fn shown(path: &Path) -> String {
     path.to_string_lossy().escape_debug().to_string()
 }
+
+/// Creates `dir` (and missing parents) for the installer's private files: new directories get
+/// mode 0700. An existing directory is left as it is.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_at(dir))
+}
+
+/// How [`open_private`] opens a file.
+#[derive(Debug, Clone, Copy)]
+pub enum Private {
+    /// Read and write, created when missing, never truncated (lock files).
+    ReadWrite,
+    /// Appended to, created when missing (logs).
+    Append,
+    /// Written anew: created, or truncated when it exists (temporary files).
+    Truncate,
+}
+
+/// Opens one of the installer's own files under the host root: created with mode 0600 in a
+/// 0700 directory, and never through a symbolic link (`O_NOFOLLOW`), so a link planted in its
+/// place cannot redirect a root-owned write onto another file.
+pub fn open_private(path: &Path, how: Private) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        private_dir(dir)?;
+    }
+    let mut o = std::fs::OpenOptions::new();
+    o.create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    match how {
+        Private::ReadWrite => o.read(true).write(true).truncate(false),
+        Private::Append => o.append(true),
+        Private::Truncate => o.write(true).truncate(true),
+    };
+    o.open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            crate::error::Error::Policy(format!(
+                "{} is a symbolic link where the installer keeps its own file; remove it (links are never followed here)",
+                shown(path)
+            ))
+        } else {
+            crate::error::Error::Io {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn private_files_are_0600_in_0700_directories() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("locks/x.lock");
+        drop(open_private(&p, Private::ReadWrite).expect("open"));
+        assert_eq!(mode(&p), 0o600);
+        assert_eq!(mode(&d.path().join("locks")), 0o700);
+    }
+
+    #[test]
+    fn a_planted_link_is_never_written_through() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let victim = d.path().join("shadow");
+        std::fs::write(&victim, "root:secret\n").expect("victim");
+        for how in [Private::ReadWrite, Private::Append, Private::Truncate] {
+            let link = d.path().join(format!("planted-{how:?}"));
+            std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+            match open_private(&link, how) {
+                Err(crate::error::Error::Policy(m)) => assert!(m.contains("symbolic link"), "{m}"),
+                other => panic!("{how:?}: expected a refusal, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read"),
+            "root:secret\n"
+        );
+    }
+
+    #[test]
+    fn the_audit_log_and_the_lock_refuse_planted_links() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let layout = crate::layout::Layout::new(d.path());
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "keep me\n").expect("victim");
+        std::os::unix::fs::symlink(&victim, layout.audit_log()).expect("symlink");
+        assert!(crate::audit::append(&layout, "test", serde_json::json!({})).is_err());
+        std::fs::create_dir_all(layout.lock_file("p").parent().expect("parent")).expect("mkdir");
+        std::os::unix::fs::symlink(&victim, layout.lock_file("p")).expect("symlink");
+        assert!(crate::hostlock::acquire(&layout, "p", false).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "keep me\n");
+    }
+}

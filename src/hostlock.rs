@@ -78,17 +78,10 @@ impl Drop for ProfileLock {
 }
 
 fn open_lock(layout: &Layout, profile: &str) -> Result<std::fs::File> {
-    let path = layout.lock_file(profile);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
-    }
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io_at(&path))
+    crate::fsutil::open_private(
+        &layout.lock_file(profile),
+        crate::fsutil::Private::ReadWrite,
+    )
 }
 
 /// Reads the recorded holder of a profile's lock, if any is recorded.
