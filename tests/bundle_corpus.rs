@@ -4,15 +4,13 @@
 //! unmodified reassembly of it are the positive controls that show the crafting itself is
 //! faithful, so each rejection is caused by the one thing the case changes.
 
-mod support;
-
 use smoker_format::bundle::read::{
     Discard, Limits, Trust, VerifiedBundle, VerifyError, read_bundle,
 };
 use smoker_format::manifest::{FileEntry, MANIFEST_PATH, Manifest};
+use smoker_testkit::bundle::{self, Fixture, Raw, tar_bytes, zstd};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{Fixture, Raw, tar_bytes, zstd};
 use tar::EntryType;
 
 /// One hostile or broken bundle and the kind of error it must produce.
@@ -128,7 +126,7 @@ fn structural_cases(f: &Fixture) -> Vec<Case> {
     v.push(case(
         "global pax header entry",
         insert_after_signature(f, {
-            let mut g = support::pax(&[("comment", "x")]);
+            let mut g = bundle::pax(&[("comment", "x")]);
             g.kind = EntryType::XGlobalHeader;
             g
         }),
@@ -166,7 +164,7 @@ fn structural_cases(f: &Fixture) -> Vec<Case> {
     v.push(case(
         "`..` path in a PAX path record",
         altered(f, |e| {
-            e.insert(2, support::pax(&[("path", "../../etc/evil")]));
+            e.insert(2, bundle::pax(&[("path", "../../etc/evil")]));
             e.insert(3, Raw::file("harmless.txt", 0o644, b"x".to_vec(), 0));
         }),
         "unsafe-path",
@@ -253,7 +251,7 @@ fn structural_cases(f: &Fixture) -> Vec<Case> {
             let size = d.len().to_string();
             e[i_app].data = d;
             e[i_app].size = header_size;
-            e.insert(i_app, support::pax(&[("size", &size)]));
+            e.insert(i_app, bundle::pax(&[("size", &size)]));
         }),
         "size-mismatch",
     ));
@@ -269,12 +267,12 @@ fn structural_cases(f: &Fixture) -> Vec<Case> {
     ));
     v.push(case(
         "one flipped bit in a payload file",
-        altered(f, |e| support::flip(&mut e[i_compose].data, 10, 0)),
+        altered(f, |e| bundle::flip(&mut e[i_compose].data, 10, 0)),
         "hash-mismatch",
     ));
     v.push(case(
         "one flipped bit in the manifest",
-        altered(f, |e| support::flip(&mut e[0].data, 40, 1)),
+        altered(f, |e| bundle::flip(&mut e[0].data, 40, 1)),
         "bad-signature",
     ));
     v.push(case(
@@ -344,12 +342,12 @@ fn structural_cases(f: &Fixture) -> Vec<Case> {
 fn signature_cases(f: &Fixture) -> Vec<Case> {
     let mut v = Vec::new();
     let other_dir = tempfile::tempdir().expect("tempdir");
-    let (other, _) = support::new_key(other_dir.path(), "other");
+    let (other, _) = bundle::new_key(other_dir.path(), "other");
     v.push(case(
         "signed by an untrusted key",
         zstd(&tar_bytes(&f.entries_for(
             &f.manifest,
-            &support::sign_manifest(&other, &f.manifest),
+            &bundle::sign_manifest(&other, &f.manifest),
         ))),
         "untrusted-key",
     ));
@@ -409,22 +407,22 @@ fn stream_cases(f: &Fixture) -> Vec<Case> {
     let genuine = f.bundle();
 
     let mut b = genuine.clone();
-    support::flip(&mut b, 0, 0);
+    bundle::flip(&mut b, 0, 0);
     v.push(case("one flipped bit in the zstd magic", b, "compression"));
     let mut b = genuine.clone();
     let last = b.len() - 1;
-    support::flip(&mut b, last, 3);
+    bundle::flip(&mut b, last, 3);
     v.push(case(
         "one flipped bit in the zstd frame checksum",
         b,
         "compression",
     ));
     // The blob is incompressible, so zstd stores it verbatim: flip a bit inside it.
-    let blob = &f.files[f.index_of(support::BLOB_PATH) - 2].1;
-    let mid = support::BLOB_LEN / 2;
-    let at = support::find(&genuine, &blob[mid..mid + 64]).expect("blob stored verbatim");
+    let blob = &f.files[f.index_of(bundle::BLOB_PATH) - 2].1;
+    let mid = bundle::BLOB_LEN / 2;
+    let at = bundle::find(&genuine, &blob[mid..mid + 64]).expect("blob stored verbatim");
     let mut b = genuine.clone();
-    support::flip(&mut b, at + 7, 5);
+    bundle::flip(&mut b, at + 7, 5);
     v.push(case(
         "one flipped bit in a stored block of the compressed stream",
         b,
@@ -477,7 +475,7 @@ fn stream_cases(f: &Fixture) -> Vec<Case> {
     v.push(case("empty file", Vec::new(), "truncated"));
 
     // Truncations at known places of the tar stream: a bundle compressed in 256-byte blocks.
-    let (blocks, marks) = support::zstd_in_blocks(&tar, 256);
+    let (blocks, marks) = bundle::zstd_in_blocks(&tar, 256);
     assert!(
         verify(f, &blocks).is_ok(),
         "the block-compressed bundle must verify"
@@ -488,7 +486,7 @@ fn stream_cases(f: &Fixture) -> Vec<Case> {
         "fixture manifest is {manifest_len} bytes"
     );
     let sig_data = 512 + manifest_len.div_ceil(512) * 512 + 512;
-    let i_blob = f.index_of(support::BLOB_PATH);
+    let i_blob = f.index_of(bundle::BLOB_PATH);
     let blob_data = tar_bytes(&f.entries()[..i_blob]).len() - 1024 + 512;
     let cut = |decompressed: usize| {
         marks
@@ -535,7 +533,7 @@ fn genuine_and_faithfully_reassembled_bundles_verify() {
     let crafted = zstd(&tar_bytes(&f.entries()));
     let v2 = verify(&f, &crafted).expect("an unaltered reassembly must verify");
     assert_eq!(v2.manifest_sha256, v.manifest_sha256);
-    let frame = support::zstd_frame_with_zero_tail(&tar_bytes(&f.entries()), 0);
+    let frame = bundle::zstd_frame_with_zero_tail(&tar_bytes(&f.entries()), 0);
     verify(&f, &frame).expect("a hand-written zstd frame of the same tar must verify");
 }
 
@@ -592,7 +590,7 @@ fn decompression_bombs_stop_early() {
     // 16 GiB of zeros after the end-of-archive marker (inside the same zstd frame).
     cases.push((
         "16 GiB of zeros after the archive end",
-        support::zstd_frame_with_zero_tail(&tar_bytes(&entries), HUGE),
+        bundle::zstd_frame_with_zero_tail(&tar_bytes(&entries), HUGE),
         "too-large",
     ));
     // A GNU long-name entry of 16 GiB (the tar reader keeps a long name in memory).
@@ -610,28 +608,28 @@ fn decompression_bombs_stop_early() {
             uid: 0,
             gid: 0,
         };
-        t.extend(support::header_bytes(&long));
+        t.extend(bundle::header_bytes(&long));
         t
     };
     cases.push((
         "16 GiB GNU long name after the signature",
-        support::zstd_frame_with_zero_tail(&bomb_header(2), HUGE),
+        bundle::zstd_frame_with_zero_tail(&bomb_header(2), HUGE),
         "header-too-large",
     ));
     cases.push((
         "16 GiB GNU long name before the manifest",
-        support::zstd_frame_with_zero_tail(&bomb_header(0), HUGE),
+        bundle::zstd_frame_with_zero_tail(&bomb_header(0), HUGE),
         "header-too-large",
     ));
     // A PAX header of 16 GiB (also read into memory by the tar reader).
     let mut t = tar_bytes(&entries[..3]);
     t.truncate(t.len() - 1024);
-    let mut x = support::pax(&[]);
+    let mut x = bundle::pax(&[]);
     x.size = HUGE;
-    t.extend(support::header_bytes(&x));
+    t.extend(bundle::header_bytes(&x));
     cases.push((
         "16 GiB PAX header",
-        support::zstd_frame_with_zero_tail(&t, HUGE),
+        bundle::zstd_frame_with_zero_tail(&t, HUGE),
         "header-too-large",
     ));
     // A listed small file whose header claims 16 GiB of zeros.
@@ -640,10 +638,10 @@ fn decompression_bombs_stop_early() {
     let mut big = entries[2].clone();
     big.size = HUGE;
     big.data.clear();
-    t.extend(support::header_bytes(&big));
+    t.extend(bundle::header_bytes(&big));
     cases.push((
         "listed small file declared 16 GiB in its header",
-        support::zstd_frame_with_zero_tail(&t, HUGE),
+        bundle::zstd_frame_with_zero_tail(&t, HUGE),
         "size-mismatch",
     ));
 
@@ -700,8 +698,8 @@ fn cli_verify_rejects_with_the_kind_and_writes_nothing() {
     let mut run_cli = |name: &str, bytes: &[u8]| {
         let bundle = input.join("corpus-1.0.0-amd64.tar.zst");
         std::fs::write(&bundle, bytes).expect("writing the bundle");
-        let out = support::run(
-            Command::new(support::smoker_install())
+        let out = smoker_testkit::run::run(
+            Command::new(smoker_testkit::bins::smoker_install())
                 .args(["verify", "--json", "--key"])
                 .arg(&f.pub_path)
                 .arg(&bundle)
@@ -729,7 +727,7 @@ fn cli_verify_rejects_with_the_kind_and_writes_nothing() {
     };
 
     let out = run_cli("genuine", &f.bundle());
-    let (stdout, stderr) = support::text(&out);
+    let (stdout, stderr) = (smoker_testkit::stdout(&out), smoker_testkit::stderr(&out));
     assert!(
         out.status.success(),
         "genuine bundle refused: {stdout}{stderr}"
@@ -743,7 +741,7 @@ fn cli_verify_rejects_with_the_kind_and_writes_nothing() {
             .find(|c| c.name == name)
             .unwrap_or_else(|| panic!("no case named {name}"));
         let out = run_cli(name, &c.bytes);
-        let (stdout, stderr) = support::text(&out);
+        let (stdout, stderr) = (smoker_testkit::stdout(&out), smoker_testkit::stderr(&out));
         assert!(
             !out.status.success(),
             "{name}: smoker-install verify exited 0\n{stdout}{stderr}"
@@ -751,7 +749,7 @@ fn cli_verify_rejects_with_the_kind_and_writes_nothing() {
         let v: serde_json::Value = serde_json::from_str(stdout.trim())
             .unwrap_or_else(|e| panic!("{name}: stdout is not one JSON verdict ({e}): {stdout}"));
         assert_eq!(v["ok"], false, "{name}: {stdout}");
-        assert_eq!(v["error"], c.expected, "{name}: {stdout}");
+        assert_eq!(v["data"]["reason"], c.expected, "{name}: {stdout}");
     }
     assert_eq!(checked, pick.len() + 1);
 }

@@ -2,32 +2,29 @@
 //! the data and the previous generation, rollback across migrations with `--restore-data`,
 //! backup retention, environments, preflight and deploy notifications.
 
-mod common;
-mod fixture;
-
-use common::{Cleanup, Registry};
-use fixture::{Host, StatefulProject, pinned_testsvc, text, version_at};
+use smoker_testkit::images::version_at;
+use smoker_testkit::project::SVC;
+use smoker_testkit::{Project, Testbed, http, sha256_hex, text};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn records_hash(port: u16) -> String {
-    let r = common::http::get(&format!("http://127.0.0.1:{port}/records/sha256"))
-        .expect("GET /records/sha256");
+    let r =
+        http::get(&format!("http://127.0.0.1:{port}/records/sha256")).expect("GET /records/sha256");
     assert_eq!(r.status, 200);
     r.text().trim().to_string()
 }
 
 fn records(port: u16) -> String {
-    common::http::get(&format!("http://127.0.0.1:{port}/records"))
+    http::get(&format!("http://127.0.0.1:{port}/records"))
         .expect("GET /records")
         .text()
 }
 
 fn post(port: u16, line: &str) {
-    let r = common::http::post(&format!("http://127.0.0.1:{port}/records"), line.as_bytes())
-        .expect("POST");
+    let r = http::post(&format!("http://127.0.0.1:{port}/records"), line.as_bytes()).expect("POST");
     assert!(
         r.status == 200 || r.status == 201,
         "POST answered {}",
@@ -35,32 +32,25 @@ fn post(port: u16, line: &str) {
     );
 }
 
-fn sha256_hex(b: &[u8]) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(b))
-}
-
 #[test]
 fn migrations_backups_and_rollback_across_them_keep_the_data_exact() {
-    common::require_docker();
-    let mut cleanup = Cleanup::new();
-    let registry = Registry::start();
-    let image = pinned_testsvc(&registry, &mut cleanup);
-    let port = common::free_port();
-    let project = StatefulProject::new(&image, port);
-    let v1 = project.release("1.0.0", &[]);
-    let v2 = project.release("2.0.0", &[("0002-upper.txt", "uppercase\n")]);
-    let v3 = project.release(
+    let mut bed = Testbed::new();
+    let (image, port) = (bed.image.clone(), bed.port);
+    let project = Project::stateful_testsvc(&image, port);
+    let v1 = project.release_stateful("1.0.0", port, &[]);
+    let v2 = project.release_stateful("2.0.0", port, &[("0002-upper.txt", "uppercase\n")]);
+    let v3 = project.release_stateful(
         "3.0.0",
+        port,
         &[
             ("0002-upper.txt", "uppercase\n"),
             ("0003-broken.txt", "append half\nfail\n"),
         ],
     );
-    let host = Host::new(&mut cleanup, None);
+    let host = bed.host(None);
 
     // v1 with data.
-    let out = host.apply(&project.inner, &v1);
+    let out = host.apply(&project, &v1);
     assert!(out.status.success(), "apply v1: {}", text(&out));
     post(port, "alpha");
     post(port, "beta");
@@ -68,7 +58,7 @@ fn migrations_backups_and_rollback_across_them_keep_the_data_exact() {
     assert_eq!(h1, sha256_hex(b"alpha\nbeta\n"));
 
     // v2: backup of v1's data, then the migration transforms it.
-    let out = host.apply(&project.inner, &v2);
+    let out = host.apply(&project, &v2);
     assert!(out.status.success(), "apply v2: {}", text(&out));
     assert_eq!(version_at(port).as_deref(), Some("v2"));
     assert_eq!(records(port), "ALPHA\nBETA\n");
@@ -76,7 +66,7 @@ fn migrations_backups_and_rollback_across_them_keep_the_data_exact() {
     let h2 = records_hash(port);
     let backups = host.run(&["backups", "--json"]);
     let idx: serde_json::Value = serde_json::from_slice(&backups.stdout).expect("backups json");
-    let list = idx["backups"].as_array().expect("list");
+    let list = idx["data"]["backups"].as_array().expect("list");
     assert_eq!(list.len(), 1, "{idx}");
     assert_eq!(list[0]["generation"], 1);
     assert_eq!(
@@ -86,10 +76,9 @@ fn migrations_backups_and_rollback_across_them_keep_the_data_exact() {
     );
     let ledger: serde_json::Value = serde_json::from_slice(
         &std::fs::read(
-            host.root
-                .path()
+            host.root()
                 .join("profiles")
-                .join(fixture::NAME)
+                .join(SVC)
                 .join("migrations.json"),
         )
         .expect("ledger"),
@@ -99,7 +88,7 @@ fn migrations_backups_and_rollback_across_them_keep_the_data_exact() {
     assert_eq!(ledger["applied"][0]["generation"], 2);
 
     // v3: its migration fails; the data is exactly v2's afterwards and v2 serves.
-    let out = host.apply(&project.inner, &v3);
+    let out = host.apply(&project, &v3);
     assert!(!out.status.success(), "apply v3 must fail: {}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("migration 0003-broken failed"), "{err}");
@@ -128,14 +117,14 @@ fn migrations_backups_and_rollback_across_them_keep_the_data_exact() {
         text(&out)
     );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(r["to"], 1);
-    assert!(r["restored_backup"].is_string(), "{r}");
+    assert_eq!(r["data"]["to"], 1);
+    assert!(r["data"]["restored_backup"].is_string(), "{r}");
     assert_eq!(version_at(port).as_deref(), Some("v1"));
     assert_eq!(records_hash(port), h1, "data is exactly v1's snapshot");
     // The data written under v2 was kept in a safety backup before the restore.
     let idx: serde_json::Value =
         serde_json::from_slice(&host.run(&["backups", "--json"]).stdout).expect("backups json");
-    let safety = idx["backups"]
+    let safety = idx["data"]["backups"]
         .as_array()
         .expect("list")
         .iter()
@@ -147,16 +136,13 @@ fn migrations_backups_and_rollback_across_them_keep_the_data_exact() {
 
 #[test]
 fn backup_retention_keeps_exactly_n() {
-    common::require_docker();
-    let mut cleanup = Cleanup::new();
-    let registry = Registry::start();
-    let image = pinned_testsvc(&registry, &mut cleanup);
-    let port = common::free_port();
-    let project = StatefulProject::new(&image, port);
-    let v1 = project.release("1.0.0", &[]);
-    let host = Host::new(&mut cleanup, None);
+    let mut bed = Testbed::new();
+    let (image, port) = (bed.image.clone(), bed.port);
+    let project = Project::stateful_testsvc(&image, port);
+    let v1 = project.release_stateful("1.0.0", port, &[]);
+    let host = bed.host(None);
     std::fs::write(host.host_config(), "[backups]\nkeep = 4\n").expect("host config");
-    let out = host.apply(&project.inner, &v1);
+    let out = host.apply(&project, &v1);
     assert!(out.status.success(), "apply: {}", text(&out));
     post(port, "one");
     let mut ids = Vec::new();
@@ -175,14 +161,14 @@ fn backup_retention_keeps_exactly_n() {
     }
     let idx: serde_json::Value =
         serde_json::from_slice(&host.run(&["backups", "--json"]).stdout).expect("backups json");
-    let kept: Vec<String> = idx["backups"]
+    let kept: Vec<String> = idx["data"]["backups"]
         .as_array()
         .expect("list")
         .iter()
         .map(|b| b["id"].as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(kept, ids[3..].to_vec(), "the newest 4 remain");
-    let dir = host.root.path().join("backups").join(fixture::NAME);
+    let dir = host.root().join("backups").join(SVC);
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .expect("backup dir")
         .filter_map(|e| e.ok())
@@ -192,7 +178,7 @@ fn backup_retention_keeps_exactly_n() {
     files.sort();
     assert_eq!(files.len(), 4, "{files:?}");
     // Each kept dump is the exact data at its time.
-    let last = &idx["backups"][3];
+    let last = &idx["data"]["backups"][3];
     let bytes = std::fs::read(dir.join(last["file"].as_str().expect("file"))).expect("dump");
     assert_eq!(sha256_hex(&bytes), last["sha256"].as_str().expect("sha"));
     assert_eq!(String::from_utf8_lossy(&bytes), records(port));
@@ -200,18 +186,15 @@ fn backup_retention_keeps_exactly_n() {
 
 #[test]
 fn another_environment_is_refused_and_preflight_lists_every_problem() {
-    common::require_docker();
-    let mut cleanup = Cleanup::new();
-    let registry = Registry::start();
-    let image = pinned_testsvc(&registry, &mut cleanup);
-    let port = common::free_port();
-    let project = StatefulProject::new(&image, port);
-    let v1 = project.release("1.0.0", &[]);
-    let host = Host::new(&mut cleanup, None);
+    let mut bed = Testbed::new();
+    let (image, port) = (bed.image.clone(), bed.port);
+    let project = Project::stateful_testsvc(&image, port);
+    let v1 = project.release_stateful("1.0.0", port, &[]);
+    let host = bed.host(None);
 
     // The host says it is staging; the bundle is prod.
     std::fs::write(host.host_config(), "environment = \"staging\"\n").expect("host config");
-    let out = host.apply(&project.inner, &v1);
+    let out = host.apply(&project, &v1);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -220,10 +203,9 @@ fn another_environment_is_refused_and_preflight_lists_every_problem() {
     );
     assert!(
         !host
-            .root
-            .path()
+            .root()
             .join("profiles")
-            .join(fixture::NAME)
+            .join(SVC)
             .join("current")
             .exists()
     );
@@ -231,12 +213,12 @@ fn another_environment_is_refused_and_preflight_lists_every_problem() {
     // Preflight: wrong environment, a missing secret and a port held by another process,
     // all in one run.
     let squatter = TcpListener::bind(("127.0.0.1", port)).expect("hold the port");
-    let empty_env = host.root.path().join("empty.env");
+    let empty_env = host.root().join("empty.env");
     std::fs::write(&empty_env, "").expect("env");
     let out = host
         .cmd()
         .args(["preflight", "--json", "--key"])
-        .arg(&project.inner.public_key)
+        .arg(&project.public_key)
         .arg("--env-file")
         .arg(&empty_env)
         .arg(&v1)
@@ -244,7 +226,7 @@ fn another_environment_is_refused_and_preflight_lists_every_problem() {
         .expect("preflight");
     assert!(!out.status.success(), "{}", text(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let failed: Vec<String> = report["checks"]
+    let failed: Vec<String> = report["data"]["checks"]
         .as_array()
         .expect("checks")
         .iter()
@@ -260,15 +242,15 @@ fn another_environment_is_refused_and_preflight_lists_every_problem() {
     let out = host
         .cmd()
         .args(["preflight", "--json", "--allow-env-change", "--key"])
-        .arg(&project.inner.public_key)
+        .arg(&project.public_key)
         .arg("--env-file")
-        .arg(&project.inner.env_file)
+        .arg(&project.env_file)
         .arg(&v1)
         .output()
         .expect("preflight");
     assert!(!out.status.success());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let ports = report["checks"]
+    let ports = report["data"]["checks"]
         .as_array()
         .expect("checks")
         .iter()
@@ -285,7 +267,7 @@ fn another_environment_is_refused_and_preflight_lists_every_problem() {
     );
     drop(squatter);
     // Nothing was written by preflight.
-    assert!(!host.root.path().join("store").exists());
+    assert!(!host.root().join("store").exists());
 }
 
 /// A loopback HTTP receiver recording request bodies.
@@ -326,14 +308,11 @@ fn receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
 
 #[test]
 fn webhooks_are_told_and_a_dead_one_never_fails_the_deploy() {
-    common::require_docker();
-    let mut cleanup = Cleanup::new();
-    let registry = Registry::start();
-    let image = pinned_testsvc(&registry, &mut cleanup);
-    let port = common::free_port();
-    let project = StatefulProject::new(&image, port);
-    let v1 = project.release("1.0.0", &[]);
-    let host = Host::new(&mut cleanup, None);
+    let mut bed = Testbed::new();
+    let (image, port) = (bed.image.clone(), bed.port);
+    let project = Project::stateful_testsvc(&image, port);
+    let v1 = project.release_stateful("1.0.0", port, &[]);
+    let host = bed.host(None);
     let (rport, got) = receiver();
     // A listener that accepts but never answers: the webhook times out.
     let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -345,7 +324,7 @@ fn webhooks_are_told_and_a_dead_one_never_fails_the_deploy() {
         ),
     )
     .expect("host config");
-    let out = host.apply(&project.inner, &v1);
+    let out = host.apply(&project, &v1);
     assert!(
         out.status.success(),
         "a dead webhook must not fail the deploy: {}",
@@ -374,7 +353,7 @@ fn webhooks_are_told_and_a_dead_one_never_fails_the_deploy() {
             .starts_with("[succeeded] svc 1.0.0 (prod)"),
         "{done}"
     );
-    let audit = std::fs::read_to_string(host.root.path().join("audit.log")).expect("audit");
+    let audit = std::fs::read_to_string(host.root().join("audit.log")).expect("audit");
     assert!(audit.contains("\"event\":\"notify-failed\""), "{audit}");
     drop(silent);
 }

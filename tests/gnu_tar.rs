@@ -1,16 +1,18 @@
 //! A bundle is an ordinary `.tar.zst`: GNU tar (with the `zstd` program) lists and extracts it,
 //! in manifest order, owned by 0/0, and every extracted file matches the manifest.
 
-mod support;
-
 use smoker_format::bundle::read::{VerifiedBundle, inspect_file};
+use smoker_testkit::bins::xtask_release;
+use smoker_testkit::bundle::{Fixture, new_key};
+use smoker_testkit::repo::{clone_workspace, hash_tree};
+use smoker_testkit::run::{assert_ok, require_gnu_tar_zstd, run};
+use smoker_testkit::{stderr, stdout};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::{assert_ok, run, text};
 
 fn gnu_tar() -> Command {
-    support::require_gnu_tar_zstd();
+    require_gnu_tar_zstd();
     let mut c = Command::new("tar");
     c.env("TZ", "UTC").env("LC_ALL", "C");
     c
@@ -24,7 +26,7 @@ fn tar_time(secs: u64) -> String {
         .arg(format!("@{secs}"))
         .arg("+%Y-%m-%d %H:%M"));
     assert_ok("date", &o);
-    text(&o).0.trim().to_string()
+    stdout(&o).trim().to_string()
 }
 
 fn check_listing(bundle: &Path, info: &VerifiedBundle, numeric: bool) {
@@ -36,7 +38,7 @@ fn check_listing(bundle: &Path, info: &VerifiedBundle, numeric: bool) {
     }
     let o = run(&mut cmd);
     assert_ok("tar --zstd -tvf", &o);
-    let (stdout, stderr) = text(&o);
+    let (stdout, stderr) = (stdout(&o), stderr(&o));
     assert!(stderr.trim().is_empty(), "tar warned: {stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     let mut expected: Vec<(String, u32, u64)> = vec![
@@ -86,9 +88,9 @@ fn check_extraction(bundle: &Path, info: &VerifiedBundle, into: &Path) {
         .arg("-C")
         .arg(into));
     assert_ok("tar --zstd -xpf", &o);
-    assert!(text(&o).1.trim().is_empty(), "tar warned: {}", text(&o).1);
+    assert!(stderr(&o).trim().is_empty(), "tar warned: {}", stderr(&o));
     let m = &info.manifest;
-    let tree = support::hash_tree(into);
+    let tree = hash_tree(into);
     let mut expected: Vec<String> = m.files.iter().map(|f| f.path.clone()).collect();
     expected.push("manifest.json".into());
     expected.push("manifest.json.minisig".into());
@@ -119,10 +121,10 @@ fn check_extraction(bundle: &Path, info: &VerifiedBundle, into: &Path) {
 
 fn release_bundle(tmp: &Path) -> PathBuf {
     let project = tmp.join("project");
-    support::clone_workspace(&project);
-    support::new_key(tmp, "release");
+    clone_workspace(&project);
+    new_key(tmp, "release");
     let out = tmp.join("out");
-    let o = support::xtask_release(
+    let o = xtask_release(
         &project,
         &tmp.join("release.key"),
         &out,
@@ -136,7 +138,7 @@ fn release_bundle(tmp: &Path) -> PathBuf {
 
 #[test]
 fn gnu_tar_lists_and_extracts_a_released_bundle() {
-    support::require_gnu_tar_zstd();
+    require_gnu_tar_zstd();
     let tmp = tempfile::tempdir().unwrap();
     let bundle = release_bundle(tmp.path());
     let info = inspect_file(&bundle).expect("bundle reads");
@@ -151,8 +153,8 @@ fn gnu_tar_lists_and_extracts_a_released_bundle() {
 
 #[test]
 fn gnu_tar_lists_and_extracts_a_bundle_with_executables_and_a_large_file() {
-    support::require_gnu_tar_zstd();
-    let f = support::Fixture::new();
+    require_gnu_tar_zstd();
+    let f = Fixture::new();
     let tmp = tempfile::tempdir().unwrap();
     let bundle = tmp.path().join("corpus-1.0.0-amd64.tar.zst");
     std::fs::write(&bundle, f.bundle()).unwrap();

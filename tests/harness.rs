@@ -2,17 +2,15 @@
 //! and reports its health, a loopback registry round-trips it by digest, and
 //! the stateful mode's dump/migrate/restore work through a named volume.
 
-mod common;
-
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{
-    Cleanup, Registry, TESTSVC_PORT, build_image, build_image_with, docker, docker_output, http,
-    published_port, require_docker, unique_name, wait_for, wait_for_health,
+use smoker_testkit::docker::{
+    docker, docker_output, published_port, require_docker, wait_for_health,
 };
-use sha2::{Digest, Sha256};
+use smoker_testkit::images::{TESTSVC_PORT, build_image, build_image_with};
+use smoker_testkit::run::run_with_input;
+use smoker_testkit::{Cleanup, Registry, http, sha256_hex, unique_name, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -34,10 +32,6 @@ fn run_detached(cleanup: &mut Cleanup, name: &str, image: &str, extra: &[&str]) 
     args.push(image);
     docker(&args);
     published_port(name, TESTSVC_PORT)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 #[test]
@@ -155,20 +149,7 @@ fn run_once(
         .args(extra)
         .arg(image)
         .args(args);
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn docker run: {e}"));
-    if let Some(mut input) = child.stdin.take() {
-        input
-            .write_all(stdin)
-            .unwrap_or_else(|e| panic!("write stdin: {e}"));
-    }
-    child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("wait for docker run: {e}"))
+    run_with_input(&mut command, Some(stdin))
 }
 
 #[test]

@@ -3,32 +3,24 @@
 //! authentication), and `cargo xtask release --offline` (reproducible bytes, a layer shared by
 //! several images stored once, an archive `docker load` accepts).
 
-mod common;
-mod imagekit;
-
 use base64::Engine as _;
-use common::{Cleanup, Registry};
-use imagekit::{Workspace, text};
 use smoker_build::lock::Lock;
 use smoker_format::manifest::Arch;
+use smoker_testkit::bundle::{extract_from_bundle, tar_listing};
+use smoker_testkit::docker::{docker, require_docker};
+use smoker_testkit::images::{derived_image, platform_image, remove_image, unique_testsvc};
+use smoker_testkit::project::docker_health_recipe;
+use smoker_testkit::{Cleanup, Project, Registry, Release, http, stderr, stdout, text};
 use std::io::{BufRead as _, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 fn short(d: &str) -> String {
     format!("sha256:{}", &d.trim_start_matches("sha256:")[..12])
 }
 
-fn lock_only_recipe(ws: &Workspace, name: &str, services: &[(&str, &str)]) {
+fn lock_only_recipe(ws: &Project, name: &str, services: &[(&str, &str)]) {
     let mut compose = String::from("services:\n");
     for (svc, image) in services {
         compose.push_str(&format!("  {svc}:\n    image: {image}\n"));
@@ -38,7 +30,7 @@ fn lock_only_recipe(ws: &Workspace, name: &str, services: &[(&str, &str)]) {
 
 /// The digest of the entry of an index (as the registry serves it) for `os/arch[/variant]`.
 fn index_entry(registry: &Registry, repo: &str, tag: &str, platform: &str) -> String {
-    let (body, _) = imagekit::get_manifest(registry, repo, tag);
+    let (body, _) = registry.get_manifest(repo, tag);
     let v: serde_json::Value = serde_json::from_slice(&body).expect("index json");
     v["manifests"]
         .as_array()
@@ -64,20 +56,19 @@ fn index_entry(registry: &Registry, repo: &str, tag: &str, platform: &str) -> St
 
 #[test]
 fn lock_records_exactly_the_digests_the_registry_reports() {
-    common::require_docker();
+    require_docker();
     let mut cleanup = Cleanup::new();
     let registry = Registry::start();
-    let single = imagekit::unique_testsvc(&registry, &mut cleanup, "single", "1");
-    let amd = imagekit::unique_testsvc(&registry, &mut cleanup, "multi", "amd64");
-    let v7 = imagekit::platform_image(&registry, &mut cleanup, "linux/arm/v7", "multi", "armv7");
-    let v6 = imagekit::platform_image(&registry, &mut cleanup, "linux/arm/v6", "multi", "armv6");
-    let a64 = imagekit::platform_image(&registry, &mut cleanup, "linux/arm64", "multi", "arm64");
+    let single = unique_testsvc(&registry, &mut cleanup, "single", "1");
+    let amd = unique_testsvc(&registry, &mut cleanup, "multi", "amd64");
+    let v7 = platform_image(&registry, &mut cleanup, "linux/arm/v7", "multi", "armv7");
+    let v6 = platform_image(&registry, &mut cleanup, "linux/arm/v6", "multi", "armv6");
+    let a64 = platform_image(&registry, &mut cleanup, "linux/arm64", "multi", "arm64");
     assert!(v7.digest != v6.digest && v7.digest != a64.digest);
 
     // A Docker manifest list: arm64 and arm/v6 come before arm/v7, so only the variant can
     // pick the right one.
-    let list = imagekit::push_manifest_list(
-        &registry,
+    let list = registry.push_manifest_list(
         "multi",
         "list",
         &[&amd.reference, &a64.reference, &v6.reference, &v7.reference],
@@ -87,8 +78,7 @@ fn lock_records_exactly_the_digests_the_registry_reports() {
         Some(list.clone())
     );
     // The same without arm/v7.
-    imagekit::push_manifest_list(
-        &registry,
+    registry.push_manifest_list(
         "multi",
         "nov7",
         &[&amd.reference, &a64.reference, &v6.reference],
@@ -97,8 +87,7 @@ fn lock_records_exactly_the_digests_the_registry_reports() {
     for (p, tag) in [(&amd, "amd64"), (&v7, "armv7"), (&a64, "arm64")] {
         assert_eq!(registry.push(&p.reference, "oci", tag), p.digest);
     }
-    let oci = imagekit::put_oci_index(
-        &registry,
+    let oci = registry.put_oci_index(
         "oci",
         "idx",
         &[
@@ -110,7 +99,7 @@ fn lock_records_exactly_the_digests_the_registry_reports() {
     );
     assert_eq!(registry.manifest_digest("oci", "idx"), Some(oci.clone()));
 
-    let ws = Workspace::new();
+    let ws = Project::cli();
     let list_ref = registry.reference("multi", "list");
     let oci_ref = registry.reference("oci", "idx");
     lock_only_recipe(&ws, "multi", &[("list", &list_ref), ("oci", &oci_ref)]);
@@ -210,20 +199,21 @@ fn lock_records_exactly_the_digests_the_registry_reports() {
 
     // The armv7 offline bundle carries the arm/v7 image of both indexes (once: same image).
     let out = ws.release(
-        "1.0.0",
-        "out",
-        "cache",
-        &["--recipe", "multi", "--offline", "--arch", "armv7"],
+        &Release::new("multi", "1.0.0")
+            .arch(Arch::Armv7)
+            .offline()
+            .out("out"),
     );
+    let out = out.output();
     let bundle = ws.bundle("out", "prod", "multi", "1.0.0", "armv7");
     let v = smoker_format::bundle::read::inspect_file(&bundle).expect("bundle verifies");
     for img in &v.manifest.images {
-        assert_eq!(img.digest, v7.digest, "{}", text(&out));
+        assert_eq!(img.digest, v7.digest, "{}", text(out));
         assert_eq!(img.config_digest.as_deref(), Some(v7.id.as_str()));
         assert_eq!(img.archive.as_deref(), Some("images/images.tar"));
     }
     let archive = ws.path().join("armv7.tar");
-    imagekit::extract_from_bundle(&bundle, "images/images.tar", &archive);
+    extract_from_bundle(&bundle, "images/images.tar", &archive);
     let index = smoker_format::image_archive::read_index(&archive).expect("archive index");
     assert_eq!(index.docker.len(), 1, "{index:?}");
     assert_eq!(
@@ -234,11 +224,11 @@ fn lock_records_exactly_the_digests_the_registry_reports() {
 
 #[test]
 fn lock_prints_what_changed_against_the_previous_lock() {
-    common::require_docker();
+    require_docker();
     let mut cleanup = Cleanup::new();
     let registry = Registry::start();
-    let first = imagekit::unique_testsvc(&registry, &mut cleanup, "app", "1");
-    let ws = Workspace::new();
+    let first = unique_testsvc(&registry, &mut cleanup, "app", "1");
+    let ws = Project::cli();
     lock_only_recipe(&ws, "app", &[("app", &first.reference)]);
     let out = ws.lock(&["--arch", "amd64"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -260,7 +250,7 @@ fn lock_prints_what_changed_against_the_previous_lock() {
     );
 
     // The tag moves: the lock says from what to what, and keeps the architectures it had.
-    let second = imagekit::unique_testsvc(&registry, &mut cleanup, "app", "1");
+    let second = unique_testsvc(&registry, &mut cleanup, "app", "1");
     assert_ne!(first.digest, second.digest);
     let out = ws.lock(&[]);
     assert!(out.status.success(), "{}", text(&out));
@@ -448,7 +438,7 @@ fn serve(
         .filter(|(k, _)| k == "accept")
         .map(|(_, v)| ("Accept", v.as_str()))
         .collect();
-    let resp = common::http::request(&method, &format!("{upstream}{path}"), &accept, &body)?;
+    let resp = http::request(&method, &format!("{upstream}{path}"), &accept, &body)?;
     let mut extra = Vec::new();
     for name in [
         "Content-Type",
@@ -475,11 +465,11 @@ fn docker_config(config: serde_json::Value) -> tempfile::TempDir {
 
 #[test]
 fn lock_authenticates_with_docker_config_credentials_and_helpers() {
-    common::require_docker();
+    require_docker();
     let mut cleanup = Cleanup::new();
     let registry = Registry::start();
-    let image = imagekit::unique_testsvc(&registry, &mut cleanup, "private/app", "1");
-    let ws = Workspace::new();
+    let image = unique_testsvc(&registry, &mut cleanup, "private/app", "1");
+    let ws = Project::cli();
     let dir = ws.path().display().to_string();
     let lock_with = |proxy: &AuthProxy, envs: &[(&str, &str)]| {
         lock_only_recipe(
@@ -586,11 +576,11 @@ fn lock_authenticates_with_docker_config_credentials_and_helpers() {
 
 #[test]
 fn offline_release_is_reproducible_stores_shared_layers_once_and_loads() {
-    common::require_docker();
+    require_docker();
     let mut cleanup = Cleanup::new();
     let registry = Registry::start();
-    let base = imagekit::unique_testsvc(&registry, &mut cleanup, "base", "1");
-    let derived = imagekit::derived_image(
+    let base = unique_testsvc(&registry, &mut cleanup, "base", "1");
+    let derived = derived_image(
         &registry,
         &mut cleanup,
         &base.reference,
@@ -598,24 +588,34 @@ fn offline_release_is_reproducible_stores_shared_layers_once_and_loads() {
         "derived",
         "1",
     );
-    let ws = Workspace::new();
+    let ws = Project::cli();
     let compose = format!(
         "services:\n  a:\n    image: {}\n  b:\n    image: {}\n",
         base.reference, derived.reference
     );
-    ws.write_recipe("pair", &compose, &imagekit::recipe_toml(8080, "v1", "prod"));
+    ws.write_recipe("pair", &compose, &docker_health_recipe(8080, "v1", "prod"));
     let out = ws.lock(&["--arch", "amd64"]);
     assert!(out.status.success(), "{}", text(&out));
 
-    let args = ["--offline", "--arch", "amd64"];
-    let cold = ws.release("1.0.0", "out1", "cache1", &args);
-    assert!(stderr(&cold).contains("fetching"), "{}", text(&cold));
-    let fresh = ws.release("1.0.0", "out2", "cache2", &args);
-    let warm = ws.release("1.0.0", "out3", "cache1", &args);
+    let release = |out: &str, cache| {
+        ws.release(
+            &Release::new("pair", "1.0.0")
+                .offline()
+                .out(out)
+                .cache(cache),
+        )
+    };
+    let cold = release("out1", "cache1");
+    let cold = cold.output();
+    assert!(stderr(cold).contains("fetching"), "{}", text(cold));
+    let fresh = release("out2", "cache2");
+    let fresh = fresh.output();
+    let warm = release("out3", "cache1");
+    let warm = warm.output();
     assert!(
-        !stderr(&warm).contains("fetching"),
+        !stderr(warm).contains("fetching"),
         "a warm cache fetches nothing: {}",
-        text(&warm)
+        text(warm)
     );
     let b1 = ws.bundle("out1", "prod", "pair", "1.0.0", "amd64");
     let read = |p: &std::path::Path| std::fs::read(p).expect("bundle");
@@ -623,7 +623,7 @@ fn offline_release_is_reproducible_stores_shared_layers_once_and_loads() {
     assert!(
         bytes == read(&ws.bundle("out2", "prod", "pair", "1.0.0", "amd64")),
         "{}",
-        text(&fresh)
+        text(fresh)
     );
     assert!(bytes == read(&ws.bundle("out3", "prod", "pair", "1.0.0", "amd64")));
 
@@ -652,12 +652,12 @@ fn offline_release_is_reproducible_stores_shared_layers_once_and_loads() {
         .file("images/images.tar")
         .expect("archive listed in the manifest");
     let archive = ws.path().join("images.tar");
-    imagekit::extract_from_bundle(&b1, "images/images.tar", &archive);
+    extract_from_bundle(&b1, "images/images.tar", &archive);
     let (sha, size) = smoker_format::digest::sha256_file(&archive).expect("hash");
     assert_eq!((sha.as_str(), size), (entry.sha256.as_str(), entry.size));
 
     // Fixed headers, index first, every blob once in digest order.
-    let listing = imagekit::tar_listing(&archive);
+    let listing = tar_listing(&archive);
     assert!(
         listing
             .iter()
@@ -693,7 +693,7 @@ fn offline_release_is_reproducible_stores_shared_layers_once_and_loads() {
 
     // Services are pinned to local references that are never pulled.
     let pins = ws.path().join("pin.json");
-    imagekit::extract_from_bundle(&b1, "generated/pin.compose.yaml", &pins);
+    extract_from_bundle(&b1, "generated/pin.compose.yaml", &pins);
     let pins: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&pins).expect("pins")).expect("json");
     for (svc, img) in [("a", &base), ("b", &derived)] {
@@ -707,16 +707,16 @@ fn offline_release_is_reproducible_stores_shared_layers_once_and_loads() {
     }
 
     // `docker load` takes the archive as it is, on a host without the images.
-    imagekit::remove_image(&derived.id);
-    imagekit::remove_image(&base.id);
-    let out = common::docker(&["load", "--input", &archive.display().to_string()]);
+    remove_image(&derived.id);
+    remove_image(&base.id);
+    let out = docker(&["load", "--input", &archive.display().to_string()]);
     for (img, e) in [(&base, a), (&derived, b)] {
         assert!(
             out.contains(&format!("Loaded image: {}", e.repo_tags[0])),
             "{out}"
         );
         assert_eq!(
-            common::docker(&["image", "inspect", "--format", "{{.Id}}", &e.repo_tags[0]]),
+            docker(&["image", "inspect", "--format", "{{.Id}}", &e.repo_tags[0]]),
             img.id
         );
     }

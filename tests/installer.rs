@@ -1,54 +1,35 @@
 //! The installer on the real Docker engine: generations, atomic switch, health gate,
 //! automatic and manual rollback, locks, crash safety and the audit log.
 
-mod common;
-mod fixture;
-
-use common::{Cleanup, Registry};
-use fixture::{Host, Project, frontends, pinned_testsvc, text, version_at};
+use smoker_testkit::docker::{frontends, remove_compose_project, running_containers};
+use smoker_testkit::images::{version_at, wait_version};
+use smoker_testkit::project::SVC;
+use smoker_testkit::{Project, Testbed, text, wait_for};
 use std::path::Path;
 use std::time::Duration;
 
-fn wait_version(port: u16, want: &str) {
-    common::wait_for(
-        &format!("/version = {want} on port {port}"),
-        Duration::from_secs(20),
-        || (version_at(port).as_deref() == Some(want)).then_some(()),
-    );
-}
-
 /// Every container of the project runs the signed image id.
 fn assert_image_ids(project: &str, id: &str) {
-    let ids = common::docker(&[
-        "ps",
-        "-q",
-        "--no-trunc",
-        "--filter",
-        &format!("label=com.docker.compose.project={project}"),
-    ]);
-    assert!(!ids.trim().is_empty(), "no running container in {project}");
-    for c in ids.split_whitespace() {
-        let image = common::docker(&["inspect", "-f", "{{.Image}}", c]);
-        assert_eq!(image.trim(), id, "container {c} runs another image");
+    let containers = running_containers(project);
+    assert!(!containers.is_empty(), "no running container in {project}");
+    for (c, image) in containers {
+        assert_eq!(image, id, "container {c} runs another image");
     }
 }
 
 fn scenario(compose: &str) {
-    common::require_docker();
-    let mut cleanup = Cleanup::new();
-    let registry = Registry::start();
-    let image = pinned_testsvc(&registry, &mut cleanup);
-    let port = common::free_port();
-    let project = Project::new(&image, port, 20);
-    let v1 = project.release("1.0.0", port, 20, &[("VERSION_TEXT", "v1")]);
-    let v2 = project.release("2.0.0", port, 20, &[("VERSION_TEXT", "v2")]);
-    let v3 = project.release(
+    let mut bed = Testbed::new();
+    let (image, port) = (bed.image.clone(), bed.port);
+    let project = Project::testsvc(&image, port, 20);
+    let v1 = project.release_svc("1.0.0", port, 20, &[("VERSION_TEXT", "v1")]);
+    let v2 = project.release_svc("2.0.0", port, 20, &[("VERSION_TEXT", "v2")]);
+    let v3 = project.release_svc(
         "3.0.0",
         port,
         8,
         &[("VERSION_TEXT", "v3"), ("UNHEALTHY", "1")],
     );
-    let host = Host::new(&mut cleanup, Some(compose));
+    let host = bed.host(Some(compose));
 
     // v1 healthy.
     let out = host.apply(&project, &v1);
@@ -91,9 +72,9 @@ fn scenario(compose: &str) {
     let out = host.run(&["rollback", "--to", "1", "--json"]);
     assert!(out.status.success(), "rollback: {}", text(&out));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(r["to"], 1);
-    assert_eq!(r["from"], 2);
-    assert!(r["durations_us"]["switch"].as_u64().is_some());
+    assert_eq!(r["data"]["to"], 1);
+    assert_eq!(r["data"]["from"], 2);
+    assert!(r["data"]["durations_us"]["switch"].as_u64().is_some());
     assert_eq!(version_at(port).as_deref(), Some("v1"));
     assert_image_ids(&host.project, &image.id);
     let s = host.status();
@@ -105,7 +86,7 @@ fn scenario(compose: &str) {
     // The audit log recorded every step and is intact; an edit is detected.
     let out = host.run(&["audit", "verify"]);
     assert!(out.status.success(), "audit verify: {}", text(&out));
-    let log = host.root.path().join("audit.log");
+    let log = host.root().join("audit.log");
     let body = std::fs::read_to_string(&log).expect("audit log");
     let events: Vec<String> = body
         .lines()
@@ -157,7 +138,7 @@ fn scenario(compose: &str) {
         .filter_map(|g| g["number"].as_u64())
         .collect();
     assert_eq!(kept, [1, 2]);
-    let entries = std::fs::read_dir(host.root.path().join("store"))
+    let entries = std::fs::read_dir(host.root().join("store"))
         .expect("store")
         .count();
     assert_eq!(entries, 2);
@@ -174,29 +155,22 @@ fn scenario_with_every_compose_frontend() {
 
 #[test]
 fn second_apply_on_the_same_profile_fails_fast_naming_the_holder() {
-    common::require_docker();
-    let mut cleanup = Cleanup::new();
-    let registry = Registry::start();
-    let image = pinned_testsvc(&registry, &mut cleanup);
-    let port = common::free_port();
-    let project = Project::new(&image, port, 30);
+    let mut bed = Testbed::new();
+    let (image, port) = (bed.image.clone(), bed.port);
+    let project = Project::testsvc(&image, port, 30);
     // A slow-starting service keeps the first apply inside its health gate for seconds.
-    let slow = project.release(
+    let slow = project.release_svc(
         "1.0.0",
         port,
         30,
         &[("VERSION_TEXT", "v1"), ("START_DELAY_MS", "4000")],
     );
-    let host = Host::new(&mut cleanup, None);
+    let host = bed.host(None);
     let first = host.spawn_apply(&project, &slow);
     let pid = first.id();
     // Wait until the first holds the lock.
-    let lock = host
-        .root
-        .path()
-        .join("locks")
-        .join(format!("{}.lock", fixture::NAME));
-    common::wait_for(
+    let lock = host.root().join("locks").join(format!("{}.lock", SVC));
+    wait_for(
         "the first apply to take the lock",
         Duration::from_secs(20),
         || {
@@ -234,7 +208,7 @@ fn second_apply_on_the_same_profile_fails_fast_naming_the_holder() {
 
 /// Follows `current` and checks it names a complete, intact store entry.
 fn assert_current_complete(root: &Path) -> u64 {
-    let profile = root.join("profiles").join(fixture::NAME);
+    let profile = root.join("profiles").join(SVC);
     let link = std::fs::read_link(profile.join("current")).expect("current link");
     let n: u64 = link
         .to_string_lossy()
@@ -261,16 +235,13 @@ fn assert_current_complete(root: &Path) -> u64 {
 
 #[test]
 fn a_crash_at_every_step_leaves_a_complete_generation_and_recover_finishes() {
-    common::require_docker();
-    let mut cleanup = Cleanup::new();
-    let registry = Registry::start();
-    let image = pinned_testsvc(&registry, &mut cleanup);
-    let port = common::free_port();
-    let project = Project::new(&image, port, 20);
-    let v1 = project.release("1.0.0", port, 20, &[("VERSION_TEXT", "v1")]);
-    let v2 = project.release("2.0.0", port, 20, &[("VERSION_TEXT", "v2")]);
+    let mut bed = Testbed::new();
+    let (image, port) = (bed.image.clone(), bed.port);
+    let project = Project::testsvc(&image, port, 20);
+    let v1 = project.release_svc("1.0.0", port, 20, &[("VERSION_TEXT", "v1")]);
+    let v2 = project.release_svc("2.0.0", port, 20, &[("VERSION_TEXT", "v2")]);
     for point in smoker::fault::POINTS {
-        let host = Host::new(&mut cleanup, None);
+        let host = bed.host(None);
         let out = host.apply(&project, &v1);
         assert!(out.status.success(), "{point}: apply v1: {}", text(&out));
         let rollback_point = point.starts_with("rollback:");
@@ -297,7 +268,7 @@ fn a_crash_at_every_step_leaves_a_complete_generation_and_recover_finishes() {
             assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("aborting at {point}")));
         }
         // The invariant, right after the crash.
-        let n = assert_current_complete(host.root.path());
+        let n = assert_current_complete(host.root());
         assert!(n == 1 || n == 2, "{point}: current is {n}");
         // Recovery finishes the job: current is good and serves its own version.
         let out = host.run(&["recover"]);
@@ -306,7 +277,7 @@ fn a_crash_at_every_step_leaves_a_complete_generation_and_recover_finishes() {
         assert_eq!(s["health"], "good", "{point}: {s}");
         assert_eq!(s["pending"], serde_json::json!([]), "{point}: {s}");
         let cur = s["current"].as_u64().expect("current");
-        assert_current_complete(host.root.path());
+        assert_current_complete(host.root());
         wait_version(port, &format!("v{cur}"));
         // A clean apply works afterwards.
         let out = host.apply(&project, &v2);
@@ -316,47 +287,29 @@ fn a_crash_at_every_step_leaves_a_complete_generation_and_recover_finishes() {
             text(&out)
         );
         assert_eq!(version_at(port).as_deref(), Some("v2"), "{point}");
-        remove_project_containers(&host.project);
-    }
-}
-
-fn remove_project_containers(project: &str) {
-    let ids = common::docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=com.docker.compose.project={project}"),
-    ]);
-    for id in ids.split_whitespace() {
-        common::docker_output(&["rm", "-f", id]);
+        // Containers, network and volumes go now: twelve idle networks would eat into
+        // Docker's address pools, which parallel tests share.
+        remove_compose_project(&host.project);
     }
 }
 
 #[test]
 fn unlock_force_ends_a_hung_holder_and_the_next_run_finishes_its_work() {
-    common::require_docker();
-    let mut cleanup = Cleanup::new();
-    let registry = Registry::start();
-    let image = pinned_testsvc(&registry, &mut cleanup);
-    let port = common::free_port();
-    let project = Project::new(&image, port, 40);
+    let mut bed = Testbed::new();
+    let (image, port) = (bed.image.clone(), bed.port);
+    let project = Project::testsvc(&image, port, 40);
     // Slow to start: the apply sits in its health gate, holding the lock.
-    let slow = project.release(
+    let slow = project.release_svc(
         "1.0.0",
         port,
         40,
         &[("VERSION_TEXT", "v1"), ("START_DELAY_MS", "5000")],
     );
-    let host = Host::new(&mut cleanup, None);
+    let host = bed.host(None);
     let first = host.spawn_apply(&project, &slow);
     let pid = first.id();
-    let current = host
-        .root
-        .path()
-        .join("profiles")
-        .join(fixture::NAME)
-        .join("current");
-    common::wait_for("the apply to switch", Duration::from_secs(30), || {
+    let current = host.root().join("profiles").join(SVC).join("current");
+    wait_for("the apply to switch", Duration::from_secs(30), || {
         current.exists().then_some(())
     });
     // Without --force, unlock only names the holder.

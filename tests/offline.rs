@@ -4,99 +4,48 @@
 //! image ID does not match their manifest rejected; `apply --usb` choosing among several
 //! bundles on a fake media root and saying why it skipped each other one.
 
-mod common;
-mod fixture;
-mod imagekit;
-
-use common::{Cleanup, Registry};
-use fixture::{Host, version_at};
-use imagekit::{Pushed, Workspace, text};
-use smoker_build::lock::{Lock, LockedImage, PlatformPin, repository_of};
+use smoker_build::lock::{Lock, repository_of};
 use smoker_build::recipe::Recipe;
 use smoker_build::release::{self, OfflineImages, SourceInfo};
 use smoker_format::image_archive::local_reference;
 use smoker_format::manifest::Arch;
 use smoker_format::signing::SecretKey;
+use smoker_testkit::bundle::extract_from_bundle;
+use smoker_testkit::docker::{
+    docker, image_inspect, require_docker, require_docker_compose, running_containers,
+};
+use smoker_testkit::host::assert_no_route_out;
+use smoker_testkit::images::{remove_image, unique_testsvc, wait_version};
+use smoker_testkit::ports::free_port;
+use smoker_testkit::project::{WebService, docker_health_recipe, single_image_lock};
+use smoker_testkit::{Cleanup, Host, Project, Pushed, Registry, Release, http, stderr, text};
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::Duration;
-
-const INSTALLER: &str = env!("CARGO_BIN_EXE_smoker-install");
-
-/// `smoker-install --root … --host-config …` with no route out.
-fn offline_installer(host: &Host) -> Command {
-    let mut c = imagekit::offline_command(Path::new(INSTALLER));
-    c.arg("--root")
-        .arg(host.root.path())
-        .arg("--host-config")
-        .arg(host.host_config());
-    c.env_remove("SMOKER_FAULT");
-    c
-}
-
-/// `apply` arguments for a workspace's key and env file on `host`'s project.
-fn apply_args<'c>(c: &'c mut Command, ws: &Workspace, host: &Host) -> &'c mut Command {
-    c.arg("apply")
-        .arg("--key")
-        .arg(&ws.public_key)
-        .arg("--env-file")
-        .arg(&ws.env_file)
-        .arg("--project")
-        .arg(&host.project)
-}
-
-fn apply_offline(host: &Host, ws: &Workspace, bundle: &Path) -> Output {
-    let mut c = offline_installer(host);
-    apply_args(&mut c, ws, host).arg(bundle);
-    c.output().expect("run smoker-install")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn local_of(image: &Pushed) -> String {
     local_reference(repository_of(&image.reference), &image.digest)
 }
 
 fn inspect(reference: &str, format: &str) -> Option<String> {
-    let out = common::docker_output(&["image", "inspect", "--format", format, reference]);
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    image_inspect(reference, format)
 }
 
 /// Image IDs of the running containers of a compose project.
 fn running_ids(project: &str) -> Vec<String> {
-    let ids = common::docker(&[
-        "ps",
-        "-q",
-        "--no-trunc",
-        "--filter",
-        &format!("label=com.docker.compose.project={project}"),
-    ]);
-    ids.split_whitespace()
-        .map(|c| common::docker(&["inspect", "-f", "{{.Image}}", c]))
+    running_containers(project)
+        .into_iter()
+        .map(|(_, image)| image)
         .collect()
 }
 
-fn wait_version(port: u16, want: &str) {
-    common::wait_for(
-        &format!("/version = {want} on port {port}"),
-        Duration::from_secs(20),
-        || (version_at(port).as_deref() == Some(want)).then_some(()),
-    );
-}
-
 /// A workspace with recipe `svc` running `image` on `port`, locked for amd64.
-fn project(image: &Pushed, port: u16) -> Workspace {
-    let ws = Workspace::new();
+fn project(image: &Pushed, port: u16) -> Project {
+    let ws = Project::cli();
     ws.write_recipe(
         "svc",
-        &imagekit::compose_yaml(&image.reference),
-        &imagekit::recipe_toml(port, "v1", "prod"),
+        &WebService::new(&image.reference).yaml(),
+        &docker_health_recipe(port, "v1", "prod"),
     );
     let out = ws.lock(&["--arch", "amd64"]);
     assert!(out.status.success(), "lock: {}", text(&out));
@@ -104,35 +53,35 @@ fn project(image: &Pushed, port: u16) -> Workspace {
 }
 
 /// Releases `svc` `version` (offline, amd64) with `/version` answering `version_text`.
-fn release_offline(ws: &Workspace, image: &str, port: u16, version: &str, text_: &str) -> PathBuf {
+fn release_offline(ws: &Project, image: &str, port: u16, version: &str, text_: &str) -> PathBuf {
     ws.write_recipe(
         "svc",
-        &imagekit::compose_yaml(image),
-        &imagekit::recipe_toml(port, text_, "prod"),
+        &WebService::new(image).yaml(),
+        &docker_health_recipe(port, text_, "prod"),
     );
     let out = format!("out-{version}");
-    ws.release(version, &out, "cache", &["--offline", "--arch", "amd64"]);
+    ws.release(&Release::new("svc", version).offline().out(&out));
     ws.bundle(&out, "prod", "svc", version, "amd64")
 }
 
 #[test]
 fn offline_apply_with_the_registry_stopped_the_images_removed_and_no_route_out() {
-    common::require_docker();
-    common::require_docker_compose();
-    imagekit::assert_no_route_out();
+    require_docker();
+    require_docker_compose();
+    assert_no_route_out();
     let mut cleanup = Cleanup::new();
     let registry = Registry::start();
-    let image = imagekit::unique_testsvc(&registry, &mut cleanup, "svc", "1");
-    let other = imagekit::unique_testsvc(&registry, &mut cleanup, "svc2", "1");
-    let port = common::free_port();
+    let image = unique_testsvc(&registry, &mut cleanup, "svc", "1");
+    let other = unique_testsvc(&registry, &mut cleanup, "svc2", "1");
+    let port = free_port();
     let ws = project(&image, port);
     let v1 = release_offline(&ws, &image.reference, port, "1.0.0", "v1");
     let v2 = release_offline(&ws, &image.reference, port, "2.0.0", "v2");
     // v3 runs another image (so it has a local reference of its own).
     ws.write_recipe(
         "svc",
-        &imagekit::compose_yaml(&other.reference),
-        &imagekit::recipe_toml(port, "v3", "prod"),
+        &WebService::new(&other.reference).yaml(),
+        &docker_health_recipe(port, "v3", "prod"),
     );
     assert!(ws.lock(&["--arch", "amd64"]).status.success());
     let v3 = release_offline(&ws, &other.reference, port, "3.0.0", "v3");
@@ -143,15 +92,12 @@ fn offline_apply_with_the_registry_stopped_the_images_removed_and_no_route_out()
     // The registry is stopped and the images are gone from the host.
     let registry_url = format!("{}/v2/", registry.url());
     drop(registry);
-    assert!(
-        common::http::get(&registry_url).is_err(),
-        "registry still answers"
-    );
-    imagekit::remove_image(&image.id);
-    imagekit::remove_image(&other.id);
+    assert!(http::get(&registry_url).is_err(), "registry still answers");
+    remove_image(&image.id);
+    remove_image(&other.id);
 
     let host = Host::new(&mut cleanup, None);
-    let out = apply_offline(&host, &ws, &v1);
+    let out = host.apply_offline(&ws, &v1);
     assert!(out.status.success(), "offline apply v1: {}", text(&out));
     let err = stderr(&out);
     assert!(err.contains("loading 1 image(s) from the bundle"), "{err}");
@@ -169,7 +115,7 @@ fn offline_apply_with_the_registry_stopped_the_images_removed_and_no_route_out()
     );
 
     // v2 has the same image: nothing is loaded again.
-    let out = apply_offline(&host, &ws, &v2);
+    let out = host.apply_offline(&ws, &v2);
     assert!(out.status.success(), "offline apply v2: {}", text(&out));
     let err = stderr(&out);
     assert!(
@@ -181,16 +127,17 @@ fn offline_apply_with_the_registry_stopped_the_images_removed_and_no_route_out()
     // v3 is interrupted right after the switch; then its local reference is made to point at
     // another image. The next run starts it and the health gate sees the containers run an
     // image ID other than the signed one: v3 fails and v2 serves again — all with no network.
-    let mut c = offline_installer(&host);
-    apply_args(&mut c, &ws, &host)
+    let mut c = host.offline_cmd();
+    host.apply_args(&mut c, &ws)
         .arg(&v3)
         .env("SMOKER_FAULT", "apply:switched");
     let out = c.output().expect("apply v3");
     assert!(!out.status.success(), "must abort: {}", text(&out));
-    common::docker(&["tag", &image.id, &local_of(&other)]);
-    let mut c = offline_installer(&host);
+    docker(&["tag", &image.id, &local_of(&other)]);
+    let mut c = host.offline_cmd();
     let out = c.arg("recover").output().expect("recover");
-    assert!(out.status.success(), "recover: {}", text(&out));
+    // Recovery finished the interrupted apply by rolling it back: exit status 7 (rolled-back).
+    assert_eq!(out.status.code(), Some(7), "recover: {}", text(&out));
     let said = text(&out);
     assert!(
         said.contains("generation 3 failed its health gate")
@@ -206,10 +153,8 @@ fn offline_apply_with_the_registry_stopped_the_images_removed_and_no_route_out()
 
     // A second apply of v3 puts the right image back under its name and runs it; its gc keeps
     // one generation.
-    let mut c = offline_installer(&host);
-    apply_args(&mut c, &ws, &host)
-        .args(["--keep", "1"])
-        .arg(&v3);
+    let mut c = host.offline_cmd();
+    host.apply_args(&mut c, &ws).args(["--keep", "1"]).arg(&v3);
     let out = c.output().expect("apply v3");
     assert!(out.status.success(), "offline apply v3: {}", text(&out));
     assert_eq!(
@@ -235,7 +180,7 @@ fn offline_apply_with_the_registry_stopped_the_images_removed_and_no_route_out()
 /// `plan_offline` of `svc` `version` over `archive`, its manifest changed by `tamper`, signed
 /// with the workspace key.
 fn signed_bundle(
-    ws: &Workspace,
+    ws: &Project,
     archive: &Path,
     configs: BTreeMap<String, String>,
     version: &str,
@@ -301,18 +246,18 @@ fn archive_with_altered_config(archive: &Path, config: &str, dest: &Path) -> Str
 
 #[test]
 fn a_bundle_whose_image_id_does_not_match_its_manifest_is_rejected() {
-    common::require_docker();
+    require_docker();
     let mut cleanup = Cleanup::new();
     let registry = Registry::start();
-    let image = imagekit::unique_testsvc(&registry, &mut cleanup, "svc", "1");
-    let port = common::free_port();
+    let image = unique_testsvc(&registry, &mut cleanup, "svc", "1");
+    let port = free_port();
     let ws = project(&image, port);
     let good = release_offline(&ws, &image.reference, port, "1.0.0", "v1");
     let archive = ws.path().join("images.tar");
-    imagekit::extract_from_bundle(&good, "images/images.tar", &archive);
+    extract_from_bundle(&good, "images/images.tar", &archive);
     let local = cleanup.image(&local_of(&image));
     drop(registry);
-    imagekit::remove_image(&image.id);
+    remove_image(&image.id);
     let host = Host::new(&mut cleanup, None);
     let configs = BTreeMap::from([(image.digest.clone(), image.id.clone())]);
 
@@ -324,7 +269,7 @@ fn a_bundle_whose_image_id_does_not_match_its_manifest_is_rejected() {
     let forged = signed_bundle(&ws, &archive, configs.clone(), "2.0.0", |m| {
         m.images[0].config_digest = Some(fake.clone());
     });
-    let out = apply_offline(&host, &ws, &forged);
+    let out = host.apply_offline(&ws, &forged);
     assert!(!out.status.success(), "must be rejected: {}", text(&out));
     let err = stderr(&out);
     assert!(
@@ -339,7 +284,7 @@ fn a_bundle_whose_image_id_does_not_match_its_manifest_is_rejected() {
     let loaded_as = archive_with_altered_config(&archive, &image.id, &altered);
     cleanup.image(&loaded_as);
     let forged = signed_bundle(&ws, &altered, configs, "3.0.0", |_| {});
-    let out = apply_offline(&host, &ws, &forged);
+    let out = host.apply_offline(&ws, &forged);
     assert!(!out.status.success(), "must be rejected: {}", text(&out));
     let err = stderr(&out);
     assert!(
@@ -353,39 +298,32 @@ fn a_bundle_whose_image_id_does_not_match_its_manifest_is_rejected() {
         "{local} must not name the wrong image"
     );
     let status = host.run(&["status", "--json"]);
-    let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+    let s: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
     assert!(
-        s.as_array()
+        s["data"]["profiles"]
+            .as_array()
             .is_none_or(|a| a.iter().all(|p| p["current"].is_null())),
         "no generation may be current: {s}"
     );
 
     // The honest bundle still installs.
-    let out = apply_offline(&host, &ws, &good);
+    let out = host.apply_offline(&ws, &good);
     assert!(out.status.success(), "good bundle: {}", text(&out));
     wait_version(port, "v1");
     assert_eq!(running_ids(&host.project), std::slice::from_ref(&image.id));
 }
 
 /// An online (no images inside) bundle of `svc` for `arch` pinned to made-up digests.
-fn online_bundle(ws: &Workspace, image: &Pushed, arch: Arch, version: &str) -> PathBuf {
+fn online_bundle(ws: &Project, image: &Pushed, arch: Arch, version: &str) -> PathBuf {
     let recipe = Recipe::load(&ws.recipes(), "svc").expect("recipe");
     let lock_path = ws.path().join("made-up.lock");
     let made_up = |s: &str| format!("sha256:{}", smoker_format::digest::sha256_hex(s.as_bytes()));
-    let lock = Lock {
-        version: 1,
-        images: vec![LockedImage {
-            reference: image.reference.clone(),
-            index_digest: None,
-            platforms: BTreeMap::from([(
-                arch,
-                PlatformPin {
-                    digest: made_up(version),
-                    config_digest: Some(made_up("config")),
-                },
-            )]),
-        }],
-    };
+    let lock = single_image_lock(
+        &image.reference,
+        arch,
+        &made_up(version),
+        &made_up("config"),
+    );
     let source = SourceInfo {
         commit: None,
         dirty: true,
@@ -417,13 +355,13 @@ fn place(src: &Path, root: &Path, rel: &str) -> PathBuf {
 
 #[test]
 fn apply_usb_chooses_the_newest_valid_bundle_and_says_why_it_skipped_the_others() {
-    common::require_docker();
-    imagekit::assert_no_route_out();
+    require_docker();
+    assert_no_route_out();
     let mut cleanup = Cleanup::new();
     let registry = Registry::start();
-    let image = imagekit::unique_testsvc(&registry, &mut cleanup, "svc", "1");
+    let image = unique_testsvc(&registry, &mut cleanup, "svc", "1");
     cleanup.image(&local_of(&image));
-    let port = common::free_port();
+    let port = free_port();
     let ws = project(&image, port);
     let dir = ws.path().display().to_string();
     let v1 = release_offline(&ws, &image.reference, port, "1.0.0", "v1");
@@ -432,36 +370,31 @@ fn apply_usb_chooses_the_newest_valid_bundle_and_says_why_it_skipped_the_others(
     // The same recipe for environment dev.
     ws.write_recipe(
         "svc",
-        &imagekit::compose_yaml(&image.reference),
+        &WebService::new(&image.reference).yaml(),
         &format!(
             "{}\n[env.dev.config]\nPORT = \"{port}\"\nVERSION_TEXT = \"dev\"\n",
-            imagekit::recipe_toml(port, "v4", "prod")
+            docker_health_recipe(port, "v4", "prod")
         ),
     );
     ws.release(
-        "4.0.0",
-        "out-dev",
-        "cache",
-        &["--offline", "--arch", "amd64", "--env", "dev"],
+        &Release::new("svc", "4.0.0")
+            .env("dev")
+            .offline()
+            .out("out-dev"),
     );
     let dev = ws.bundle("out-dev", "dev", "svc", "4.0.0", "amd64");
     // Another profile.
     ws.write_recipe(
         "web",
-        &imagekit::compose_yaml(&image.reference),
-        &imagekit::recipe_toml(port, "web", "prod"),
+        &WebService::new(&image.reference).yaml(),
+        &docker_health_recipe(port, "web", "prod"),
     );
     assert!(
         ws.lock(&["--recipe", "web", "--arch", "amd64"])
             .status
             .success()
     );
-    ws.release(
-        "9.0.0",
-        "out-web",
-        "cache",
-        &["--recipe", "web", "--offline", "--arch", "amd64"],
-    );
+    ws.release(&Release::new("web", "9.0.0").offline().out("out-web"));
     let web = ws.bundle("out-web", "prod", "web", "9.0.0", "amd64");
     // Signed by a key this host does not trust.
     let stranger = ws.path().join("stranger.key");
@@ -469,8 +402,8 @@ fn apply_usb_chooses_the_newest_valid_bundle_and_says_why_it_skipped_the_others(
         .expect("keygen");
     ws.write_recipe(
         "svc",
-        &imagekit::compose_yaml(&image.reference),
-        &imagekit::recipe_toml(port, "v5", "prod"),
+        &WebService::new(&image.reference).yaml(),
+        &docker_health_recipe(port, "v5", "prod"),
     );
     let out = ws.xtask(
         &[
@@ -539,12 +472,13 @@ fn apply_usb_chooses_the_newest_valid_bundle_and_says_why_it_skipped_the_others(
     let host = Host::new(&mut cleanup, None);
     // Neither a bundle nor --usb: a clear error.
     let mut c = host.cmd();
-    let out = apply_args(&mut c, &ws, &host).output().expect("apply");
+    let out = host.apply_args(&mut c, &ws).output().expect("apply");
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no bundle given"), "{}", text(&out));
     // A fresh host cannot choose between profiles and environments.
-    let mut c = offline_installer(&host);
-    let out = apply_args(&mut c, &ws, &host)
+    let mut c = host.offline_cmd();
+    let out = host
+        .apply_args(&mut c, &ws)
         .args(["--usb", "--media-root"])
         .arg(m)
         .output()
@@ -560,10 +494,11 @@ fn apply_usb_chooses_the_newest_valid_bundle_and_says_why_it_skipped_the_others(
     );
 
     // Installed and running 1.0.0 of profile svc in prod, the host chooses on its own.
-    let out = apply_offline(&host, &ws, &v1);
+    let out = host.apply_offline(&ws, &v1);
     assert!(out.status.success(), "apply v1: {}", text(&out));
-    let mut c = offline_installer(&host);
-    let out = apply_args(&mut c, &ws, &host)
+    let mut c = host.offline_cmd();
+    let out = host
+        .apply_args(&mut c, &ws)
         .args(["--usb", "--media-root"])
         .arg(m)
         .arg("--media-root")
@@ -616,8 +551,9 @@ fn apply_usb_chooses_the_newest_valid_bundle_and_says_why_it_skipped_the_others(
 
     // Nothing to find: said plainly.
     let empty = tempfile::tempdir().expect("empty");
-    let mut c = offline_installer(&host);
-    let out = apply_args(&mut c, &ws, &host)
+    let mut c = host.offline_cmd();
+    let out = host
+        .apply_args(&mut c, &ws)
         .args(["--usb", "--media-root"])
         .arg(empty.path())
         .output()

@@ -3,15 +3,16 @@
 //! the commit time); a one-byte recipe change gives other bytes; `verify-rebuild` confirms a
 //! clean bundle and refuses dirty or mislabelled ones.
 
-mod support;
-
 use smoker_format::bundle::read::{inspect_file, verify_file};
 use smoker_format::manifest::{Arch, Manifest};
 use smoker_format::signing::TrustedKeys;
+use smoker_testkit::bins::{xtask, xtask_release_command};
+use smoker_testkit::repo::{clone_workspace, git, hash_tree};
+use smoker_testkit::run::{assert_ok, run};
+use smoker_testkit::{sha256_file, stderr, stdout, workspace_root};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use support::{assert_ok, git, run, text};
 
 const VERSION: &str = "3.1.4";
 
@@ -25,20 +26,19 @@ struct Env<'a> {
 
 /// `cargo xtask release` through `sh -c 'umask …; exec …'`.
 fn release(project: &Path, key: &Path, out: &Path, env: &Env<'_>, extra: &[&str]) -> Output {
+    let xtask = xtask_release_command(project, key, out, VERSION, extra);
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(format!("umask {}; exec \"$0\" \"$@\"", env.umask))
-        .arg(support::xtask())
-        .args(["release", "--version", VERSION, "--secret-key"])
-        .arg(key)
-        .arg("--project-dir")
-        .arg(project)
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .current_dir(&env.cwd)
-        .env_remove("SMOKER_KEY_PASSWORD")
-        .env_remove("SMOKER_SECRET_KEY");
+        .arg(xtask.get_program())
+        .args(xtask.get_args())
+        .current_dir(&env.cwd);
+    for (k, v) in xtask.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
     for (k, v) in &env.vars {
         match v {
             Some(v) => cmd.env(k, v),
@@ -69,7 +69,7 @@ fn head_time(repo: &Path) -> String {
 
 /// Every `.tar.zst` under `dir`, relative path → sha256.
 fn bundle_hashes(dir: &Path) -> BTreeMap<String, String> {
-    support::hash_tree(dir)
+    hash_tree(dir)
         .into_iter()
         .filter(|(p, _)| p.ends_with(".tar.zst"))
         .collect()
@@ -92,7 +92,7 @@ fn expected_bundles(project: &Path) -> usize {
 }
 
 fn new_key(dir: &Path) -> (PathBuf, PathBuf) {
-    support::new_key(dir, "release");
+    smoker_testkit::bundle::new_key(dir, "release");
     (dir.join("release.key"), dir.join("release.pub"))
 }
 
@@ -103,14 +103,14 @@ fn two_clones_in_different_conditions_give_identical_bundles() {
 
     // Clone A: as it comes.
     let a = tmp.path().join("a");
-    support::clone_workspace(&a);
+    clone_workspace(&a);
     // Clone B: checked out under umask 077, then every file's mtime moved to 2001.
     let b = tmp.path().join("elsewhere").join("deeper").join("b");
     std::fs::create_dir_all(b.parent().unwrap()).unwrap();
     let o = run(Command::new("sh")
         .arg("-c")
         .arg("umask 077; exec git clone --quiet --no-hardlinks \"$0\" \"$1\"")
-        .arg(support::workspace_root())
+        .arg(workspace_root())
         .arg(&b));
     assert_ok("git clone under umask 077", &o);
     let o = run(Command::new("find")
@@ -151,8 +151,8 @@ fn two_clones_in_different_conditions_give_identical_bundles() {
     };
     release(&b, &key, &out_b, &env_b, &[]);
 
-    let files_a = support::hash_tree(&out_a);
-    let files_b = support::hash_tree(&out_b);
+    let files_a = hash_tree(&out_a);
+    let files_b = hash_tree(&out_b);
     let bundles_a = bundle_hashes(&out_a);
     assert_eq!(
         bundles_a.len(),
@@ -224,7 +224,7 @@ fn a_one_byte_recipe_change_changes_the_bundle() {
     let tmp = tempfile::tempdir().unwrap();
     let (key, _) = new_key(tmp.path());
     let repo = tmp.path().join("repo");
-    support::clone_workspace(&repo);
+    clone_workspace(&repo);
     let mut env = plain_env(tmp.path());
     // The same build time for both, so only the content and the commit differ.
     env.vars[0].1 = Some(head_time(&repo));
@@ -251,8 +251,8 @@ fn a_one_byte_recipe_change_changes_the_bundle() {
     release(&repo, &key, &after, &env, &one);
 
     let (h1, h2) = (
-        support::sha256_file(&before.join(rel)),
-        support::sha256_file(&after.join(rel)),
+        sha256_file(&before.join(rel)),
+        sha256_file(&after.join(rel)),
     );
     assert_ne!(h1, h2, "a one-byte recipe change left the bundle unchanged");
     let m1 = inspect_file(&before.join(rel)).unwrap().manifest;
@@ -272,7 +272,7 @@ fn a_one_byte_recipe_change_changes_the_bundle() {
 }
 
 fn verify_rebuild(bundle: &Path, repo: &Path) -> Output {
-    run(Command::new(support::xtask())
+    run(Command::new(xtask())
         .arg("verify-rebuild")
         .arg(bundle)
         .arg("--repo")
@@ -284,7 +284,7 @@ fn verify_rebuild_confirms_bundles_from_a_clean_clone() {
     let tmp = tempfile::tempdir().unwrap();
     let (key, _) = new_key(tmp.path());
     let repo = tmp.path().join("repo");
-    support::clone_workspace(&repo);
+    clone_workspace(&repo);
     let out = tmp.path().join("out");
     release(&repo, &key, &out, &plain_env(tmp.path()), &[]);
     let bundles = bundle_hashes(&out);
@@ -292,7 +292,7 @@ fn verify_rebuild_confirms_bundles_from_a_clean_clone() {
     for rel in bundles.keys() {
         let o = verify_rebuild(&out.join(rel), &repo);
         assert_ok(&format!("verify-rebuild {rel}"), &o);
-        let (stdout, _) = text(&o);
+        let stdout = stdout(&o);
         assert!(
             stdout.contains("reproducible:") && !stdout.contains("NOT"),
             "{rel}: {stdout}"
@@ -322,7 +322,7 @@ fn verify_rebuild_confirms_bundles_from_a_clean_clone() {
         !o.status.success(),
         "verify-rebuild passed against a repository without the commit"
     );
-    assert!(text(&o).1.contains("is not in"), "{}", text(&o).1);
+    assert!(stderr(&o).contains("is not in"), "{}", stderr(&o));
 }
 
 #[test]
@@ -330,7 +330,7 @@ fn verify_rebuild_refuses_dirty_bundles_and_detects_mislabelled_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let (key, _) = new_key(tmp.path());
     let repo = tmp.path().join("repo");
-    support::clone_workspace(&repo);
+    clone_workspace(&repo);
     let commit = git(&repo, &["rev-parse", "HEAD"]);
     let one = ["--recipe", "device", "--env", "prod", "--arch", "amd64"];
 
@@ -342,9 +342,9 @@ fn verify_rebuild_refuses_dirty_bundles_and_detects_mislabelled_ones() {
     let out = tmp.path().join("dirty");
     let o = release(&repo, &key, &out, &plain_env(tmp.path()), &one);
     assert!(
-        text(&o).1.contains("uncommitted changes"),
+        stderr(&o).contains("uncommitted changes"),
         "no warning: {}",
-        text(&o).1
+        stderr(&o)
     );
     let bundle = out.join("prod/device-3.1.4-amd64.tar.zst");
     let m = inspect_file(&bundle).unwrap().manifest;
@@ -357,7 +357,7 @@ fn verify_rebuild_refuses_dirty_bundles_and_detects_mislabelled_ones() {
         !o.status.success(),
         "verify-rebuild accepted a dirty bundle"
     );
-    assert!(text(&o).1.contains("dirty"), "{}", text(&o).1);
+    assert!(stderr(&o).contains("dirty"), "{}", stderr(&o));
 
     // A bundle that claims the clean commit but holds other content (a builder that lies
     // about its source): verify-rebuild finds the difference and names the file.
@@ -385,7 +385,7 @@ fn verify_rebuild_refuses_dirty_bundles_and_detects_mislabelled_ones() {
     let lying =
         smoker_build::release::write_release(&plan, &secret, &tmp.path().join("lying")).unwrap();
     let o = verify_rebuild(&lying.path, &repo);
-    let (stdout, stderr) = text(&o);
+    let (stdout, stderr) = (stdout(&o), stderr(&o));
     assert!(
         !o.status.success(),
         "verify-rebuild accepted a mislabelled bundle: {stdout}"

@@ -2,17 +2,19 @@
 //! the CLI verifies our signatures and signs with our keys; we verify its signatures and sign
 //! releases with its keys (password-protected and `-W`).
 
-mod support;
-
 use smoker_format::signing::{SecretKey, TrustedKeys};
+use smoker_testkit::bins::{smoker_install, xtask, xtask_release};
+use smoker_testkit::bundle::{Fixture, key_id_of};
+use smoker_testkit::repo::clone_workspace;
+use smoker_testkit::run::{assert_ok, require_minisign, run, run_with_input};
+use smoker_testkit::{stderr, stdout};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use support::{assert_ok, run, run_with_input, text};
 
 const PASSWORD: &str = "correct horse battery staple";
 
 fn minisign() -> Command {
-    support::require_minisign();
+    require_minisign();
     Command::new("minisign")
 }
 
@@ -71,12 +73,12 @@ fn cli_verify(public: &Path, file: &Path, sig: Option<&Path>) -> Output {
 
 fn smoker_verify(public: &Path, bundle: &Path) -> (Output, serde_json::Value) {
     let root = tempfile::tempdir().expect("tempdir");
-    let out = run(Command::new(support::smoker_install())
+    let out = run(Command::new(smoker_install())
         .args(["verify", "--json", "--key"])
         .arg(public)
         .arg(bundle)
         .env("SMOKER_ROOT", root.path().join("root")));
-    let (stdout, stderr) = text(&out);
+    let (stdout, stderr) = (stdout(&out), stderr(&out));
     let v = serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("verify --json printed no JSON ({e}): {stdout}{stderr}"));
     (out, v)
@@ -97,7 +99,7 @@ fn base64_encode(b: &[u8]) -> String {
 fn xtask_keygen(dir: &Path, name: &str, password: Option<&str>) -> (PathBuf, PathBuf) {
     let secret = dir.join(format!("{name}.key"));
     let public = dir.join(format!("{name}.pub"));
-    let mut cmd = Command::new(support::xtask());
+    let mut cmd = Command::new(xtask());
     cmd.arg("keygen")
         .arg("--secret-key")
         .arg(&secret)
@@ -117,12 +119,12 @@ fn xtask_keygen(dir: &Path, name: &str, password: Option<&str>) -> (PathBuf, Pat
 fn project() -> (tempfile::TempDir, PathBuf) {
     let t = tempfile::tempdir().expect("tempdir");
     let p = t.path().join("project");
-    support::clone_workspace(&p);
+    clone_workspace(&p);
     (t, p)
 }
 
 fn release_ok(project: &Path, key: &Path, out: &Path, password: Option<&str>) -> Vec<PathBuf> {
-    let o = support::xtask_release(
+    let o = xtask_release(
         project,
         key,
         out,
@@ -149,7 +151,7 @@ fn detached(bundle: &Path) -> PathBuf {
 
 #[test]
 fn minisign_cli_verifies_our_detached_and_manifest_signatures() {
-    support::require_minisign();
+    require_minisign();
     let (tmp, project) = project();
     let (secret, public) = xtask_keygen(tmp.path(), "release", Some(PASSWORD));
     let out = tmp.path().join("out");
@@ -165,18 +167,18 @@ fn minisign_cli_verifies_our_detached_and_manifest_signatures() {
         // The detached whole-file signature.
         let o = run(minisign().arg("-Vm").arg(&bundle).arg("-p").arg(&public));
         assert_ok(&format!("minisign -Vm {name}"), &o);
-        let (stdout, _) = text(&o);
+        let said = stdout(&o);
         assert!(
-            stdout.contains("Signature and comment signature verified"),
-            "{stdout}"
+            said.contains("Signature and comment signature verified"),
+            "{said}"
         );
         assert!(
-            stdout.contains(&format!("Trusted comment: {comment} file:{name}")),
-            "{name}: trusted comment not printed as expected:\n{stdout}"
+            said.contains(&format!("Trusted comment: {comment} file:{name}")),
+            "{name}: trusted comment not printed as expected:\n{said}"
         );
 
         // The manifest signature inside the bundle, over the manifest inside the bundle.
-        let entries = support::bundle_entries(&bundle);
+        let entries = smoker_testkit::bundle::bundle_entries(&bundle);
         let dir = tmp.path().join(format!("extract-{}", m.arch));
         std::fs::create_dir_all(&dir).unwrap();
         let manifest = dir.join("manifest.json");
@@ -188,11 +190,9 @@ fn minisign_cli_verifies_our_detached_and_manifest_signatures() {
         let o = cli_verify(&public, &manifest, Some(&sig));
         assert_ok("minisign -V manifest.json", &o);
         assert!(
-            text(&o)
-                .0
-                .contains(&format!("Trusted comment: {comment}\n")),
+            stdout(&o).contains(&format!("Trusted comment: {comment}\n")),
             "{}",
-            text(&o).0
+            stdout(&o)
         );
 
         // A one-byte change to the bundle is caught by the CLI.
@@ -205,7 +205,7 @@ fn minisign_cli_verifies_our_detached_and_manifest_signatures() {
         assert!(
             !o.status.success(),
             "minisign accepted a tampered bundle: {}",
-            text(&o).0
+            stdout(&o)
         );
         // So is another key.
         let other = tmp.path().join("other");
@@ -221,14 +221,23 @@ fn minisign_cli_verifies_our_detached_and_manifest_signatures() {
 
 #[test]
 fn our_verifier_and_installer_accept_signatures_made_by_the_minisign_cli() {
-    support::require_minisign();
-    let f = support::Fixture::new();
+    require_minisign();
+    let f = Fixture::new();
     let tmp = tempfile::tempdir().unwrap();
     let (cli_secret, cli_public) = cli_keygen(tmp.path(), "cli", Some(PASSWORD));
-    let cli_id = support::key_id_of(&cli_public);
+    let cli_id = key_id_of(&cli_public);
     let pub_text = std::fs::read_to_string(&cli_public).unwrap();
-    assert!(
-        pub_text.lines().next().unwrap().ends_with(&cli_id),
+    // The CLI prints the id as a number (`%PRIX64`: no leading zeros, so one key in sixteen
+    // has a 15-digit name); the same number is the same key.
+    let cli_named = pub_text
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("untrusted comment: minisign public key ")
+        .and_then(|id| u64::from_str_radix(id, 16).ok());
+    assert_eq!(
+        cli_named,
+        Some(u64::from_str_radix(&cli_id, 16).expect("our key id is hex")),
         "the CLI names its key {:?}; we compute {cli_id}",
         pub_text.lines().next()
     );
@@ -266,29 +275,17 @@ fn our_verifier_and_installer_accept_signatures_made_by_the_minisign_cli() {
     );
 
     // A bundle carrying the CLI-made manifest signature passes the installer's verify.
-    let payload: Vec<_> = f
-        .files
-        .iter()
-        .map(|(e, b)| {
-            (
-                e.clone(),
-                smoker_format::bundle::write::Payload::Bytes(b.clone()),
-            )
-        })
-        .collect();
-    let bytes =
-        smoker_format::bundle::write::write_bundle(Vec::new(), &f.manifest, &cli_sig, &payload)
-            .expect("write_bundle");
+    let bytes = f.bundle_with_signature(&cli_sig);
     let bundle = tmp.path().join("corpus-1.0.0-amd64.tar.zst");
     std::fs::write(&bundle, bytes).unwrap();
     let (o, v) = smoker_verify(&cli_public, &bundle);
     assert!(o.status.success(), "smoker-install verify refused: {v}");
     assert_eq!(v["ok"], true);
-    assert_eq!(v["key_id"], cli_id.as_str());
+    assert_eq!(v["data"]["key_id"], cli_id.as_str());
     // Only the CLI key signed it.
     let (o, v) = smoker_verify(&f.pub_path, &bundle);
     assert!(!o.status.success());
-    assert_eq!(v["error"], "untrusted-key", "{v}");
+    assert_eq!(v["data"]["reason"], "untrusted-key", "{v}");
 
     // Ed25519 is deterministic: the CLI signing with our key gives our signature, byte for
     // byte (all but the untrusted comment line).
@@ -307,21 +304,19 @@ fn our_verifier_and_installer_accept_signatures_made_by_the_minisign_cli() {
 
 #[test]
 fn keys_made_by_the_minisign_cli_sign_releases() {
-    support::require_minisign();
+    require_minisign();
     let (tmp, project) = project();
     for (name, password) in [("cli-password", Some(PASSWORD)), ("cli-nopassword", None)] {
         let (secret, public) = cli_keygen(tmp.path(), name, password);
-        let id = support::key_id_of(&public);
+        let id = key_id_of(&public);
         let out = tmp.path().join(format!("out-{name}"));
         for bundle in release_ok(&project, &secret, &out, password) {
             let o = cli_verify(&public, &bundle, None);
             assert_ok(&format!("minisign -Vm {} ({name})", bundle.display()), &o);
             assert!(
-                text(&o)
-                    .0
-                    .contains("Trusted comment: smoker-release name:device"),
+                stdout(&o).contains("Trusted comment: smoker-release name:device"),
                 "{}",
-                text(&o).0
+                stdout(&o)
             );
             let (o, v) = smoker_verify(&public, &bundle);
             assert!(
@@ -329,13 +324,13 @@ fn keys_made_by_the_minisign_cli_sign_releases() {
                 "{name}: smoker-install verify refused: {v}"
             );
             assert_eq!(v["ok"], true);
-            assert_eq!(v["key_id"], id.as_str(), "{name}");
+            assert_eq!(v["data"]["key_id"], id.as_str(), "{name}");
         }
     }
 
     // A password-protected CLI key: a wrong password and no password are refused clearly.
     let secret = tmp.path().join("cli-password.key");
-    let o = support::xtask_release(
+    let o = xtask_release(
         &project,
         &secret,
         &tmp.path().join("out-wrong"),
@@ -345,11 +340,11 @@ fn keys_made_by_the_minisign_cli_sign_releases() {
     );
     assert!(!o.status.success(), "a wrong password was accepted");
     assert!(
-        text(&o).1.contains("wrong password"),
+        stderr(&o).contains("wrong password"),
         "unclear error: {}",
-        text(&o).1
+        stderr(&o)
     );
-    let o = support::xtask_release(
+    let o = xtask_release(
         &project,
         &secret,
         &tmp.path().join("out-none"),
@@ -359,15 +354,15 @@ fn keys_made_by_the_minisign_cli_sign_releases() {
     );
     assert!(!o.status.success(), "released without the key's password");
     assert!(
-        text(&o).1.contains("SMOKER_KEY_PASSWORD"),
+        stderr(&o).contains("SMOKER_KEY_PASSWORD"),
         "unclear error: {}",
-        text(&o).1
+        stderr(&o)
     );
 }
 
 #[test]
 fn damaged_unencrypted_cli_key_is_refused() {
-    support::require_minisign();
+    require_minisign();
     let tmp = tempfile::tempdir().unwrap();
     let (secret, _) = cli_keygen(tmp.path(), "plain", None);
     SecretKey::load(&secret, None).expect("an intact -W key loads");
@@ -390,7 +385,7 @@ fn damaged_unencrypted_cli_key_is_refused() {
 
 #[test]
 fn minisign_cli_signs_with_keys_made_by_our_keygen() {
-    support::require_minisign();
+    require_minisign();
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("data.txt");
     std::fs::write(
@@ -406,11 +401,9 @@ fn minisign_cli_signs_with_keys_made_by_our_keygen() {
         let o = cli_verify(&public, &file, Some(&sig));
         assert_ok(&format!("minisign -V ({name})"), &o);
         assert!(
-            text(&o)
-                .0
-                .contains(&format!("Trusted comment: made with {name}")),
+            stdout(&o).contains(&format!("Trusted comment: made with {name}")),
             "{}",
-            text(&o).0
+            stdout(&o)
         );
         let keys = TrustedKeys::from_file(&public).unwrap();
         let v = keys
@@ -420,6 +413,6 @@ fn minisign_cli_signs_with_keys_made_by_our_keygen() {
             )
             .expect("our verifier accepts the CLI's signature");
         assert_eq!(v.trusted_comment, format!("made with {name}"));
-        assert_eq!(v.key_id, support::key_id_of(&public));
+        assert_eq!(v.key_id, key_id_of(&public));
     }
 }

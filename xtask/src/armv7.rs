@@ -14,8 +14,8 @@
 //! to the cargo processes started here: the rest of the workspace keeps building with the
 //! rustup toolchain.
 
+use crate::process::{cargo_program, run_capture, run_checked, step, which};
 use anyhow::{Context as _, Result, bail};
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -129,7 +129,6 @@ pub fn run(args: &Armv7Args, workspace: &Path) -> Result<()> {
         });
         let t = Instant::now();
         crate::smoke::run(&crate::smoke::Options {
-            workspace: workspace.to_path_buf(),
             installer: binary.clone(),
             runner: vec![QEMU.into()],
             payload_mib: args.measure_mib,
@@ -273,11 +272,6 @@ fn build_host_installer(workspace: &Path) -> Result<PathBuf> {
     Ok(dir.join("release").join("smoker-install"))
 }
 
-/// The cargo that runs this xtask (`CARGO`), else `cargo` from `PATH`.
-pub fn cargo_program() -> OsString {
-    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
-}
-
 /// Parses `export NAME=VALUE` lines (VALUE optionally in double quotes).
 fn parse_exports(text: &str) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
@@ -301,83 +295,20 @@ fn parse_exports(text: &str) -> Result<Vec<(String, String)>> {
 /// interpreter (`PT_INTERP`), i.e. it needs no dynamic loader or shared glibc on the Pi.
 /// Returns its size in bytes.
 pub fn check_static_arm_executable(path: &Path) -> Result<u64> {
-    const EM_ARM: u16 = 40;
-    const PT_INTERP: u32 = 3;
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let u16_at = |off: usize| {
-        bytes
-            .get(off..off + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-    };
-    let u32_at = |off: usize| {
-        bytes
-            .get(off..off + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    if !(bytes.starts_with(b"\x7fELF") && bytes.get(4) == Some(&1) && bytes.get(5) == Some(&1)) {
+    let elf = smoker_testkit::elf::read_elf(path).map_err(anyhow::Error::msg)?;
+    if elf.bits != 32 {
         bail!("{} is not a 32-bit little-endian ELF file", path.display());
     }
-    if u16_at(0x12) != Some(EM_ARM) {
+    if elf.machine != smoker_testkit::elf::EM_ARM {
         bail!("{} is not an ARM executable", path.display());
     }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u32_at(0x1c), u16_at(0x2a), u16_at(0x2c))
-    else {
-        bail!("{}: truncated ELF header", path.display());
-    };
-    for i in 0..usize::from(phnum) {
-        let off = usize::try_from(phoff)? + i * usize::from(phentsize);
-        let Some(p_type) = u32_at(off) else {
-            bail!("{}: truncated program headers", path.display());
-        };
-        if p_type == PT_INTERP {
-            bail!(
-                "{} is dynamically linked (it has a program interpreter); the armv7 installer must be static to run on the Pi's older glibc",
-                path.display()
-            );
-        }
-    }
-    Ok(bytes.len() as u64)
-}
-
-/// Prints a step heading.
-pub fn step(what: &str) {
-    println!("==> {what}");
-}
-
-/// Runs `cmd` with inherited output; an error naming `what` when it fails.
-pub fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
-    if !status.success() {
-        bail!("{what} failed ({status})");
-    }
-    Ok(())
-}
-
-/// Runs `cmd` and returns its stdout; an error with its stderr when it fails.
-pub fn run_capture(cmd: &mut Command, what: &str) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
-    if !out.status.success() {
+    if elf.interpreter {
         bail!(
-            "{what} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            "{} is dynamically linked (it has a program interpreter); the armv7 installer must be static to run on the Pi's older glibc",
+            path.display()
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The full path of `program` on `PATH`, if any.
-pub fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
+    Ok(elf.size)
 }
 
 fn is_root() -> bool {

@@ -7,6 +7,7 @@
 //! - `armv7`: cross-build the installer for the Pi and test it under qemu (see `armv7.rs`).
 
 mod armv7;
+mod process;
 mod smoke;
 
 use smoker_build::{offline, registry, resolve as lock};

@@ -16,18 +16,29 @@
 //!    generation 1 `good` on armv7, and `audit verify` holds;
 //! 4. removes its containers, network, images, registry and files, also on failure.
 //!
+//! Everything it needs from Docker, the registry, the test service and the project comes from
+//! the workspace's test kit (`smoker-testkit`), the same one the integration tests use.
+//!
 //! With a payload size (`--measure-mib`) the recipe also bind-mounts a data directory of that
 //! size, and verify and apply are timed with their peak RSS (GNU time), next to the x86_64
 //! installer's verify of the same bundle.
 
-use crate::armv7::{cargo_program, run_capture, step, which};
+use crate::process::{step, which};
 use anyhow::{Context as _, Result, bail};
+use smoker_format::manifest::Arch;
+use smoker_testkit::docker::{
+    available_frontends, check_docker, docker, image_inspect, running_containers,
+};
+use smoker_testkit::images::unique_testsvc;
+use smoker_testkit::ports::free_port;
+use smoker_testkit::project::{Driver, RecipeToml, Release, WebService};
+use smoker_testkit::registry::find_registry_binary;
+use smoker_testkit::{Cleanup, Host, Project, Pushed, Registry, http, unique_name};
 use std::ffi::OsString;
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 /// Recipe (and so profile) name of the smoke bundle.
 const RECIPE: &str = "smoke";
@@ -37,21 +48,9 @@ const ENVIRONMENT: &str = "smoke";
 const VERSION: &str = "1.0.0";
 /// What the service answers on `/version`.
 const VERSION_TEXT: &str = "smoke-1.0.0";
-/// The target the static test service is built for (its image runs natively on the host).
-const SVC_TARGET: &str = "x86_64-unknown-linux-gnu";
-/// Dockerfile of the test service image.
-const DOCKERFILE: &str = "FROM scratch
-COPY testsvc /testsvc
-HEALTHCHECK --interval=1s --timeout=2s --retries=3 --start-period=10s CMD [\"/testsvc\", \"probe\", \"http://127.0.0.1:8080/health\"]
-EXPOSE 8080
-ENTRYPOINT [\"/testsvc\"]
-CMD [\"serve\"]
-";
 
 /// What to test.
 pub struct Options {
-    /// Workspace root.
-    pub workspace: PathBuf,
     /// The `smoker-install` binary under test.
     pub installer: PathBuf,
     /// Command prefix that runs it (e.g. `["qemu-arm-static"]`); empty to run it directly.
@@ -62,125 +61,72 @@ pub struct Options {
     pub host_installer: Option<PathBuf>,
 }
 
-/// Runs the smoke test; every failed expectation is an error naming what was seen.
+/// Runs the smoke test; every failed expectation is an error naming what was seen. (The test
+/// kit panics on a failed Docker or registry step; that becomes an error here too, after its
+/// guards cleaned up.)
 pub fn run(o: &Options) -> Result<()> {
     require_tools(o)?;
-    let unique = unique_name();
-    let work = tempfile::Builder::new()
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| smoke(o))) {
+        Ok(result) => result,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic without a message");
+            bail!("the smoke test failed: {why}")
+        }
+    }
+}
+
+fn smoke(o: &Options) -> Result<()> {
+    // Declared first, so dropped last: containers, networks and images go after the registry,
+    // the host root and the project.
+    let mut cleanup = Cleanup::new();
+    let work_dir = tempfile::Builder::new()
         .prefix("smoker-smoke-")
         .tempdir()
-        .context("creating a temporary directory")?
-        .keep();
-    // The guard removes the directory too, after the containers that use it.
-    let mut guard = Guard::default();
-    guard.work = Some(work.clone());
-    let work = work.as_path();
+        .context("creating a temporary directory")?;
+    let work = work_dir.path();
 
-    step("building the static test service and its image");
-    let svc = build_testsvc(&o.workspace)?;
-    let context = work.join("image");
-    std::fs::create_dir_all(&context)?;
-    std::fs::copy(&svc, context.join("testsvc"))
-        .with_context(|| format!("copying {}", svc.display()))?;
-    std::fs::write(context.join("Dockerfile"), DOCKERFILE)?;
-    let local_tag = format!("{unique}:v1");
-    guard.images.push(local_tag.clone());
-    docker(&[
-        "build",
-        "--quiet",
-        "--tag",
-        &local_tag,
-        // A label unique to this run gives the image an ID of its own, so removing the tags
-        // below really removes the image and the installer has to pull it.
-        "--label",
-        &format!("org.smoker-release.smoke={unique}"),
-        &context.to_string_lossy(),
-    ])?;
-    let image_id = docker(&["image", "inspect", "--format", "{{.Id}}", &local_tag])?;
-
-    step("pushing it to a registry on loopback");
-    let registry = Registry::start(&work.join("registry"))?;
-    let port = registry.port;
-    guard.registry = Some(registry);
-    let repo = format!("127.0.0.1:{port}/{unique}");
-    let remote = format!("{repo}:1");
-    guard.images.push(remote.clone());
-    docker(&["tag", &local_tag, &remote])?;
-    docker(&["push", &remote])?;
-    let digests = docker(&[
-        "image",
-        "inspect",
-        "--format",
-        "{{json .RepoDigests}}",
-        &remote,
-    ])?;
-    let digests: Vec<String> = serde_json::from_str(&digests)
-        .with_context(|| format!("reading the repo digests of {remote}: {digests}"))?;
-    let digest = digests
-        .iter()
-        .find_map(|d| d.strip_prefix(&format!("{repo}@")))
-        .with_context(|| format!("no registry digest for {remote} after the push: {digests:?}"))?
-        .to_string();
-    let pinned = format!("{repo}@{digest}");
-    guard.images.push(pinned.clone());
-    guard.images.push(image_id.clone());
-    docker(&["rmi", &remote, &local_tag])?;
-    if docker_ok(&["image", "inspect", &pinned]) {
+    step("building the static test service and its image, pushing it to a registry on loopback");
+    let registry = Registry::start();
+    let repo = unique_name("smoke");
+    // An image ID of its own (a label unique to this run), so removing its tags below really
+    // removes the image and the installer has to pull it.
+    let image = unique_testsvc(&registry, &mut cleanup, &repo, "1");
+    let pinned = registry.digest_reference(&repo, &image.digest);
+    cleanup.image(&pinned);
+    docker(&["rmi", &image.reference, &image.local]);
+    if image_inspect(&pinned, "{{.Id}}").is_some() {
         bail!(
             "{pinned} is still in the engine after removing its tags; the pull would not be tested"
         );
     }
-    println!("image {pinned} (id {image_id}), removed locally: apply must pull it");
+    println!(
+        "image {pinned} (id {}), removed locally: apply must pull it",
+        image.id
+    );
 
     step("writing the project and releasing an armv7 bundle");
-    let svc_port = free_port()?;
-    let project = work.join("project");
-    write_project(
-        &project,
-        &remote,
-        &digest,
-        &image_id,
-        svc_port,
-        o.payload_mib,
-    )?;
+    let svc_port = free_port();
     // A private copy of this very binary (through /proc/self/exe, which stays readable when a
     // concurrent `cargo build` replaces target/debug/xtask) runs `keygen` and `release`.
     let xtask = work.join("xtask");
     std::fs::copy("/proc/self/exe", &xtask)
         .or_else(|_| std::fs::copy(std::env::current_exe()?, &xtask))
         .context("copying the xtask binary")?;
-    let key = work.join("release.key");
-    let public = work.join("release.pub");
-    run_capture(
-        Command::new(&xtask)
-            .arg("keygen")
-            .arg("--no-password")
-            .arg("--secret-key")
-            .arg(&key)
-            .arg("--public-key")
-            .arg(&public),
-        "xtask keygen",
-    )?;
-    let out = work.join("out");
+    let project = Project::new(Driver::Cli(xtask));
+    write_project(&project, &image, svc_port, o.payload_mib)?;
     let t = Instant::now();
-    run_capture(
-        Command::new(&xtask)
-            .args(["release", "--version", VERSION, "--recipe", RECIPE])
-            .args(["--arch", "armv7", "--env", ENVIRONMENT])
-            .arg("--project-dir")
-            .arg(&project)
-            .arg("--secret-key")
-            .arg(&key)
-            .arg("--out")
-            .arg(&out)
-            .env("SOURCE_DATE_EPOCH", "1700000000")
-            .env_remove("SMOKER_SECRET_KEY")
-            .env_remove("SMOKER_KEY_PASSWORD"),
-        "xtask release",
-    )?;
-    let bundle = out
-        .join(ENVIRONMENT)
-        .join(format!("{RECIPE}-{VERSION}-armv7.tar.zst"));
+    let bundle = project
+        .release(
+            &Release::new(RECIPE, VERSION)
+                .arch(Arch::Armv7)
+                .env(ENVIRONMENT)
+                .out("out"),
+        )
+        .bundle;
     let bundle_size = std::fs::metadata(&bundle)
         .with_context(|| format!("the release wrote no {}", bundle.display()))?
         .len();
@@ -191,31 +137,26 @@ pub fn run(o: &Options) -> Result<()> {
     );
     if o.payload_mib.is_some() {
         // The payload is in the bundle now; free the space.
-        std::fs::remove_dir_all(project.join("recipes").join(RECIPE).join("data")).ok();
+        std::fs::remove_dir_all(project.recipe_dir(RECIPE).join("data")).ok();
     }
 
-    let root = work.join("root");
-    let host_config = work.join("host.toml");
-    std::fs::write(&host_config, format!("environment = \"{ENVIRONMENT}\"\n"))?;
-    let env_file = work.join("smoke.env");
-    write_private(&env_file, "SMOKE_SECRET=s3cret-for-the-smoke-test\n")?;
-    let compose_project = format!("{unique}-stack");
-    guard.compose_projects.push(compose_project.clone());
-    let host = Host {
-        runner: o.runner.clone(),
-        installer: o.installer.clone(),
-        root,
-        host_config,
-    };
+    let host = Host::with_installer(&mut cleanup, o.installer.clone(), o.runner.clone());
+    std::fs::write(
+        host.host_config(),
+        format!("environment = \"{ENVIRONMENT}\"\n"),
+    )?;
+    project.write_env_file("SMOKE_SECRET=s3cret-for-the-smoke-test\n");
+    let public = &project.public_key;
 
     step("verify");
     let measure = o.payload_mib.is_some();
-    let verify_args = |h: &Host| {
-        let mut c = h.cmd();
-        c.arg("verify").arg("--key").arg(&public).arg(&bundle);
-        c
-    };
-    let verify = timed(&mut verify_args(&host), measure, work)?;
+    let mut verify_cmd = host.cmd();
+    verify_cmd
+        .arg("verify")
+        .arg("--key")
+        .arg(public)
+        .arg(&bundle);
+    let verify = timed(&mut verify_cmd, measure, work)?;
     expect_success(&verify, "verify")?;
     if !verify.stdout.starts_with("OK ") {
         bail!("verify did not print OK:\n{}", verify.describe());
@@ -232,7 +173,7 @@ pub fn run(o: &Options) -> Result<()> {
         *byte ^= 0x55;
         std::fs::write(&bad, bytes)?;
         let mut c = host.cmd();
-        let rejected = output(c.arg("verify").arg("--key").arg(&public).arg(&bad))?;
+        let rejected = output(c.arg("verify").arg("--key").arg(public).arg(&bad))?;
         if rejected.success {
             bail!(
                 "verify accepted a corrupted bundle:\n{}",
@@ -252,17 +193,7 @@ pub fn run(o: &Options) -> Result<()> {
     }
 
     step("apply");
-    let mut apply_cmd = host.cmd();
-    apply_cmd
-        .arg("apply")
-        .arg("--key")
-        .arg(&public)
-        .arg("--env-file")
-        .arg(&env_file)
-        .arg("--project")
-        .arg(&compose_project)
-        .arg(&bundle);
-    let apply = timed(&mut apply_cmd, measure, work)?;
+    let apply = timed(&mut host.apply_cmd(&project, &bundle, &[]), measure, work)?;
     expect_success(&apply, "apply")?;
     for line in apply.stderr.lines().chain(apply.stdout.lines()) {
         println!("    {line}");
@@ -270,8 +201,9 @@ pub fn run(o: &Options) -> Result<()> {
     println!("apply succeeded in {:.1} s", apply.wall_secs);
 
     step("checking the running stack");
-    let (status, body) = http_get(svc_port, "/version")
+    let answer = http::get(&format!("http://127.0.0.1:{svc_port}/version"))
         .with_context(|| format!("the service does not answer on 127.0.0.1:{svc_port}"))?;
+    let (status, body) = (answer.status, answer.text());
     if status != 200 || body.trim() != VERSION_TEXT {
         bail!("GET /version answered {status} {body:?}, expected 200 {VERSION_TEXT:?}");
     }
@@ -279,31 +211,27 @@ pub fn run(o: &Options) -> Result<()> {
         "GET http://127.0.0.1:{svc_port}/version → {status} {}",
         body.trim()
     );
-    let containers = docker(&[
-        "ps",
-        "-q",
-        "--filter",
-        &format!("label=com.docker.compose.project={compose_project}"),
-    ])?;
-    let containers: Vec<&str> = containers.split_whitespace().collect();
-    if containers.len() != 1 {
-        bail!("expected one running container of {compose_project}, found {containers:?}");
+    let containers = running_containers(&host.project);
+    let [(container, running_image)] = containers.as_slice() else {
+        bail!(
+            "expected one running container of {}, found {containers:?}",
+            host.project
+        );
+    };
+    if *running_image != image.id {
+        bail!(
+            "the container runs image {running_image}, the lock pins {}",
+            image.id
+        );
     }
-    let running_image = docker(&["inspect", "--format", "{{.Image}}", containers[0]])?;
-    if running_image != image_id {
-        bail!("the container runs image {running_image}, the lock pins {image_id}");
-    }
-    println!(
-        "container {} runs the pinned image {image_id}",
-        containers[0]
-    );
+    println!("container {container} runs the pinned image {}", image.id);
 
     let mut c = host.cmd();
     let status_out = output(c.args(["status", "--json"]))?;
     expect_success(&status_out, "status --json")?;
     let v: serde_json::Value = serde_json::from_str(&status_out.stdout)
         .with_context(|| format!("status --json is not JSON:\n{}", status_out.stdout))?;
-    let s = v
+    let s = v["data"]["profiles"]
         .as_array()
         .and_then(|a| a.iter().find(|p| p["profile"] == RECIPE))
         .with_context(|| format!("status lists no profile `{RECIPE}`:\n{}", status_out.stdout))?;
@@ -333,7 +261,7 @@ pub fn run(o: &Options) -> Result<()> {
         report_measurements(
             o,
             &host,
-            &public,
+            public,
             &bundle,
             bundle_size,
             mib,
@@ -344,7 +272,10 @@ pub fn run(o: &Options) -> Result<()> {
     }
 
     step("cleaning up");
-    drop(guard);
+    drop(host);
+    drop(project);
+    drop(registry);
+    drop(cleanup);
     println!("containers, network, images and registry removed");
     Ok(())
 }
@@ -443,39 +374,6 @@ fn zstd_len(path: &Path) -> Option<u64> {
     child.wait().ok()?.success().then_some(n)
 }
 
-/// The host root and installer command line.
-struct Host {
-    runner: Vec<OsString>,
-    installer: PathBuf,
-    root: PathBuf,
-    host_config: PathBuf,
-}
-
-impl Host {
-    /// `[runner…] smoker-install --root R --host-config H`, with no `SMOKER_*` variables from
-    /// the caller's environment (no fault injection, no foreign-arch override).
-    fn cmd(&self) -> Command {
-        let mut c = match self.runner.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(&self.installer);
-                c
-            }
-            None => Command::new(&self.installer),
-        };
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("SMOKER_") {
-                c.env_remove(k);
-            }
-        }
-        c.arg("--root")
-            .arg(&self.root)
-            .arg("--host-config")
-            .arg(&self.host_config);
-        c
-    }
-}
-
 /// A finished command.
 #[derive(Clone, Debug)]
 struct Outcome {
@@ -551,20 +449,13 @@ fn timed(c: &mut Command, measure: bool, work: &Path) -> Result<Outcome> {
 
 /// Fails naming what is missing: Docker, a compose front end, the registry, the runner.
 fn require_tools(o: &Options) -> Result<()> {
-    if !docker_ok(&["info", "--format", "{{.ServerVersion}}"]) {
-        bail!("the smoke test needs a running Docker daemon (`docker info` failed)");
+    if let Err(e) = check_docker() {
+        bail!("the smoke test needs a running Docker daemon: {e}");
     }
-    let v2 = docker_ok(&["compose", "version"]);
-    let v1 = Command::new("docker-compose")
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !v1 && !v2 {
+    if available_frontends().is_empty() {
         bail!("the smoke test needs a compose front end (`docker compose` or `docker-compose`)");
     }
-    if registry_binary().is_none() {
+    if find_registry_binary().is_none() {
         bail!(
             "the smoke test needs the registry binary `docker-registry` (Debian package `docker-registry`)"
         );
@@ -581,118 +472,40 @@ fn require_tools(o: &Options) -> Result<()> {
     Ok(())
 }
 
-/// Builds `tests/testsvc` fully static for x86_64 (into `target/testsvc-static`, shared with
-/// the integration tests) and returns the binary.
-fn build_testsvc(workspace: &Path) -> Result<PathBuf> {
-    let target_dir = workspace.join("target").join("testsvc-static");
-    let out = Command::new(cargo_program())
-        .current_dir(workspace)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--locked",
-            "-p",
-            "testsvc",
-            "--target",
-            SVC_TARGET,
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("RUSTC")
-        .env_remove("RUSTDOC")
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .output()
-        .context("running cargo")?;
-    if !out.status.success() {
-        bail!(
-            "building the static test service failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(target_dir.join(SVC_TARGET).join("release").join("testsvc"))
-}
-
 /// Writes `recipes/smoke/{compose.yaml,recipe.toml[,data/]}` and `recipes/smoke.lock`.
 fn write_project(
-    project: &Path,
-    image: &str,
-    digest: &str,
-    image_id: &str,
+    project: &Project,
+    image: &Pushed,
     port: u16,
     payload_mib: Option<u64>,
 ) -> Result<()> {
-    let recipe = project.join("recipes").join(RECIPE);
-    std::fs::create_dir_all(&recipe)?;
-    let volumes = if payload_mib.is_some() {
-        "    volumes:\n      - ./data:/srv/data:ro\n"
-    } else {
-        ""
-    };
-    std::fs::write(
-        recipe.join("compose.yaml"),
-        format!(
-            "services:
-  web:
-    image: {image}
-    environment:
-      TESTSVC_VERSION: ${{VERSION_TEXT}}
-      SECRET: ${{SMOKE_SECRET:?set SMOKE_SECRET}}
-    ports:
-      - \"127.0.0.1:${{PORT}}:8080\"
-    stop_grace_period: 1s
-{volumes}"
-        ),
-    )?;
+    let mut compose =
+        WebService::new(&image.reference).env("SECRET", "${SMOKE_SECRET:?set SMOKE_SECRET}");
+    if payload_mib.is_some() {
+        compose = compose.volume("./data:/srv/data:ro");
+    }
     // The health check goes through `localhost`: name resolution of the static armv7 binary
     // (glibc's built-in files backend) is exercised too.
-    std::fs::write(
-        recipe.join("recipe.toml"),
-        format!(
-            "description = \"Smoke test: the test service, pinned by digest\"
-
-[health]
-window_secs = 90
-failures = 5
-interval_ms = 500
-successes = 2
-
-[[health.http]]
-name = \"web\"
-url = \"http://localhost:${{PORT}}/health\"
-body_contains = \"ok\"
-timeout_ms = 3000
-
-[secrets]
-required = [\"SMOKE_SECRET\"]
-
-[env.{ENVIRONMENT}.config]
-PORT = \"{port}\"
-VERSION_TEXT = \"{VERSION_TEXT}\"
-"
-        ),
-    )?;
-    std::fs::write(
-        project.join("recipes").join(format!("{RECIPE}.lock")),
-        format!(
-            "version = 1
-
-# The test image is x86_64 and runs natively; the armv7 installer under qemu only drives
-# docker, so the armv7 slot pins that image.
-[[image]]
-reference = \"{image}\"
-
-[image.platforms.armv7]
-digest = \"{digest}\"
-config_digest = \"{image_id}\"
-"
-        ),
-    )?;
+    let recipe = RecipeToml::new(90)
+        .description("Smoke test: the test service, pinned by digest")
+        .failures(5)
+        .interval_ms(500)
+        .successes(2)
+        .http_check("http://localhost:${PORT}/health", 3000)
+        .secret("SMOKE_SECRET")
+        .env(
+            ENVIRONMENT,
+            &[
+                ("PORT", port.to_string()),
+                ("VERSION_TEXT", VERSION_TEXT.to_string()),
+            ],
+        );
+    project.write_recipe(RECIPE, &compose.yaml(), &recipe.to_toml());
+    // The test image is x86_64 and runs natively; the armv7 installer under qemu only drives
+    // docker, so the armv7 slot pins that image.
+    project.pin(RECIPE, image, Arch::Armv7);
     if let Some(mib) = payload_mib {
-        write_payload(&recipe.join("data"), mib)?;
+        write_payload(&project.recipe_dir(RECIPE).join("data"), mib)?;
     }
     Ok(())
 }
@@ -746,231 +559,4 @@ fn write_payload(dir: &Path, mib: u64) -> Result<()> {
         f.flush()?;
     }
     Ok(())
-}
-
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
-}
-
-/// Runs `docker ARGS`; its trimmed stdout, or an error with its stderr.
-fn docker(args: &[&str]) -> Result<String> {
-    let out = run_capture(
-        Command::new("docker").args(args),
-        &format!("docker {}", args.join(" ")),
-    )?;
-    Ok(out.trim().to_string())
-}
-
-fn docker_ok(args: &[&str]) -> bool {
-    Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// `smoker-smoke-<pid>-<random>`: a name for images, the repository and the compose project.
-fn unique_name() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "smoker-smoke-{}-{:05x}",
-        std::process::id(),
-        nanos & 0xfffff
-    )
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-/// `GET path` on 127.0.0.1:port; the status code and body.
-fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("not an HTTP response: {head:?}"))?;
-    Ok((status, body.to_string()))
-}
-
-fn registry_binary() -> Option<PathBuf> {
-    which("docker-registry").or_else(|| {
-        let p = PathBuf::from("/usr/bin/docker-registry");
-        p.is_file().then_some(p)
-    })
-}
-
-/// Debian's registry on a free loopback port, storage under `dir`.
-struct Registry {
-    child: Child,
-    port: u16,
-}
-
-impl Registry {
-    fn start(dir: &Path) -> Result<Registry> {
-        let binary = registry_binary().context("docker-registry is not installed")?;
-        std::fs::create_dir_all(dir.join("storage"))?;
-        let mut last = String::new();
-        for _ in 0..5 {
-            let port = free_port()?;
-            let config = dir.join("config.yml");
-            std::fs::write(
-                &config,
-                format!(
-                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
-                     storage:\n  filesystem:\n    rootdirectory: {}\n\
-                     http:\n  addr: 127.0.0.1:{port}\n  secret: smoker-release-smoke\n\
-                     health:\n  storagedriver:\n    enabled: false\n",
-                    dir.join("storage").display()
-                ),
-            )?;
-            let log = std::fs::File::create(dir.join("registry.log"))?;
-            let mut cmd = Command::new(&binary);
-            cmd.arg("serve")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log);
-            for (k, _) in std::env::vars_os() {
-                if k.to_string_lossy().starts_with("REGISTRY_") {
-                    cmd.env_remove(k);
-                }
-            }
-            let child = cmd
-                .spawn()
-                .with_context(|| format!("starting {}", binary.display()))?;
-            let mut r = Registry { child, port };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(status)) = r.child.try_wait() {
-                    last = format!("registry exited with {status}");
-                    break;
-                }
-                if matches!(http_get(port, "/v2/"), Ok((200, _))) {
-                    return Ok(r);
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            r.stop();
-            last = format!(
-                "{last}\n{}",
-                std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
-            );
-        }
-        bail!("the loopback registry did not start:\n{last}")
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Removes, on drop (also after a failure), what the smoke test created in Docker, and stops
-/// the registry.
-#[derive(Default)]
-struct Guard {
-    compose_projects: Vec<String>,
-    images: Vec<String>,
-    registry: Option<Registry>,
-    /// The scratch directory, deleted last (store entries in it are read-only).
-    work: Option<PathBuf>,
-}
-
-/// Gives the owner write permission on every directory below `path` (store entries are
-/// read-only), so that it can be deleted without root.
-fn make_writable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return;
-    };
-    if meta.is_dir() {
-        let mut perm = meta.permissions();
-        perm.set_mode(perm.mode() | 0o700);
-        let _ = std::fs::set_permissions(path, perm);
-        if let Ok(entries) = std::fs::read_dir(path) {
-            for e in entries.flatten() {
-                make_writable(&e.path());
-            }
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let ids = |args: &[&str]| -> Vec<String> {
-            Command::new("docker")
-                .args(args)
-                .stdin(Stdio::null())
-                .stderr(Stdio::null())
-                .output()
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .split_whitespace()
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        // `docker PREFIX… ITEMS…`, only when there are items.
-        let quiet = |prefix: &[&str], items: Vec<String>| {
-            if !items.is_empty() {
-                let _ = Command::new("docker")
-                    .args(prefix)
-                    .args(items)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        };
-        for p in &self.compose_projects {
-            let label = format!("label=com.docker.compose.project={p}");
-            quiet(&["rm", "-f", "-v"], ids(&["ps", "-aq", "--filter", &label]));
-            quiet(
-                &["network", "rm"],
-                ids(&["network", "ls", "-q", "--filter", &label]),
-            );
-            quiet(
-                &["volume", "rm", "-f"],
-                ids(&["volume", "ls", "-q", "--filter", &label]),
-            );
-        }
-        quiet(&["rmi", "-f"], std::mem::take(&mut self.images));
-        if let Some(r) = &mut self.registry {
-            r.stop();
-        }
-        if let Some(dir) = self.work.take() {
-            make_writable(&dir);
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                eprintln!("warning: could not remove {}: {e}", dir.display());
-            }
-        }
-    }
 }

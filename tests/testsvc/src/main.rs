@@ -1,4 +1,4 @@
-//! `testsvc` — a tiny, dependency-free HTTP service used as the payload of
+//! `testsvc` — a tiny HTTP service (std only, plus `sha2` for hashing) used as the payload of
 //! smoker-release's integration tests. It is built as a fully static binary
 //! and shipped in a `FROM scratch` image, so it also carries its own health
 //! probe (there is no curl in such an image).
@@ -50,7 +50,6 @@
 
 mod http;
 mod records;
-mod sha256;
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -328,7 +327,7 @@ fn route(req: &http::Request, config: &Config) -> (u16, Vec<u8>) {
             Err(e) => text(500, &format!("read failed: {e}")),
         },
         ("GET", "/records/sha256") => match records::read(&config.data_dir) {
-            Ok(contents) => text(200, &sha256::hex_digest(&contents.unwrap_or_default())),
+            Ok(contents) => text(200, &sha256_hex(&contents.unwrap_or_default())),
             Err(e) => text(500, &format!("read failed: {e}")),
         },
         (_, "/health" | "/version" | "/records" | "/records/sha256") => {
@@ -336,6 +335,15 @@ fn route(req: &http::Request, config: &Config) -> (u16, Vec<u8>) {
         }
         _ => text(404, "not found"),
     }
+}
+
+/// Lowercase hex SHA-256 of `data` (the `sha2` crate).
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// `testsvc dump`.
@@ -464,6 +472,18 @@ mod tests {
         ))
     }
 
+    #[test]
+    fn sha256_hex_is_lowercase_hex_of_sha256() {
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            sha256_hex(b"The quick brown fox jumps over the lazy dog"),
+            "d7a8fbb307d7809469ca9abcb0082e4f8d5651e46d3cdb762d02d0bf37c9e592"
+        );
+    }
+
     fn config(data_dir: PathBuf) -> Config {
         Config {
             port: 0,
@@ -528,7 +548,10 @@ mod tests {
         );
         assert_eq!(
             call(port, "GET", "/records/sha256", ""),
-            (200, sha256::hex_digest(b"alpha\nbeta\n"))
+            (
+                200,
+                "e49c81e2d2f84e259d40e2fb8192f3bcd198b355184845d76d8f58807d0d78ee".into()
+            )
         );
         assert_eq!(call(port, "DELETE", "/records", "").0, 405);
         assert_eq!(call(port, "GET", "/nope", "").0, 404);

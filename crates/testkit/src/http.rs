@@ -1,6 +1,6 @@
-//! A minimal blocking HTTP/1.1 client over `std::net`, enough to talk to the
-//! test service and to a registry's API on loopback. Every request is sent
-//! with `Connection: close` and the answer is read to EOF.
+//! A minimal blocking HTTP/1.1 client over `std::net`, enough to talk to the test service and
+//! to a registry's API on loopback. Every request is sent with `Connection: close` and the
+//! answer is read to EOF.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};

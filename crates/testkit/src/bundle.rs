@@ -1,231 +1,14 @@
-//! Small helpers shared by the bundle, signing, reproducibility and GNU tar tests.
-//!
-//! Each test binary includes this module and uses a part of it.
-#![allow(dead_code)]
+//! Signed bundles made by hand, and the raw tar and zstd pieces to take them apart and put
+//! altered copies back together (the hostile corpus, signing interop, GNU tar), plus readers of
+//! bundle and tar files that do no verification.
 
 use smoker_format::manifest::{
     Arch, ComposeSpec, FORMAT_VERSION, FileEntry, Health, Image, Manifest, Migration, Runner,
     Source,
 };
 use smoker_format::signing::{SecretKey, TrustedKeys};
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
-
-/// The workspace root (the root package's manifest directory).
-pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The cargo target directory (`CARGO_TARGET_DIR` when set, else `<workspace>/target`).
-pub fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if !d.is_empty() => {
-            let d = PathBuf::from(d);
-            if d.is_absolute() {
-                d
-            } else {
-                workspace_root().join(d)
-            }
-        }
-        _ => workspace_root().join("target"),
-    }
-}
-
-/// The `smoker-install` binary built for these tests.
-pub fn smoker_install() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_smoker-install"))
-}
-
-/// The `xtask` binary, built once per test binary.
-pub fn xtask() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-q", "-p", "xtask"])
-                .current_dir(workspace_root())
-                .status()
-                .expect("running cargo build -p xtask");
-            assert!(status.success(), "cargo build -p xtask failed");
-            let bin = target_dir().join("debug").join("xtask");
-            assert!(bin.is_file(), "xtask binary not found at {}", bin.display());
-            bin
-        })
-        .clone()
-}
-
-/// Panics (never skips) when the Debian `minisign` CLI is not installed.
-pub fn require_minisign() {
-    let out = Command::new("minisign").arg("-v").output();
-    match out {
-        Ok(o) if String::from_utf8_lossy(&o.stdout).contains("minisign") => {}
-        Ok(o) => panic!(
-            "`minisign -v` did not identify the minisign CLI (stdout: {:?}); install the Debian package `minisign` (apt-get install minisign)",
-            String::from_utf8_lossy(&o.stdout)
-        ),
-        Err(e) => panic!(
-            "the `minisign` CLI is required by this test but cannot be run ({e}); install the Debian package `minisign` (apt-get install minisign)"
-        ),
-    }
-}
-
-/// Panics (never skips) unless GNU tar and the `zstd` program it calls are installed.
-pub fn require_gnu_tar_zstd() {
-    match Command::new("tar").arg("--version").output() {
-        Ok(o) if String::from_utf8_lossy(&o.stdout).contains("GNU tar") => {}
-        Ok(o) => panic!(
-            "`tar` is not GNU tar (it reports {:?}); install the Debian package `tar`",
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-        ),
-        Err(e) => panic!(
-            "GNU tar is required by this test but cannot be run ({e}); install the Debian package `tar`"
-        ),
-    }
-    match Command::new("zstd").arg("--version").output() {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!(
-            "`zstd --version` failed ({}); install the Debian package `zstd` (GNU tar --zstd runs it)",
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Err(e) => panic!(
-            "the `zstd` program, which GNU tar --zstd runs, cannot be run ({e}); install the Debian package `zstd` (apt-get install zstd)"
-        ),
-    }
-}
-
-/// Describes a command for failure messages.
-pub fn describe(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
-}
-
-/// Runs a command to completion (stdin closed unless `input` is given) and returns its output.
-pub fn run_with_input(cmd: &mut Command, input: Option<&[u8]>) -> Output {
-    let what = describe(cmd);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if input.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `{what}`: {e}"));
-    if let Some(bytes) = input {
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        stdin
-            .write_all(bytes)
-            .unwrap_or_else(|e| panic!("writing to the stdin of `{what}`: {e}"));
-    }
-    child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("waiting for `{what}`: {e}"))
-}
-
-/// Runs a command (stdin closed) and returns its output.
-pub fn run(cmd: &mut Command) -> Output {
-    run_with_input(cmd, None)
-}
-
-/// Runs a command and panics with its output unless it succeeds.
-pub fn run_ok(cmd: &mut Command) -> Output {
-    let what = describe(cmd);
-    let out = run(cmd);
-    assert_ok(&what, &out);
-    out
-}
-
-/// Panics with the command's output unless it exited with status 0.
-pub fn assert_ok(what: &str, out: &Output) {
-    assert!(
-        out.status.success(),
-        "`{what}` failed with {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// stdout and stderr of a command, as text.
-pub fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Lowercase hex sha256 of a file.
-pub fn sha256_file(path: &Path) -> String {
-    smoker_format::digest::sha256_file(path)
-        .unwrap_or_else(|e| panic!("hashing {}: {e}", path.display()))
-        .0
-}
-
-/// Runs git in `dir` with a fixed identity and panics on failure; returns trimmed stdout.
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = run_ok(
-        Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args([
-                "-c",
-                "user.name=Test",
-                "-c",
-                "user.email=test@example.invalid",
-            ])
-            .args(["-c", "commit.gpgsign=false"])
-            .args(args)
-            .env("LC_ALL", "C"),
-    );
-    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
-}
-
-/// Clones the committed HEAD of the workspace repository into `dst`.
-pub fn clone_workspace(dst: &Path) {
-    run_ok(
-        Command::new("git")
-            .args(["clone", "--quiet", "--no-hardlinks"])
-            .arg(workspace_root())
-            .arg(dst),
-    );
-}
-
-/// Every regular file under `dir`, relative path → sha256.
-pub fn hash_tree(dir: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-            .map(|e| e.expect("directory entry").path())
-            .collect();
-        entries.sort();
-        for p in entries {
-            let meta = std::fs::symlink_metadata(&p).expect("metadata");
-            if meta.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let rel = p
-                    .strip_prefix(root)
-                    .expect("under root")
-                    .to_string_lossy()
-                    .into_owned();
-                out.insert(rel, sha256_file(&p));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
 
 /// Deterministic pseudo-random (incompressible) bytes.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -382,6 +165,12 @@ impl Fixture {
 
     /// The genuine bundle, as `write_bundle` makes it.
     pub fn bundle(&self) -> Vec<u8> {
+        self.bundle_with_signature(&self.sign(&self.manifest))
+    }
+
+    /// The fixture's manifest and payload as `write_bundle` makes a bundle of them, carrying
+    /// `signature` as the manifest's signature.
+    pub fn bundle_with_signature(&self, signature: &str) -> Vec<u8> {
         let payload: Vec<_> = self
             .files
             .iter()
@@ -392,13 +181,8 @@ impl Fixture {
                 )
             })
             .collect();
-        smoker_format::bundle::write::write_bundle(
-            Vec::new(),
-            &self.manifest,
-            &self.sign(&self.manifest),
-            &payload,
-        )
-        .expect("write_bundle")
+        smoker_format::bundle::write::write_bundle(Vec::new(), &self.manifest, signature, &payload)
+            .expect("write_bundle")
     }
 
     /// The genuine bundle's entries, ready to be altered and reassembled with [`tar_bytes`].
@@ -714,28 +498,39 @@ pub fn key_id_of(public_key: &Path) -> String {
         .clone()
 }
 
-/// Runs `cargo xtask release` for one project directory; `password` goes through
-/// `SMOKER_KEY_PASSWORD`. Returns the command's output (not checked).
-pub fn xtask_release(
-    project: &Path,
-    key: &Path,
-    out: &Path,
-    version: &str,
-    password: Option<&str>,
-    extra: &[&str],
-) -> Output {
-    let mut cmd = Command::new(xtask());
-    cmd.args(["release", "--version", version, "--secret-key"])
-        .arg(key)
-        .arg("--project-dir")
-        .arg(project)
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .env_remove("SMOKER_KEY_PASSWORD")
-        .env_remove("SMOKER_SECRET_KEY");
-    if let Some(p) = password {
-        cmd.env("SMOKER_KEY_PASSWORD", p);
+/// The entry `path` of a bundle, extracted into `dest`; panics when there is none.
+pub fn extract_from_bundle(bundle: &Path, path: &str, dest: &Path) {
+    let f =
+        std::fs::File::open(bundle).unwrap_or_else(|e| panic!("opening {}: {e}", bundle.display()));
+    let dec = zstd::stream::read::Decoder::new(f).expect("a zstd decoder");
+    let mut ar = tar::Archive::new(dec);
+    for e in ar.entries().expect("tar entries") {
+        let mut e = e.expect("a tar entry");
+        if e.path_bytes().as_ref() == path.as_bytes() {
+            let mut out = std::fs::File::create(dest)
+                .unwrap_or_else(|e| panic!("creating {}: {e}", dest.display()));
+            std::io::copy(&mut e, &mut out).expect("copying the entry");
+            return;
+        }
     }
-    run(&mut cmd)
+    panic!("{} has no entry {path}", bundle.display());
+}
+
+/// The entry names of a tar file, with each header's mtime, uid and mode.
+pub fn tar_listing(path: &Path) -> Vec<(String, u64, u64, u32)> {
+    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let mut ar = tar::Archive::new(f);
+    ar.entries()
+        .expect("tar entries")
+        .map(|e| {
+            let e = e.expect("a tar entry");
+            let h = e.header();
+            (
+                String::from_utf8_lossy(&e.path_bytes()).into_owned(),
+                h.mtime().expect("mtime"),
+                h.uid().expect("uid"),
+                h.mode().expect("mode"),
+            )
+        })
+        .collect()
 }
