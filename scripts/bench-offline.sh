@@ -126,6 +126,7 @@ docker image inspect "$ID_A" >/dev/null 2>&1 && { echo "bench-offline: image A i
 
 say "smoker-install apply, no route out, under /usr/bin/time -v"
 : >"$work/host.env"
+chmod 600 "$work/host.env"
 /usr/bin/time -v -o "$work/time.txt" \
   unshare --net -- sh -c 'ip link set lo up && exec "$0" "$@"' "$install" \
   --root "$work/root" --host-config "$work/host.toml" apply --json \

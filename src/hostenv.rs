@@ -44,7 +44,10 @@ pub fn parse(text: &str) -> BTreeMap<String, String> {
 /// names what is missing).
 pub fn read_host(path: &Path) -> Result<BTreeMap<String, String>> {
     match std::fs::read_to_string(path) {
-        Ok(t) => Ok(parse(&t)),
+        Ok(t) => {
+            check_secret_file(path)?;
+            Ok(parse(&t))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
         Err(e) => Err(Error::Io {
             path: path.to_path_buf(),
@@ -52,6 +55,34 @@ pub fn read_host(path: &Path) -> Result<BTreeMap<String, String>> {
         }),
     }
 }
+
+/// A host env file holds secrets: readable by its owner only, and owned by root when the
+/// installer runs as root (anyone else could change what the stack runs with).
+pub fn check_secret_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).map_err(crate::error::io_at(path))?;
+    let mode = meta.mode() & 0o777;
+    // SAFETY: geteuid has no preconditions.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    if mode & 0o077 != 0 {
+        return Err(Error::Policy(format!(
+            "host env file {} has mode {mode:o}: it holds secrets and must be readable by its owner only — `chmod 600 {}`",
+            path.display(),
+            path.display()
+        )));
+    }
+    if as_root && meta.uid() != 0 {
+        return Err(Error::Policy(format!(
+            "host env file {} is owned by uid {}; the installer runs as root and trusts only root-owned env files — `chown root:root {}`",
+            path.display(),
+            meta.uid(),
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+pub use smoker_format::manifest::steers_tools;
 
 /// The full environment of a generation: bundle config, overridden by host values.
 pub fn stack_env(
@@ -66,6 +97,17 @@ pub fn stack_env(
         env.extend(parse(&text));
     }
     env.extend(host.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let steering: Vec<&str> = env
+        .keys()
+        .map(String::as_str)
+        .filter(|k| steers_tools(k))
+        .collect();
+    if !steering.is_empty() {
+        return Err(Error::Policy(format!(
+            "{} would steer docker or compose themselves, not the stack; remove them from the recipe's config or the host env file",
+            steering.join(", ")
+        )));
+    }
     Ok(env)
 }
 
@@ -172,6 +214,11 @@ mod tests {
         let file = dir.path().join("web.env");
         assert!(read_host(&file).expect("missing").is_empty());
         std::fs::write(&file, "export TOKEN='abc'\n").expect("write");
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod 600");
+        }
         assert_eq!(read_host(&file).expect("read"), map(&[("TOKEN", "abc")]));
         match read_host(dir.path()) {
             Err(Error::Io { path, .. }) => assert_eq!(path, dir.path()),
@@ -208,5 +255,59 @@ mod tests {
     #[test]
     fn the_default_env_file_is_named_after_the_profile() {
         assert_eq!(default_env_file("web"), Path::new("/etc/smoker/web.env"));
+    }
+
+    #[test]
+    fn a_group_or_world_readable_env_file_is_refused_with_the_chmod() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("cloud.env");
+        std::fs::write(&p, "TOKEN=s3cret\n").expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        match read_host(&p) {
+            Err(Error::Policy(m)) => {
+                assert!(m.contains("mode 644"), "{m}");
+                assert!(m.contains("chmod 600"), "{m}");
+                assert!(
+                    !m.contains("s3cret"),
+                    "the message must not show the secret: {m}"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(read_host(&p).expect("600 is fine")["TOKEN"], "s3cret");
+    }
+
+    #[test]
+    fn variables_that_steer_docker_or_compose_are_refused_wherever_they_come_from() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(d.path().join("config")).expect("mkdir");
+        std::fs::write(
+            d.path().join("config/prod.env"),
+            "PORT=80\nDOCKER_HOST=tcp://203.0.113.9:2375\n",
+        )
+        .expect("write");
+        let msg = match stack_env(d.path(), Some("config/prod.env"), &BTreeMap::new()) {
+            Err(Error::Policy(m)) => m,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert!(msg.contains("DOCKER_HOST"), "{msg}");
+        let host: BTreeMap<String, String> = [
+            ("COMPOSE_FILE".to_string(), "/tmp/x.yml".to_string()),
+            ("LD_PRELOAD".to_string(), "/tmp/x.so".to_string()),
+            ("PYTHONPATH".to_string(), "/tmp".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        std::fs::write(d.path().join("config/prod.env"), "PORT=80\n").expect("write");
+        let msg = match stack_env(d.path(), Some("config/prod.env"), &host) {
+            Err(Error::Policy(m)) => m,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        for v in ["COMPOSE_FILE", "LD_PRELOAD", "PYTHONPATH"] {
+            assert!(msg.contains(v), "{v} not named: {msg}");
+        }
+        assert!(!steers_tools("DB_HOST") && !steers_tools("PORT") && !steers_tools("COMPOSE"));
     }
 }

@@ -423,6 +423,10 @@ fn preflight_problems_are_kind_preflight() {
         .to_string();
     let env_file = host.dir.path().join("empty.env");
     std::fs::write(&env_file, "").expect("env file");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
     let out = host.run(&[
         "preflight",
         "--json",

@@ -215,6 +215,11 @@ fn another_environment_is_refused_and_preflight_lists_every_problem() {
     let squatter = TcpListener::bind(("127.0.0.1", port)).expect("hold the port");
     let empty_env = host.root().join("empty.env");
     std::fs::write(&empty_env, "").expect("env");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&empty_env, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod 600");
+    }
     let out = host
         .cmd()
         .args(["preflight", "--json", "--key"])

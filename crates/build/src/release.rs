@@ -467,6 +467,11 @@ fn pin_images(
 fn env_text(env: &str, config: &BTreeMap<String, String>) -> Result<Vec<u8>, ReleaseError> {
     let mut text = String::new();
     for (k, v) in config {
+        if smoker_format::manifest::steers_tools(k) {
+            return Err(ReleaseError::Invalid(format!(
+                "config variable {k} of environment `{env}` would steer docker or compose themselves on the host, not the stack; rename it"
+            )));
+        }
         if v.contains('\n') {
             return Err(ReleaseError::Invalid(format!(
                 "config value {k} of environment `{env}` has a newline"

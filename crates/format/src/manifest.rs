@@ -576,6 +576,20 @@ pub fn is_name(s: &str) -> bool {
         && s.as_bytes()[0].is_ascii_alphanumeric()
 }
 
+/// Variables that steer docker, compose or the processes they start rather than the stack:
+/// which engine is talked to (`DOCKER_HOST`, `DOCKER_CONTEXT`, …), which files and project
+/// compose uses (`COMPOSE_*`), and what gets loaded into them (`LD_*`, `PYTHON*` — compose v1
+/// is a Python program —, `PATH`). Neither a bundle's config nor a host env file may set them.
+pub fn steers_tools(name: &str) -> bool {
+    ["DOCKER_", "COMPOSE_", "LD_", "PYTHON", "BUILDKIT_"]
+        .iter()
+        .any(|p| name.starts_with(p))
+        || matches!(
+            name,
+            "PATH" | "HOME" | "TMPDIR" | "SSL_CERT_FILE" | "SSL_CERT_DIR"
+        )
+}
+
 /// The top-level directories a bundle's payload may use.
 pub const PAYLOAD_DIRS: &[&str] = &["config", "generated", "images", "migrations", "stack"];
 
