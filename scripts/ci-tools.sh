@@ -24,25 +24,23 @@ DENY_VERSION=0.20.2
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-if [ "$(dist --version 2>/dev/null || true)" != "cargo-dist $DIST_VERSION" ]; then
-  say "installing cargo-dist $DIST_VERSION (cargo install --locked)"
-  start=$SECONDS
-  cargo install --locked --quiet cargo-dist --version "=$DIST_VERSION" ||
-    die "cargo install cargo-dist $DIST_VERSION failed"
-  say "cargo-dist installed in $((SECONDS - start)) s"
-fi
-[ "$(dist --version 2>/dev/null || true)" = "cargo-dist $DIST_VERSION" ] ||
-  die "dist $DIST_VERSION is not on PATH after installing it (is ~/.cargo/bin on PATH?)"
-
-if [ "$(cargo deny --version 2>/dev/null || true)" != "cargo-deny $DENY_VERSION" ]; then
-  say "installing cargo-deny $DENY_VERSION (cargo install --locked)"
-  start=$SECONDS
-  cargo install --locked --quiet cargo-deny --version "=$DENY_VERSION" ||
-    die "cargo install cargo-deny $DENY_VERSION failed"
-  say "cargo-deny installed in $((SECONDS - start)) s"
-fi
-[ "$(cargo deny --version 2>/dev/null || true)" = "cargo-deny $DENY_VERSION" ] ||
-  die "cargo-deny $DENY_VERSION is not usable after installing it"
+# cargo_tool CRATE VERSION WANT CMD...: installs CRATE at VERSION (cargo install --locked)
+# unless `CMD... --version` already prints WANT, then checks it does.
+cargo_tool() {
+  local crate=$1 version=$2 want=$3
+  shift 3
+  if [ "$("$@" --version 2>/dev/null || true)" != "$want" ]; then
+    say "installing $crate $version (cargo install --locked)"
+    local start=$SECONDS
+    cargo install --locked --quiet "$crate" --version "=$version" ||
+      die "cargo install $crate $version failed"
+    say "$crate installed in $((SECONDS - start)) s"
+  fi
+  [ "$("$@" --version 2>/dev/null || true)" = "$want" ] ||
+    die "$crate $version is not usable after installing it (is ~/.cargo/bin on PATH?)"
+}
+cargo_tool cargo-dist "$DIST_VERSION" "cargo-dist $DIST_VERSION" dist
+cargo_tool cargo-deny "$DENY_VERSION" "cargo-deny $DENY_VERSION" cargo deny
 
 if ! command -v shellcheck >/dev/null; then
   say "installing shellcheck (Debian)"

@@ -64,6 +64,7 @@ impl Staged {
             // Same manifest hash = same content; keep the committed copy.
             return open(layout, &name);
         }
+        std::fs::create_dir_all(layout.store()).map_err(io_at(&layout.store()))?;
         let staged = self.dir.keep();
         fsutil::make_read_only(&staged)?;
         std::fs::rename(&staged, &dest).map_err(io_at(&dest))?;
@@ -83,7 +84,6 @@ impl Staged {
 pub fn stage(layout: &Layout, input: impl std::io::Read, keys: &TrustedKeys) -> Result<Staged> {
     let staging_root = layout.staging();
     std::fs::create_dir_all(&staging_root).map_err(io_at(&staging_root))?;
-    std::fs::create_dir_all(layout.store()).map_err(io_at(&layout.store()))?;
     clean_staging(layout);
     let stage = tempfile::Builder::new()
         .prefix(&format!("stage-{}-", std::process::id()))

@@ -175,6 +175,24 @@ struct Inputs<'a> {
     env: &'a str,
 }
 
+impl<'a> Inputs<'a> {
+    fn new(
+        recipe: &'a Recipe,
+        lock: &'a Lock,
+        lock_path: &'a Path,
+        arch: Arch,
+        env: &'a str,
+    ) -> Inputs<'a> {
+        Inputs {
+            recipe,
+            lock,
+            lock_path,
+            arch,
+            env,
+        }
+    }
+}
+
 /// The compose file of a recipe, read for one environment.
 struct Compose<'a> {
     /// Path of the compose file inside the recipe.
@@ -196,13 +214,7 @@ pub fn plan(
     version: &semver::Version,
     source: &SourceInfo,
 ) -> Result<Plan, ReleaseError> {
-    let inputs = Inputs {
-        recipe,
-        lock,
-        lock_path,
-        arch,
-        env,
-    };
+    let inputs = Inputs::new(recipe, lock, lock_path, arch, env);
     plan_with(&inputs, version, source, None)
 }
 
@@ -220,13 +232,7 @@ pub fn plan_offline(
     source: &SourceInfo,
     offline: &OfflineImages,
 ) -> Result<Plan, ReleaseError> {
-    let inputs = Inputs {
-        recipe,
-        lock,
-        lock_path,
-        arch,
-        env,
-    };
+    let inputs = Inputs::new(recipe, lock, lock_path, arch, env);
     plan_with(&inputs, version, source, Some(offline))
 }
 
@@ -239,13 +245,7 @@ pub fn pinned_images(
     arch: Arch,
     env: &str,
 ) -> Result<Vec<Image>, ReleaseError> {
-    let inputs = Inputs {
-        recipe,
-        lock,
-        lock_path,
-        arch,
-        env,
-    };
+    let inputs = Inputs::new(recipe, lock, lock_path, arch, env);
     let compose = read_compose(&inputs)?;
     Ok(pin_images(&inputs, &compose, None)?.0)
 }

@@ -2,6 +2,26 @@
 
 use crate::docker::{compose_labelled, docker_many, docker_output};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Repository of the shared test-service base image ([`crate::images::base_image`]).
+pub const BASE_REPOSITORY: &str = "smoker-testkit/testsvc";
+
+/// The base image's ID once this process has built or found it.
+static SHARED_BASE_ID: OnceLock<String> = OnceLock::new();
+
+/// Records the shared base image's ID, so that no cleanup removes it.
+pub fn protect_shared_base(id: &str) {
+    let _ = SHARED_BASE_ID.set(id.to_string());
+}
+
+/// True when `reference` (a reference or an ID) names the shared base image, which no test
+/// may remove.
+pub fn is_shared_base(reference: &str) -> bool {
+    reference.starts_with(&format!("{BASE_REPOSITORY}:"))
+        || reference.starts_with(&format!("docker.io/{BASE_REPOSITORY}:"))
+        || SHARED_BASE_ID.get().is_some_and(|id| id == reference)
+}
 
 /// Removes, on drop, what a test registered: containers (`docker rm -f -v`), Compose projects
 /// (every container, network and volume labelled `com.docker.compose.project=NAME`), volumes,
@@ -89,7 +109,7 @@ pub(crate) fn remove_image_refs_and_id(id: &str) {
         return;
     }
     for reference in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        if !crate::images::is_shared_base(reference) {
+        if !is_shared_base(reference) {
             let _ = docker_output(&["image", "rm", reference]);
         }
     }
@@ -116,7 +136,7 @@ impl Drop for Cleanup {
         let images: Vec<String> = std::mem::take(&mut self.images)
             .into_iter()
             .rev()
-            .filter(|r| !crate::images::is_shared_base(r))
+            .filter(|r| !is_shared_base(r))
             .collect();
         for reference in images.iter().filter(|r| !is_image_id(r)) {
             let _ = docker_output(&["image", "rm", reference]);

@@ -10,7 +10,7 @@
 //! - the base image (binary, health check, entrypoint) is built once, without the build
 //!   cache, under a tag derived from the binary's and the Dockerfile's content, while holding
 //!   a file lock, so concurrent test threads, test binaries and checkouts wait for one build
-//!   and then reuse it; no test ever removes it ([`is_shared_base`]);
+//!   and then reuse it; no test ever removes it ([`crate::cleanup::is_shared_base`]);
 //! - every per-test image is `FROM` that tag, with a label unique to the test as its first
 //!   instruction, so its ID is its own and every later step's cache key is too;
 //! - cleanup removes per-test references and IDs without force (see [`crate::Cleanup`]).
@@ -34,7 +34,7 @@ pub const TEST_IMAGE_LABEL: &str = "org.smoker-release.test";
 pub const UNIQUE_LABEL: &str = "org.smoker-release.test.unique";
 
 /// Repository of the shared base image; its tag is a hash of the binary and the Dockerfile.
-pub const BASE_REPOSITORY: &str = "smoker-testkit/testsvc";
+pub use crate::cleanup::BASE_REPOSITORY;
 
 /// The Rust target the static binary is built for.
 const TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -156,6 +156,7 @@ fn build_base_image() -> ImageInfo {
     lock.lock()
         .unwrap_or_else(|e| panic!("locking {}: {e}", lock_path.display()));
     if let Some(id) = image_inspect(&tag, "{{.Id}}") {
+        crate::cleanup::protect_shared_base(&id);
         return ImageInfo { tag, id };
     }
     let context = crate::tempdir("testsvc-base-");
@@ -166,15 +167,8 @@ fn build_base_image() -> ImageInfo {
     docker_build(&["--no-cache", "--tag", &tag], context.path(), &[]);
     let id = image_id(&tag);
     drop(lock);
+    crate::cleanup::protect_shared_base(&id);
     ImageInfo { tag, id }
-}
-
-/// True when `reference` (a reference or an ID) names the shared base image, which no test
-/// may remove.
-pub fn is_shared_base(reference: &str) -> bool {
-    reference.starts_with(&format!("{BASE_REPOSITORY}:"))
-        || reference.starts_with(&format!("docker.io/{BASE_REPOSITORY}:"))
-        || BASE.get().is_some_and(|base| base.id == reference)
 }
 
 /// `docker build --quiet ARGS CONTEXT` with extra environment; panics with its output.
@@ -318,7 +312,10 @@ pub fn platform_image(
 /// Removes image `id` of this test (each of its tags and repo digests, then the ID, without
 /// force) and asserts it is gone.
 pub fn remove_image(id: &str) {
-    assert!(!is_shared_base(id), "a test may not remove the shared base");
+    assert!(
+        !crate::cleanup::is_shared_base(id),
+        "a test may not remove the shared base"
+    );
     crate::cleanup::remove_image_refs_and_id(id);
     let left = docker_output(&["image", "inspect", "--format", "{{.RepoTags}}", id]);
     assert!(

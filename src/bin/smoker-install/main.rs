@@ -171,15 +171,7 @@ fn trust_gate(cli: &Cli) -> smoker::error::Result<()> {
         } => {
             choices.keys = keys_of(keys);
             choices.env_file = env_file.as_deref();
-            for (set, flag) in [
-                (*allow_downgrade, "--allow-downgrade"),
-                (*allow_env_change, "--allow-env-change"),
-                (project.is_some(), "--project"),
-            ] {
-                if set {
-                    choices.exceptions.push(flag);
-                }
-            }
+            choices.exceptions = exceptions(*allow_downgrade, *allow_env_change, project.is_some());
         }
         Cmd::Preflight {
             keys,
@@ -190,14 +182,7 @@ fn trust_gate(cli: &Cli) -> smoker::error::Result<()> {
         } => {
             choices.keys = keys_of(keys);
             choices.env_file = env_file.as_deref();
-            for (set, flag) in [
-                (*allow_downgrade, "--allow-downgrade"),
-                (*allow_env_change, "--allow-env-change"),
-            ] {
-                if set {
-                    choices.exceptions.push(flag);
-                }
-            }
+            choices.exceptions = exceptions(*allow_downgrade, *allow_env_change, false);
         }
         _ => {}
     }
@@ -206,6 +191,18 @@ fn trust_gate(cli: &Cli) -> smoker::error::Result<()> {
 
 fn not_default<'a>(p: &'a std::path::Path, default: &str) -> Option<&'a std::path::Path> {
     (p != std::path::Path::new(default)).then_some(p)
+}
+
+/// The policy-exception flags that were given.
+fn exceptions(downgrade: bool, env_change: bool, project: bool) -> Vec<&'static str> {
+    [
+        (downgrade, "--allow-downgrade"),
+        (env_change, "--allow-env-change"),
+        (project, "--project"),
+    ]
+    .into_iter()
+    .filter_map(|(set, flag)| set.then_some(flag))
+    .collect()
 }
 
 fn keys_of(k: &cli::KeyArgs) -> Option<&std::path::Path> {
