@@ -753,3 +753,156 @@ fn cli_verify_rejects_with_the_kind_and_writes_nothing() {
     }
     assert_eq!(checked, pick.len() + 1);
 }
+
+/// The fixture's tar stream with entry `at` written with type flag NUL (an old-style regular
+/// file) instead of `0`, its header checksum recomputed.
+fn old_style_regular(f: &Fixture, at: usize) -> Vec<u8> {
+    let e = f.entries();
+    let mut t = tar_bytes(&e[..at]);
+    t.truncate(t.len() - 1024);
+    let mut h = bundle::header_bytes(&e[at]);
+    let start = h.len() - 512;
+    h[start + 156] = 0;
+    h[start + 148..start + 156].copy_from_slice(b"        ");
+    let sum: u32 = h[start..].iter().map(|b| u32::from(*b)).sum();
+    h[start + 148..start + 156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    t.extend(h);
+    t.extend(bundle::padded(&e[at].data));
+    t.extend(tar_bytes(&e[at + 1..]));
+    t
+}
+
+/// A zstd frame of `bytes` whose header declares a window of 2^`log` bytes.
+fn zstd_with_window_log(bytes: &[u8], log: u32) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).expect("zstd encoder");
+    enc.window_log(log).expect("window log");
+    enc.include_contentsize(false).expect("no content size");
+    enc.include_checksum(true).expect("checksum flag");
+    enc.write_all(bytes).expect("compressing");
+    enc.finish().expect("finishing the frame")
+}
+
+/// The hostile cases of the security review: names, entry types, PAX keys, frame tricks and a
+/// manifest that makes a file a directory. Each must be rejected with its kind.
+#[test]
+fn review_cases_are_rejected_with_their_kind() {
+    let f = Fixture::new();
+    let tar = tar_bytes(&f.entries());
+    let first_payload = 2;
+    let rename = |path: &[u8]| {
+        altered(&f, |e| {
+            e[first_payload].path = path.to_vec();
+        })
+    };
+    let retype = |kind: EntryType| {
+        altered(&f, |e| {
+            e[first_payload].kind = kind;
+        })
+    };
+    let mut cases = vec![
+        case(
+            "non-UTF-8 name",
+            rename(b"config/pr\xffd.env"),
+            "unsafe-path",
+        ),
+        case(
+            "control characters in a name",
+            rename(b"config/\x1b[2Jprod.env"),
+            "unsafe-path",
+        ),
+        case(
+            "old-style regular file (type NUL)",
+            zstd(&old_style_regular(&f, first_payload)),
+            "forbidden-type",
+        ),
+        case(
+            "contiguous file (type 7)",
+            retype(EntryType::Continuous),
+            "forbidden-type",
+        ),
+        case(
+            "GNU volume label (type V)",
+            retype(EntryType::new(b'V')),
+            "forbidden-type",
+        ),
+        case(
+            "GNU multi-volume continuation (type M)",
+            retype(EntryType::new(b'M')),
+            "forbidden-type",
+        ),
+        case(
+            "PAX sparse keys before a payload file",
+            insert_after_signature(
+                &f,
+                bundle::pax(&[
+                    ("GNU.sparse.major", "1"),
+                    ("GNU.sparse.minor", "0"),
+                    ("GNU.sparse.name", "config/prod.env"),
+                    ("GNU.sparse.realsize", "1048576"),
+                ]),
+            ),
+            "forbidden-type",
+        ),
+        case(
+            "zstd window log 25",
+            zstd_with_window_log(&tar, 25),
+            "compression",
+        ),
+        case(
+            "zstd window log 27",
+            zstd_with_window_log(&tar, 27),
+            "compression",
+        ),
+    ];
+    // A skippable frame in front of the genuine frame.
+    let mut skippable = vec![0x50, 0x2a, 0x4d, 0x18, 8, 0, 0, 0];
+    skippable.extend_from_slice(b"skipme!!");
+    skippable.extend(f.bundle());
+    cases.push(case("skippable frame in front", skippable, "compression"));
+    // A frame header that names a dictionary (Frame_Header_Descriptor bit 0-1: Dictionary_ID
+    // flag), which the reader has not got.
+    let mut dict = f.bundle();
+    let descriptor = dict[4];
+    if descriptor & 0x03 == 0 && descriptor & 0x20 == 0 {
+        // Window descriptor byte follows the descriptor; the dictionary id comes after it.
+        dict[4] = descriptor | 0x01;
+        dict.insert(6, 0x2a);
+    }
+    cases.push(case("frame naming a dictionary", dict, "compression"));
+    // A manifest (validly signed) listing a file and a file below it as if it were a directory.
+    let mut m = f.manifest.clone();
+    let a = FileEntry {
+        path: "stack/a".into(),
+        size: 1,
+        sha256: "0".repeat(64),
+        mode: 0o644,
+    };
+    let ab = FileEntry {
+        path: "stack/a/b".into(),
+        ..a.clone()
+    };
+    m.files.push(a);
+    m.files.push(ab);
+    m.files.sort_by(|x, y| x.path.cmp(&y.path));
+    cases.push(case(
+        "stack/a and stack/a/b",
+        resigned(&f, &m),
+        "invalid-manifest",
+    ));
+
+    let mut wrong = Vec::new();
+    for c in &cases {
+        let got = kind_of(&f, &c.bytes);
+        if !got.starts_with(&format!("{} (", c.expected)) {
+            wrong.push(format!("  {}: expected {}, got {got}", c.name, c.expected));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} review cases were not rejected as expected:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
+}

@@ -427,8 +427,13 @@ pub fn read_bundle<R: Read>(
         inner: hashed.clone(),
         meter: meter.clone(),
     };
+    let mut buffered = io::BufReader::with_capacity(
+        zstd::stream::read::Decoder::<&[u8]>::recommended_output_size(),
+        source,
+    );
+    refuse_skippable_frame(&mut buffered)?;
     // One frame only: anything after it is trailing data, not a further frame to decode.
-    let mut decoder = zstd::stream::read::Decoder::new(source)
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(buffered)
         .map_err(VerifyError::Io)?
         .single_frame();
     decoder
@@ -551,12 +556,55 @@ fn entry_kind(t: tar::EntryType) -> Option<&'static str> {
     }
 }
 
+/// A bundle is one zstd frame from its first byte: a skippable frame in front (which a
+/// decoder silently passes over, and which could smuggle data past a reader that hashes only
+/// what it decodes) is refused.
+fn refuse_skippable_frame<R: Read>(input: &mut io::BufReader<R>) -> Result<(), VerifyError> {
+    use std::io::BufRead as _;
+    let head = input.fill_buf().map_err(VerifyError::Io)?;
+    if let Some(magic) = head.get(..4) {
+        let m = u32::from_le_bytes([magic[0], magic[1], magic[2], magic[3]]);
+        if m & 0xFFFF_FFF0 == 0x184D_2A50 {
+            return Err(VerifyError::Compression(
+                "the file starts with a skippable zstd frame; a bundle is one zstd frame from its first byte".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// PAX keys no bundle entry may carry: GNU sparse maps (the tar reader ignores them, so the
+/// bytes it hands over would not be the file a GNU tar extracts) and link targets.
+fn forbidden_pax_key(key: &str) -> bool {
+    key.starts_with("GNU.sparse") || key == "linkpath"
+}
+
 /// Checks an entry's type and path, returning its path.
-fn check_entry<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String, VerifyError> {
-    let raw = entry.path_bytes();
+fn check_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<String, VerifyError> {
+    let raw = entry.path_bytes().into_owned();
     let path = String::from_utf8_lossy(&raw).into_owned();
     if let Some(kind) = entry_kind(entry.header().entry_type()) {
         return Err(VerifyError::ForbiddenType { path, kind });
+    }
+    // The tar reader reads type NUL (an old-style regular file) as regular; bundles are
+    // written with `0` only.
+    if entry.header().as_bytes()[156] != b'0' {
+        return Err(VerifyError::ForbiddenType {
+            path,
+            kind: "old-style regular file (type NUL)",
+        });
+    }
+    if let Ok(Some(pax)) = entry.pax_extensions() {
+        for ext in pax.flatten() {
+            if let Ok(key) = ext.key()
+                && forbidden_pax_key(key)
+            {
+                return Err(VerifyError::ForbiddenType {
+                    path,
+                    kind: "sparse file or link (PAX record)",
+                });
+            }
+        }
     }
     if path.starts_with('/') {
         return Err(VerifyError::AbsolutePath { path });
@@ -606,7 +654,7 @@ fn verify_entries<R: Read>(
         .collect();
     let mut index = 0usize;
     while let Some(mut entry) = next_entry(&mut entries, meter)? {
-        let path = check_entry(&entry)?;
+        let path = check_entry(&mut entry)?;
         let expected = expect_entry(&manifest, &position, index, path)?;
         check_header(&entry, expected)?;
         copy_verified(&mut entry, expected, sink)?;
@@ -630,7 +678,7 @@ fn read_head<R: Read>(
             found: "an empty archive".into(),
         });
     };
-    let path = check_entry(&entry)?;
+    let path = check_entry(&mut entry)?;
     if path != MANIFEST_PATH {
         return Err(VerifyError::ManifestMissing { found: path });
     }
@@ -644,7 +692,7 @@ fn read_head<R: Read>(
     let Some(mut entry) = next_entry(entries, meter)? else {
         return Err(VerifyError::Truncated);
     };
-    let path = check_entry(&entry)?;
+    let path = check_entry(&mut entry)?;
     if path != MANIFEST_SIG_PATH {
         return Err(VerifyError::SignatureMissing { found: path });
     }
@@ -862,8 +910,10 @@ pub fn peek_manifest(path: &Path, keys: &TrustedKeys) -> Result<Manifest, Verify
 
 /// [`peek_manifest`] of a stream (an already open file: rewind it before reading it again).
 pub fn peek_manifest_from(input: impl Read, keys: &TrustedKeys) -> Result<Manifest, VerifyError> {
+    let mut buffered = io::BufReader::new(input);
+    refuse_skippable_frame(&mut buffered)?;
     let mut decoder =
-        zstd::stream::read::Decoder::new(io::BufReader::new(input)).map_err(VerifyError::Io)?;
+        zstd::stream::read::Decoder::with_buffer(buffered).map_err(VerifyError::Io)?;
     decoder
         .window_log_max(ZSTD_WINDOW_LOG_MAX)
         .map_err(|e| VerifyError::Compression(e.to_string()))?;
