@@ -686,7 +686,7 @@ mod tests {
                         repository: repository.into(),
                         digest: digest.into(),
                         index_digest: None,
-                        config_digest: None,
+                        config_digest: Some(format!("sha256:{}", "e".repeat(64))),
                         archive: None,
                     }
                 })

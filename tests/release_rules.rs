@@ -33,7 +33,7 @@ fn project(compose: &str, arches: &[Arch]) -> tempfile::TempDir {
                     *a,
                     PlatformPin {
                         digest: d.to_string(),
-                        config_digest: None,
+                        config_digest: Some(format!("sha256:{}", "c".repeat(64))),
                     },
                 )
             })

@@ -430,7 +430,17 @@ fn pin_images(
                     image: format!("{repository}@{}", pin.digest),
                     pull_policy: None,
                 },
-                pin.config_digest.clone(),
+                // The image ID is what the host checks every running container against.
+                Some(pin.config_digest.clone().ok_or_else(|| {
+                    ReleaseError::Invalid(format!(
+                        "the lock {} records no image ID (config digest) of `{}` for {} (service `{}`); run `cargo xtask lock --recipe {}` to refresh it",
+                        i.lock_path.display(),
+                        svc.image,
+                        i.arch,
+                        svc.name,
+                        i.recipe.name
+                    ))
+                })?),
                 None,
             ),
             Some(o) => {

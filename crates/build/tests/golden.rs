@@ -160,3 +160,21 @@ fn a_migrations_directory_linked_out_of_the_recipe_is_refused() {
         .to_string();
     assert!(msg.contains("leaves the recipe directory"), "{msg}");
 }
+
+#[test]
+fn a_lock_without_image_ids_is_refused_naming_the_command_that_fixes_it() {
+    let tmp = scratch_recipe();
+    let lock = tmp.path().join("golden.lock");
+    let text = std::fs::read_to_string(&lock).expect("read the lock");
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with("config_digest"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&lock, without).expect("write the lock");
+    let msg = plan_in(tmp.path())
+        .expect_err("a lock without image IDs must be refused")
+        .to_string();
+    assert!(msg.contains("records no image ID"), "{msg}");
+    assert!(msg.contains("cargo xtask lock --recipe golden"), "{msg}");
+}

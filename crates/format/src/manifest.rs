@@ -491,6 +491,12 @@ impl Manifest {
                 ("index_digest", i.index_digest.as_ref()),
                 ("config_digest", i.config_digest.as_ref()),
             ] {
+                if field == "config_digest" && d.is_none() {
+                    return bad(format!(
+                        "image of service `{}` has no config_digest: the image ID every container is checked against",
+                        i.service
+                    ));
+                }
                 if let Some(d) = d
                     && !crate::digest::is_digest(d)
                 {
@@ -756,6 +762,9 @@ mod validation_tests {
         let mut m = good();
         m.images[0].index_digest = Some("md5:00".into());
         refused(&m, "index_digest");
+        let mut m = good();
+        m.images[0].config_digest = None;
+        refused(&m, "has no config_digest");
         let mut m = good();
         m.migrations[0].sha256 = "x".repeat(64);
         refused(&m, "sha256 of migration `0001-init`");
