@@ -164,32 +164,7 @@ fn smoke(o: &Options) -> Result<()> {
     println!("{}", verify.stdout.trim());
 
     if !measure {
-        let bad = work.join("corrupted.tar.zst");
-        let mut bytes = std::fs::read(&bundle)?;
-        let mid = bytes.len() / 2;
-        let Some(byte) = bytes.get_mut(mid) else {
-            bail!("the released bundle {} is empty", bundle.display());
-        };
-        *byte ^= 0x55;
-        std::fs::write(&bad, bytes)?;
-        let mut c = host.cmd();
-        let rejected = output(c.arg("verify").arg("--key").arg(public).arg(&bad))?;
-        if rejected.success {
-            bail!(
-                "verify accepted a corrupted bundle:\n{}",
-                rejected.describe()
-            );
-        }
-        println!(
-            "corrupted copy rejected: {}",
-            rejected
-                .stderr
-                .lines()
-                .chain(rejected.stdout.lines())
-                .next()
-                .unwrap_or("")
-                .trim()
-        );
+        corrupted_copy_is_rejected(&host, public, &bundle, work)?;
     }
 
     step("apply");
@@ -201,6 +176,70 @@ fn smoke(o: &Options) -> Result<()> {
     println!("apply succeeded in {:.1} s", apply.wall_secs);
 
     step("checking the running stack");
+    check_running_stack(&host, &image.id, svc_port)?;
+
+    if let Some(mib) = o.payload_mib {
+        report_measurements(
+            o,
+            &host,
+            public,
+            &bundle,
+            bundle_size,
+            mib,
+            &verify,
+            &apply,
+            work,
+        )?;
+    }
+
+    step("cleaning up");
+    drop(host);
+    drop(project);
+    drop(registry);
+    drop(cleanup);
+    println!("containers, network, images and registry removed");
+    Ok(())
+}
+
+/// A copy of the bundle with one byte flipped in the middle must be refused by `verify`.
+fn corrupted_copy_is_rejected(
+    host: &Host,
+    public: &Path,
+    bundle: &Path,
+    work: &Path,
+) -> Result<()> {
+    let bad = work.join("corrupted.tar.zst");
+    let mut bytes = std::fs::read(bundle)?;
+    let mid = bytes.len() / 2;
+    let Some(byte) = bytes.get_mut(mid) else {
+        bail!("the released bundle {} is empty", bundle.display());
+    };
+    *byte ^= 0x55;
+    std::fs::write(&bad, bytes)?;
+    let mut c = host.cmd();
+    let rejected = output(c.arg("verify").arg("--key").arg(public).arg(&bad))?;
+    if rejected.success {
+        bail!(
+            "verify accepted a corrupted bundle:\n{}",
+            rejected.describe()
+        );
+    }
+    println!(
+        "corrupted copy rejected: {}",
+        rejected
+            .stderr
+            .lines()
+            .chain(rejected.stdout.lines())
+            .next()
+            .unwrap_or("")
+            .trim()
+    );
+    Ok(())
+}
+
+/// The service answers with its version, its one container runs the pinned image, `status`
+/// reports generation 1 good, and the audit log is intact.
+fn check_running_stack(host: &Host, image_id: &str, svc_port: u16) -> Result<()> {
     let answer = http::get(&format!("http://127.0.0.1:{svc_port}/version"))
         .with_context(|| format!("the service does not answer on 127.0.0.1:{svc_port}"))?;
     let (status, body) = (answer.status, answer.text());
@@ -218,13 +257,13 @@ fn smoke(o: &Options) -> Result<()> {
             host.project
         );
     };
-    if *running_image != image.id {
+    if *running_image != image_id {
         bail!(
             "the container runs image {running_image}, the lock pins {}",
-            image.id
+            image_id
         );
     }
-    println!("container {container} runs the pinned image {}", image.id);
+    println!("container {container} runs the pinned image {}", image_id);
 
     let mut c = host.cmd();
     let status_out = output(c.args(["status", "--json"]))?;
@@ -256,27 +295,6 @@ fn smoke(o: &Options) -> Result<()> {
     let audit = output(c.args(["audit", "verify"]))?;
     expect_success(&audit, "audit verify")?;
     println!("{}", audit.stdout.trim());
-
-    if let Some(mib) = o.payload_mib {
-        report_measurements(
-            o,
-            &host,
-            public,
-            &bundle,
-            bundle_size,
-            mib,
-            &verify,
-            &apply,
-            work,
-        )?;
-    }
-
-    step("cleaning up");
-    drop(host);
-    drop(project);
-    drop(registry);
-    drop(cleanup);
-    println!("containers, network, images and registry removed");
     Ok(())
 }
 
