@@ -200,19 +200,7 @@ mod tests {
     }
 
     fn generation(number: u32, version: &str, status: Status) -> Generation {
-        Generation {
-            number,
-            store: format!("entry-{number}"),
-            version: version.into(),
-            arch: "amd64".into(),
-            environment: "prod".into(),
-            bundle_sha256: String::new(),
-            manifest_sha256: String::new(),
-            status,
-            installed_at: String::new(),
-            decided_at: None,
-            reason: None,
-        }
+        crate::profile::test_generation(number, version, status)
     }
 
     fn facts() -> HostFacts {

@@ -218,3 +218,21 @@ impl Profile {
         self.save()
     }
 }
+
+/// A recorded generation with made-up hashes, for unit tests of decisions over generations.
+#[cfg(test)]
+pub(crate) fn test_generation(number: u32, version: &str, status: Status) -> Generation {
+    Generation {
+        number,
+        store: format!("entry-{number}"),
+        version: version.into(),
+        arch: "amd64".into(),
+        environment: "prod".into(),
+        bundle_sha256: String::new(),
+        manifest_sha256: String::new(),
+        status,
+        installed_at: String::new(),
+        decided_at: None,
+        reason: None,
+    }
+}

@@ -470,19 +470,7 @@ mod tests {
     use super::*;
 
     fn g(number: u32, status: Status) -> Generation {
-        Generation {
-            number,
-            store: format!("entry-{number}"),
-            version: format!("1.0.{number}"),
-            arch: "amd64".into(),
-            environment: "prod".into(),
-            bundle_sha256: String::new(),
-            manifest_sha256: String::new(),
-            status,
-            installed_at: String::new(),
-            decided_at: None,
-            reason: None,
-        }
+        crate::profile::test_generation(number, &format!("1.0.{number}"), status)
     }
 
     fn state_message(r: Result<u32>) -> String {

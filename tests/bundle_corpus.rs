@@ -44,6 +44,24 @@ fn kind_of(f: &Fixture, bytes: &[u8]) -> String {
     }
 }
 
+/// Every case must be rejected with its expected kind; all misses are reported at once.
+fn assert_each_rejected_with_its_kind(f: &Fixture, cases: &[Case]) {
+    let mut wrong = Vec::new();
+    for c in cases {
+        let got = kind_of(f, &c.bytes);
+        if !got.starts_with(&format!("{} (", c.expected)) {
+            wrong.push(format!("  {}: expected {}, got {got}", c.name, c.expected));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases were not rejected as expected:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
+}
+
 /// The fixture's entries with `edit` applied, as a compressed bundle.
 fn altered(f: &Fixture, edit: impl FnOnce(&mut Vec<Raw>)) -> Vec<u8> {
     let mut e = f.entries();
@@ -542,20 +560,7 @@ fn every_hostile_bundle_is_rejected_with_its_exact_kind() {
     let f = Fixture::new();
     let cases = all_cases(&f);
     assert!(cases.len() >= 20, "only {} cases", cases.len());
-    let mut wrong = Vec::new();
-    for c in &cases {
-        let got = kind_of(&f, &c.bytes);
-        if !got.starts_with(&format!("{} (", c.expected)) {
-            wrong.push(format!("  {}: expected {}, got {got}", c.name, c.expected));
-        }
-    }
-    assert!(
-        wrong.is_empty(),
-        "{} of {} cases were not rejected as expected:\n{}",
-        wrong.len(),
-        cases.len(),
-        wrong.join("\n")
-    );
+    assert_each_rejected_with_its_kind(&f, &cases);
     eprintln!(
         "{} hostile bundles rejected with their exact kind",
         cases.len()
@@ -891,18 +896,5 @@ fn review_cases_are_rejected_with_their_kind() {
         "invalid-manifest",
     ));
 
-    let mut wrong = Vec::new();
-    for c in &cases {
-        let got = kind_of(&f, &c.bytes);
-        if !got.starts_with(&format!("{} (", c.expected)) {
-            wrong.push(format!("  {}: expected {}, got {got}", c.name, c.expected));
-        }
-    }
-    assert!(
-        wrong.is_empty(),
-        "{} of {} review cases were not rejected as expected:\n{}",
-        wrong.len(),
-        cases.len(),
-        wrong.join("\n")
-    );
+    assert_each_rejected_with_its_kind(&f, &cases);
 }
