@@ -416,3 +416,42 @@ fn minisign_cli_signs_with_keys_made_by_our_keygen() {
         assert_eq!(v.key_id, key_id_of(&public));
     }
 }
+
+#[test]
+fn keygen_refuses_a_secret_key_anywhere_in_the_repository_however_it_is_named() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let outside = tempfile::tempdir().expect("tempdir");
+    let public = outside.path().join("k.pub");
+    // Relative paths from inside the repository, and `..` climbing back into it.
+    for (cwd, secret) in [
+        (repo.join("xtask"), "../keys/leak.key"),
+        (repo.to_path_buf(), "keys/leak.key"),
+        (repo.join("recipes"), "./leak.key"),
+    ] {
+        let out = run(Command::new(xtask())
+            .current_dir(&cwd)
+            .args([
+                "keygen",
+                "--no-password",
+                "--secret-key",
+                secret,
+                "--public-key",
+            ])
+            .arg(&public));
+        assert!(
+            !out.status.success(),
+            "keygen wrote {secret} from {}",
+            cwd.display()
+        );
+        assert!(
+            stderr(&out).contains("inside the repository"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!cwd.join(secret).exists(), "{secret} was written");
+        assert!(
+            !public.exists(),
+            "the public key was written although refused"
+        );
+    }
+}

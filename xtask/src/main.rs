@@ -139,10 +139,45 @@ fn workspace_root() -> PathBuf {
     here.parent().unwrap_or(here).to_path_buf()
 }
 
+/// Where `path` would really be written: made absolute against the current directory, with
+/// the longest existing ancestor's links and `..` resolved.
+fn resolved(path: &Path) -> Result<PathBuf> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+            break;
+        };
+        rest.push(name.to_os_string());
+        existing = parent;
+    }
+    let mut out = existing
+        .canonicalize()
+        .unwrap_or_else(|_| existing.to_path_buf());
+    for name in rest.into_iter().rev() {
+        if name == ".." {
+            out.pop();
+        } else if name != "." {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
 fn cmd_keygen(secret: &Path, public: &Path, no_password: bool) -> Result<()> {
-    if secret.starts_with(workspace_root().join("keys")) {
+    let repo = workspace_root();
+    let repo = repo.canonicalize().unwrap_or(repo);
+    let target = resolved(secret)?;
+    if target.starts_with(&repo) {
         bail!(
-            "refusing to write a secret key under keys/: only public keys belong in the repository"
+            "refusing to write a secret key inside the repository ({} is under {}): only public keys belong there; put it e.g. in ~/.config/smoker/",
+            target.display(),
+            repo.display()
         );
     }
     let password = if no_password {
