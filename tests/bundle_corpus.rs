@@ -897,4 +897,11 @@ fn review_cases_are_rejected_with_their_kind() {
     ));
 
     assert_each_rejected_with_its_kind(&f, &cases);
+    // A hostile name reaches messages escaped.
+    let msg = match verify(&f, &cases[1].bytes) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("accepted"),
+    };
+    assert!(!msg.contains('\u{1b}'), "raw escape in: {msg:?}");
+    assert!(msg.contains("\\u{1b}"), "{msg:?}");
 }

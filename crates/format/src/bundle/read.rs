@@ -583,14 +583,20 @@ fn forbidden_pax_key(key: &str) -> bool {
 fn check_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<String, VerifyError> {
     let raw = entry.path_bytes().into_owned();
     let path = String::from_utf8_lossy(&raw).into_owned();
+    // Errors name the entry with control characters escaped: a hostile name must not rewrite
+    // a terminal or forge lines in a log.
+    let shown = || path.escape_debug().to_string();
     if let Some(kind) = entry_kind(entry.header().entry_type()) {
-        return Err(VerifyError::ForbiddenType { path, kind });
+        return Err(VerifyError::ForbiddenType {
+            path: shown(),
+            kind,
+        });
     }
     // The tar reader reads type NUL (an old-style regular file) as regular; bundles are
     // written with `0` only.
     if entry.header().as_bytes()[156] != b'0' {
         return Err(VerifyError::ForbiddenType {
-            path,
+            path: shown(),
             kind: "old-style regular file (type NUL)",
         });
     }
@@ -600,23 +606,26 @@ fn check_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<String, VerifyE
                 && forbidden_pax_key(key)
             {
                 return Err(VerifyError::ForbiddenType {
-                    path,
+                    path: shown(),
                     kind: "sparse file or link (PAX record)",
                 });
             }
         }
     }
     if path.starts_with('/') {
-        return Err(VerifyError::AbsolutePath { path });
+        return Err(VerifyError::AbsolutePath { path: shown() });
     }
     if std::str::from_utf8(&raw).is_err() {
         return Err(VerifyError::UnsafePath {
-            path,
+            path: shown(),
             reason: "not UTF-8".into(),
         });
     }
     if let Err(reason) = check_relative_path(&path) {
-        return Err(VerifyError::UnsafePath { path, reason });
+        return Err(VerifyError::UnsafePath {
+            path: shown(),
+            reason: reason.escape_debug().to_string(),
+        });
     }
     Ok(path)
 }
