@@ -22,9 +22,10 @@ pub struct Failure {
 impl Failure {
     /// A failure of `kind`.
     pub fn new(kind: Kind, message: impl Into<String>) -> Failure {
+        // The last line of defence: no secret value of a host env file leaves in a message.
         Failure {
             kind,
-            message: message.into(),
+            message: smoker::redact::redact(&message.into()),
         }
     }
 }
