@@ -42,12 +42,22 @@ pub struct KeyArgs {
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Check a bundle's signature and every file in it; writes nothing.
+    ///
+    /// With --store: hash every file of every store entry (or of --profile's generations)
+    /// against its signed manifest instead, and name each damaged entry.
     Verify {
         /// Trusted keys.
         #[command(flatten)]
         keys: KeyArgs,
+        /// Check the store's entries (each damaged one is named) instead of a bundle.
+        #[arg(long, conflicts_with = "bundle")]
+        store: bool,
+        /// With --store: only the entries of this profile's generations.
+        #[arg(long, requires = "store")]
+        profile: Option<String>,
         /// The bundle file.
-        bundle: PathBuf,
+        #[arg(required_unless_present = "store")]
+        bundle: Option<PathBuf>,
     },
     /// Verify a bundle, install it as a new generation, switch, health-check, and roll back by
     /// itself when it is not healthy.

@@ -41,7 +41,18 @@ fn main() -> ExitCode {
         host_config: cli.host_config,
     };
     match cli.cmd {
-        Cmd::Verify { keys, bundle } => out.finish(command, commands::verify(&keys, bundle)),
+        Cmd::Verify {
+            keys,
+            store: true,
+            profile,
+            ..
+        } => out.finish(
+            command,
+            commands::verify_store(&ctx, &keys, profile.as_deref()),
+        ),
+        Cmd::Verify { keys, bundle, .. } => {
+            out.finish(command, commands::verify(&keys, bundle.unwrap_or_default()))
+        }
         Cmd::Apply {
             keys,
             env_file,
