@@ -876,3 +876,42 @@ fn verify_store_names_each_damaged_entry_and_its_files() {
     assert_eq!(e.kind, Some(Kind::State));
     assert_eq!(e.data["damaged"], serde_json::json!([entries[0].name]));
 }
+
+#[test]
+fn usb_log_replaces_a_link_on_the_stick_and_leaves_its_target_alone() {
+    use std::io::Write as _;
+    let host = Host::new();
+    let stick = host.dir.path().join("stick");
+    std::fs::create_dir(&stick).expect("stick");
+    let victim = host.dir.path().join("shadow");
+    std::fs::write(&victim, "root:x\n").expect("victim");
+    std::os::unix::fs::symlink(&victim, stick.join("smoker-install.log")).expect("link");
+    let mut child = cli()
+        .arg("--root")
+        .arg(host.root())
+        .args(["usb-log"])
+        .arg(&stick)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"smoker-usb@sda1 finished: result=success exit=0\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert_exit(&out, None);
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "root:x\n"
+    );
+    let log = stick.join("smoker-install.log");
+    assert!(std::fs::symlink_metadata(&log).expect("log").is_file());
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("log"),
+        "smoker-usb@sda1 finished: result=success exit=0\n"
+    );
+}

@@ -182,6 +182,14 @@ pub enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Write standard input to DIR/smoker-install.log on a USB stick, never through a link.
+    ///
+    /// Used by smoker-usb@.service: whatever is at that name on the stick (a link, a FIFO, an
+    /// old log) is removed and the log is created anew.
+    UsbLog {
+        /// The stick's mount point.
+        dir: PathBuf,
+    },
     /// The audit log.
     Audit {
         /// What to do with it.
@@ -213,6 +221,7 @@ impl Cmd {
             Cmd::Recover { .. } => "recover",
             Cmd::Gc { .. } => "gc",
             Cmd::Unlock { .. } => "unlock",
+            Cmd::UsbLog { .. } => "usb-log",
             Cmd::Audit {
                 cmd: AuditCmd::Verify,
             } => "audit verify",

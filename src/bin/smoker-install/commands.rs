@@ -3,7 +3,7 @@
 
 use crate::cli::KeyArgs;
 use crate::output::{
-    Applied, AuditChecked, BackedUp, Backups, Collected, Failure, History, Preflighted,
+    Applied, AuditChecked, BackedUp, Backups, Collected, Failure, History, MediaLog, Preflighted,
     RecoveredFirst, Restored, RolledBack, Status, StoreVerified, Unlocked, Verified,
 };
 use smoker::apply::{self, Progress};
@@ -141,6 +141,12 @@ pub fn verify_store(
         entries,
         signatures_checked: keys.is_some(),
     })
+}
+
+/// `usb-log DIR`: standard input to the stick's run log, never through a link.
+pub fn usb_log(dir: &Path) -> Result<MediaLog, Failure> {
+    let path = smoker::usb::write_media_log(dir, &mut std::io::stdin().lock())?;
+    Ok(MediaLog { path })
 }
 
 /// What `apply` was asked to do.

@@ -185,6 +185,22 @@ impl Report for Verified {
     }
 }
 
+/// `usb-log`: where the run log was written.
+pub struct MediaLog {
+    /// The log file.
+    pub path: PathBuf,
+}
+
+impl Report for MediaLog {
+    fn data(&self) -> serde_json::Value {
+        serde_json::json!({ "path": self.path.display().to_string() })
+    }
+
+    fn text(&self) -> String {
+        String::new()
+    }
+}
+
 /// `verify --store`: the full check of the store's entries.
 pub struct StoreVerified {
     /// One check per entry.
