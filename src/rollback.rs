@@ -47,8 +47,12 @@ pub(crate) fn restore_previous(
 ) -> Result<u32> {
     let target = return_target(&profile.state.generations, failed, previous);
     let Some(target) = target else {
-        // Nothing to return to (first install): stop the failed stack so it does not linger.
-        let entry = current_entry(layout, profile, failed)?;
+        // Nothing to return to (first install): stop the failed stack so it does not linger
+        // (`down` starts nothing, so a damaged entry is still good enough to stop it).
+        let g = profile
+            .generation(failed)
+            .ok_or_else(|| Error::State(format!("generation {failed} is not recorded")))?;
+        let entry = crate::store::open(layout, &g.store)?;
         let env = entry_env(&entry, &env_file_of(profile))?;
         let stack = Stack {
             project: &profile.state.project,
