@@ -154,18 +154,18 @@ impl Staged {
         let dest = layout.store().join(&name);
         if dest.exists() {
             // Same manifest hash = same content; keep the committed copy if it is intact,
-            // else replace it with the copy just verified.
-            let existing = open(layout, &name)?;
-            match check(&existing, Some(&self.verified.manifest_sha256)) {
-                Ok(()) => return Ok(existing),
-                Err(_) => {
-                    let aside = layout
-                        .staging()
-                        .join(format!("stage-{}-damaged-{name}", std::process::id()));
-                    std::fs::rename(&dest, &aside).map_err(io_at(&dest))?;
-                    fsutil::remove_tree(&aside)?;
-                }
+            // else (damaged, or not even readable) replace it with the copy just verified.
+            let intact = open(layout, &name)
+                .ok()
+                .filter(|e| check(e, Some(&self.verified.manifest_sha256)).is_ok());
+            if let Some(existing) = intact {
+                return Ok(existing);
             }
+            let aside = layout
+                .staging()
+                .join(format!("stage-{}-damaged-{name}", std::process::id()));
+            std::fs::rename(&dest, &aside).map_err(io_at(&dest))?;
+            fsutil::remove_tree(&aside)?;
         }
         std::fs::create_dir_all(layout.store()).map_err(io_at(&layout.store()))?;
         let journal = journal_of(
@@ -486,6 +486,12 @@ mod tests {
         let again = commit(&layout, &bundle, &keys);
         check(&again, Some(&entry.manifest_sha256)).expect("replaced");
         assert!(!again.path.join("stack/.env").exists());
+
+        // So is an entry whose manifest is gone.
+        fsutil::make_writable(&again.path).expect("writable");
+        std::fs::remove_file(again.path.join(MANIFEST_PATH)).expect("rm manifest");
+        let third = commit(&layout, &bundle, &keys);
+        check(&third, Some(&entry.manifest_sha256)).expect("replaced again");
     }
 
     #[test]
