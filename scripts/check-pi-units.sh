@@ -2,9 +2,16 @@
 # Checks the Pi's systemd units (deploy/pi/*.service) with `systemd-analyze verify`, in a
 # scratch root so that the commands they run (/usr/local/bin/smoker-install, mount, …) and the
 # units they order against (docker.service) need not be installed on this machine. Any message
-# from the verifier (unknown key, bad specifier, missing command) fails the check.
+# from the verifier (unknown key, bad specifier, missing command) fails the check. A unit
+# that writes onto the USB stick by a shell redirection (which follows a link planted on the
+# stick) fails it too: the stick's log is written by `smoker-install usb-log`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if grep -nE '>>?[[:space:]]*/run/smoker-usb' deploy/pi/*.service; then
+  echo "error: a unit redirects output onto the USB stick (follows links there); use smoker-install usb-log" >&2
+  exit 1
+fi
 
 command -v systemd-analyze >/dev/null || {
   echo "error: systemd-analyze is missing (Debian package systemd)" >&2

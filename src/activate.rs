@@ -39,12 +39,19 @@ pub fn entry_env(entry: &StoreEntry, env_file: &Path) -> Result<BTreeMap<String,
     )
 }
 
-/// The store entry of recorded generation `n` of `profile`.
+/// The store entry of recorded generation `n` of `profile`, checked against the store journal
+/// and the manifest hash the generation recorded: a damaged entry is refused
+/// ([`store::check`]) rather than started.
 pub fn generation_entry(layout: &Layout, profile: &Profile, n: u32) -> Result<StoreEntry> {
     let g = profile
         .generation(n)
         .ok_or_else(|| Error::State(format!("generation {n} is not recorded")))?;
-    store::open(layout, &g.store)
+    let entry = store::open(layout, &g.store)?;
+    store::check(&entry, Some(&g.manifest_sha256)).map_err(|e| match e {
+        Error::State(m) => Error::State(format!("generation {n}: {m}")),
+        other => other,
+    })?;
+    Ok(entry)
 }
 
 /// Starts generation `entry` under `project` and runs the health gate.

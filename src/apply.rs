@@ -202,7 +202,8 @@ impl Run<'_> {
     fn apply_locked(&mut self, file: std::fs::File) -> Result<Outcome> {
         let existing = Profile::open(self.layout, self.name)?;
         let bundle_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let (entry, bundle_sha256) = self.verify_and_store(file, existing.as_ref())?;
+        // Held until generation N links the entry, so no gc removes it in between.
+        let (entry, bundle_sha256, storing) = self.verify_and_store(file, existing.as_ref())?;
         if let Some(unchanged) = self.already_serving(existing.as_ref(), &entry) {
             return Ok(unchanged);
         }
@@ -220,6 +221,7 @@ impl Run<'_> {
         let previous = profile.current();
         let mut data = self.plan_data(&runtime, &profile, previous, &entry)?;
         let number = self.record_and_switch(&mut profile, &entry, bundle_sha256)?;
+        drop(storing);
 
         let project = profile.state.project.clone();
         let stack = Stack {
@@ -289,7 +291,7 @@ impl Run<'_> {
         &mut self,
         file: std::fs::File,
         existing: Option<&Profile>,
-    ) -> Result<(StoreEntry, String)> {
+    ) -> Result<(StoreEntry, String, crate::gc::Storing)> {
         self.progress.step("verifying and storing the bundle");
         let (layout, keys) = (self.layout, &self.opts.keys);
         let staged = self
@@ -307,13 +309,14 @@ impl Run<'_> {
         policy::check(staged.manifest(), self.name, generations, &facts)?;
         let key_id = staged.verified.key_id.clone();
         let bundle_sha256 = staged.verified.bundle_sha256.clone();
+        let storing = crate::gc::storing(layout)?;
         let entry = self.timer.time("store", || staged.commit(layout))?;
         fault::point("apply:stored");
         self.progress.info(&format!(
             "verified {} {} {} (signed by {key_id}), stored as {}",
             entry.manifest.name, entry.manifest.version, entry.manifest.arch, entry.name
         ));
-        Ok((entry, bundle_sha256))
+        Ok((entry, bundle_sha256, storing))
     }
 
     /// The outcome when the current generation is already this bundle and good.

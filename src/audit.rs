@@ -39,7 +39,10 @@ pub fn append(layout: &Layout, event: &str, fields: Value) -> Result<()> {
             line.entry(k).or_insert(v);
         }
     }
-    let text = serde_json::to_string(&Value::Object(line)).unwrap_or_default();
+    let mut line = Value::Object(line);
+    // The last line of defence: no secret value of a host env file reaches the log.
+    crate::redact::registered().redact_json(&mut line);
+    let text = serde_json::to_string(&line).unwrap_or_default();
     f.write_all(format!("{text}\n").as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(io_at(&log))?;

@@ -7,8 +7,15 @@
 //!
 //! The decision is [`plan`], a pure function of what gc sees on the host; [`gc`] reads the
 //! host, plans and carries the plan out.
+//!
+//! One host-wide lock, `locks/.gc.lock`, closes the window between an apply committing its
+//! store entry and its generation linking it (in which the entry looks unreferenced): an apply
+//! holds it shared ([`storing`]) from before the commit until the generation is recorded, and
+//! gc holds it exclusively from reading the profiles until its removals are done. gc never
+//! waits for it: when an apply is storing, gc forgets generations as planned but removes no
+//! store entry and no image this time ([`GcReport::store_deferred`]).
 
-use crate::error::Result;
+use crate::error::{Result, io_at};
 use crate::layout::Layout;
 use crate::profile::{Profile, Status};
 use crate::runtime::Runtime;
@@ -25,6 +32,28 @@ pub struct GcReport {
     pub store_entries: Vec<String>,
     /// Images removed.
     pub images: Vec<String>,
+    /// True when an apply was storing a bundle, so no store entry or image was removed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub store_deferred: bool,
+}
+
+/// The host-wide gc lock held shared by an apply while its entry is stored but not yet
+/// linked by a generation; released on drop.
+pub struct Storing {
+    _file: std::fs::File,
+}
+
+fn gc_lock_file(layout: &Layout) -> Result<std::fs::File> {
+    let path = layout.gc_lock_file();
+    crate::fsutil::open_private(&path, crate::fsutil::Private::ReadWrite)
+}
+
+/// Takes the gc lock shared (waiting for a gc that runs now, which is short): store entries
+/// committed while it is held are not removed by any gc until it is dropped.
+pub fn storing(layout: &Layout) -> Result<Storing> {
+    let file = gc_lock_file(layout)?;
+    file.lock_shared().map_err(io_at(&layout.gc_lock_file()))?;
+    Ok(Storing { _file: file })
 }
 
 /// One generation as gc sees it.
@@ -201,6 +230,16 @@ pub fn gc<R: ImageRemover + ?Sized>(
     keep: usize,
     held: &[String],
 ) -> Result<GcReport> {
+    // Held (released when dropped at the end) from before the profiles are read until the
+    // removals are done; without it, store entries stay this time.
+    let exclusive = {
+        let file = gc_lock_file(layout)?;
+        match file.try_lock() {
+            Ok(()) => Some(file),
+            Err(std::fs::TryLockError::WouldBlock) => None,
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_at(&layout.gc_lock_file())(e)),
+        }
+    };
     let mut profiles = BTreeMap::new();
     let mut views = Vec::new();
     for name in layout.profile_names() {
@@ -262,14 +301,22 @@ pub fn gc<R: ImageRemover + ?Sized>(
         .collect();
     let plan = plan(&views, &entries, keep, &busy);
 
-    let mut report = GcReport::default();
+    let mut report = GcReport {
+        store_deferred: exclusive.is_none(),
+        ..GcReport::default()
+    };
     for (name, n) in &plan.generations {
         if let Some(profile) = profiles.get_mut(name) {
             profile.forget(*n)?;
             report.generations.push(format!("{name}:{n}"));
         }
     }
-    for removal in plan.store_entries {
+    let removals = if exclusive.is_some() {
+        plan.store_entries
+    } else {
+        Vec::new()
+    };
+    for removal in removals {
         store::remove(layout, &removal.entry)?;
         report.store_entries.push(removal.entry);
         for img in removal.images {
@@ -825,5 +872,53 @@ mod tests {
                 .current(),
             Some(2)
         );
+    }
+
+    /// An apply (one thread) commits its entry and records its generation only after a gc run
+    /// by another profile's apply (another thread) has finished: in between, the entry is
+    /// linked by no generation and its profile's lock does not protect it (here: not held, as
+    /// when gc read the profiles before the apply recorded its generation). The gc lock keeps
+    /// it; once the apply released it, gc removes only what is truly unreferenced.
+    #[test]
+    fn an_entry_stored_but_not_yet_linked_survives_a_concurrent_gc() {
+        use std::sync::mpsc::channel;
+        let root = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(root.path());
+        add_entry(&layout, "e1-api", "api", &[]);
+        add_generation(&layout, "api", 1, "e1-api", Good);
+        add_entry(&layout, "e0-orphan", "gone", &[]);
+        let (stored_tx, stored_rx) = channel::<()>();
+        let (gc_done_tx, gc_done_rx) = channel::<()>();
+        let apply = {
+            let layout = layout.clone();
+            std::thread::spawn(move || {
+                let storing = storing(&layout).expect("gc lock shared");
+                add_entry(&layout, "e1-web", "web", &[]);
+                stored_tx.send(()).expect("signal");
+                gc_done_rx.recv().expect("wait for gc");
+                add_generation(&layout, "web", 1, "e1-web", Good);
+                drop(storing);
+            })
+        };
+        stored_rx.recv().expect("stored");
+        let remover = Remover {
+            refuse: Vec::new(),
+            calls: RefCell::new(Vec::new()),
+        };
+        let report = gc(&layout, &remover, 1, &["api".to_string()]).expect("gc");
+        gc_done_tx.send(()).expect("signal");
+        apply.join().expect("apply thread");
+        assert!(report.store_deferred, "{report:?}");
+        assert!(report.store_entries.is_empty(), "{report:?}");
+        assert!(
+            layout.store().join("e1-web").is_dir(),
+            "the new entry was removed"
+        );
+
+        let report = gc(&layout, &remover, 1, &["api".to_string()]).expect("gc");
+        assert!(!report.store_deferred);
+        assert_eq!(report.store_entries, ["e0-orphan"]);
+        assert!(layout.store().join("e1-web").is_dir());
+        assert!(layout.store().join("e1-api").is_dir());
     }
 }

@@ -46,7 +46,9 @@ pub fn read_host(path: &Path) -> Result<BTreeMap<String, String>> {
     match std::fs::read_to_string(path) {
         Ok(t) => {
             check_secret_file(path)?;
-            Ok(parse(&t))
+            let values = parse(&t);
+            crate::redact::register(values.values().cloned());
+            Ok(values)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
         Err(e) => Err(Error::Io {

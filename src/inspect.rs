@@ -226,6 +226,56 @@ pub fn profile_names(layout: &Layout, only: Option<&str>) -> Vec<String> {
     }
 }
 
+/// The full check of one store entry (`smoker-install verify --store`).
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryCheck {
+    /// Store entry name.
+    pub entry: String,
+    /// `profile:generation` of every recorded generation that uses it.
+    pub used_by: Vec<String>,
+    /// What is wrong with it (empty: intact).
+    pub problems: Vec<String>,
+}
+
+/// Hashes every file of every store entry (or of the entries `profile`'s generations use)
+/// against its manifest, the manifest against the hash each generation recorded and, with
+/// `keys`, its signature. Changes nothing.
+pub fn verify_store(
+    layout: &Layout,
+    profile: Option<&str>,
+    keys: Option<&smoker_format::signing::TrustedKeys>,
+) -> Result<Vec<EntryCheck>> {
+    let names = match profile {
+        Some(p) => vec![p.to_string()],
+        None => layout.profile_names(),
+    };
+    // entry -> (expected manifest sha256, users)
+    let mut uses: std::collections::BTreeMap<String, (Option<String>, Vec<String>)> =
+        Default::default();
+    for name in &names {
+        let p = Profile::open(layout, name)?
+            .ok_or_else(|| Error::State(format!("no profile `{name}` on this host")))?;
+        for g in &p.state.generations {
+            let u = uses.entry(g.store.clone()).or_default();
+            u.0 = Some(g.manifest_sha256.clone());
+            u.1.push(format!("{name}:{}", g.number));
+        }
+    }
+    if profile.is_none() {
+        for e in crate::store::list(layout) {
+            uses.entry(e).or_default();
+        }
+    }
+    Ok(uses
+        .into_iter()
+        .map(|(entry, (expected, used_by))| EntryCheck {
+            problems: crate::store::verify_entry(layout, &entry, expected.as_deref(), keys),
+            entry,
+            used_by,
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

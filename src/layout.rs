@@ -7,6 +7,7 @@
 //! <root>/profiles/<name>/current  -> <N>-link     switched with rename(2)
 //! <root>/profiles/<name>/state.json               generations and their status
 //! <root>/locks/<name>.lock                        per-profile lock and its holder
+//! <root>/locks/.gc.lock                           host-wide gc lock (see `gc`)
 //! <root>/floors/<name>                            anti-rollback floor: highest version committed
 //! <root>/audit.log, audit.head                    hash-chained audit log
 //! ```
@@ -58,6 +59,11 @@ impl Layout {
     /// Lock file of a profile.
     pub fn lock_file(&self, name: &str) -> PathBuf {
         self.root.join("locks").join(format!("{name}.lock"))
+    }
+
+    /// The host-wide gc lock (see [`crate::gc`]).
+    pub fn gc_lock_file(&self) -> PathBuf {
+        self.root.join("locks").join(".gc.lock")
     }
 
     /// A profile's anti-rollback floor (kept outside the profile's directory, so removing or

@@ -32,6 +32,7 @@ pub mod privilege;
 pub mod profile;
 pub mod progress;
 pub mod recovery;
+pub mod redact;
 pub mod rollback;
 pub mod runtime;
 pub mod store;

@@ -52,13 +52,22 @@ pub struct Notice {
 /// Result of delivering to one webhook.
 #[derive(Debug, Clone, Serialize)]
 pub struct Delivery {
-    /// Webhook URL.
+    /// The webhook's scheme, host and port (never its path: Slack and Discord URLs carry
+    /// their secret there).
     pub url: String,
     /// None when delivered, else why not.
     pub error: Option<String>,
 }
 
+/// The JSON posted to `hook`, with every secret value of the host env files redacted (a
+/// failure's message may quote tool output).
 fn payload(hook: &Webhook, n: &Notice, host: &str) -> serde_json::Value {
+    let mut v = payload_of(hook, n, host);
+    crate::redact::registered().redact_json(&mut v);
+    v
+}
+
+fn payload_of(hook: &Webhook, n: &Notice, host: &str) -> serde_json::Value {
     let text = format!(
         "[{}] {} {} ({}) on {}: {}",
         n.event.as_str(),
@@ -129,7 +138,8 @@ pub fn send(layout: &Layout, cfg: &HostConfig, n: &Notice) -> Vec<Delivery> {
                         if e.is_timeout() {
                             format!("no answer within {} ms", hook.timeout_ms)
                         } else {
-                            e.to_string()
+                            // reqwest names the whole URL in its errors.
+                            e.without_url().to_string()
                         }
                     })
             })
@@ -140,22 +150,19 @@ pub fn send(layout: &Layout, cfg: &HostConfig, n: &Notice) -> Vec<Delivery> {
                     Err(format!("answered {}", r.status()))
                 }
             });
-        let error = result.err();
+        let error = result.err().map(|e| e.replace(&hook.url, "<webhook URL>"));
+        let origin = crate::redact::url_origin(&hook.url);
         if let Some(e) = &error {
             eprintln!(
-                "warning: webhook {} was not notified ({e}); the deploy is not affected",
-                hook.url
+                "warning: webhook {origin} was not notified ({e}); the deploy is not affected"
             );
             let _ = crate::audit::append(
                 layout,
                 "notify-failed",
-                serde_json::json!({"url": hook.url, "error": e, "event": n.event}),
+                serde_json::json!({"url": origin, "error": e, "event": n.event}),
             );
         }
-        out.push(Delivery {
-            url: hook.url.clone(),
-            error,
-        });
+        out.push(Delivery { url: origin, error });
     }
     out
 }
@@ -272,7 +279,8 @@ mod tests {
         };
         let out = send(&layout, &cfg, &notice(Event::Succeeded, "healthy"));
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].url, url);
+        assert_eq!(out[0].url, crate::redact::url_origin(&url));
+        assert!(!out[0].url.contains("/hook"));
         assert_eq!(out[0].error, None);
         let body: serde_json::Value =
             serde_json::from_str(&server.join().expect("server")).expect("json body");
@@ -313,6 +321,11 @@ mod tests {
         };
         let out = send(&layout, &cfg, &notice(Event::Failed, "gate failed"));
         server.join().expect("server");
+        let (rejecting, closed, silent_url) = (
+            crate::redact::url_origin(&rejecting),
+            crate::redact::url_origin(&closed),
+            crate::redact::url_origin(&silent_url),
+        );
         let errors: Vec<(&str, Option<&str>)> = out
             .iter()
             .map(|d| (d.url.as_str(), d.error.as_deref()))

@@ -47,8 +47,12 @@ pub(crate) fn restore_previous(
 ) -> Result<u32> {
     let target = return_target(&profile.state.generations, failed, previous);
     let Some(target) = target else {
-        // Nothing to return to (first install): stop the failed stack so it does not linger.
-        let entry = current_entry(layout, profile, failed)?;
+        // Nothing to return to (first install): stop the failed stack so it does not linger
+        // (`down` starts nothing, so a damaged entry is still good enough to stop it).
+        let g = profile
+            .generation(failed)
+            .ok_or_else(|| Error::State(format!("generation {failed} is not recorded")))?;
+        let entry = crate::store::open(layout, &g.store)?;
         let env = entry_env(&entry, &env_file_of(profile))?;
         let stack = Stack {
             project: &profile.state.project,
@@ -556,5 +560,59 @@ mod tests {
             msg.contains("no good generation before the current one (1)"),
             "{msg}"
         );
+    }
+
+    /// Generation `n` of profile `web` from a freshly committed test bundle of `version`.
+    fn install(layout: &Layout, dir: &std::path::Path, n: u32, version: &str) -> String {
+        let (bundle, keys) = crate::store::testbundle::make(dir, "web", version);
+        let f = std::fs::File::open(bundle).expect("open bundle");
+        let entry = crate::store::stage(layout, f, &keys)
+            .expect("stage")
+            .commit(layout)
+            .expect("commit");
+        let mut p = Profile::open_or_create(layout, "web", "smoker-web-test").expect("profile");
+        p.add_pending(Generation {
+            store: entry.name.clone(),
+            manifest_sha256: entry.manifest_sha256.clone(),
+            ..g(n, Status::Pending)
+        })
+        .expect("add");
+        p.switch(n).expect("switch");
+        p.decide(n, Status::Good, None).expect("decide");
+        entry.name
+    }
+
+    #[test]
+    fn rollback_refuses_a_damaged_store_entry_naming_the_file_and_changes_nothing() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(dir.path().join("root"));
+        let first = install(&layout, dir.path(), 1, "1.0.0");
+        install(&layout, dir.path(), 2, "2.0.0");
+        let file = layout
+            .store()
+            .join(&first)
+            .join(crate::store::testbundle::COMPOSE);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::fs::write(&file, "services:\n  evil:\n    image: evil\n").expect("tamper");
+
+        let err = rollback(&layout, "web", Request::default(), &crate::progress::Quiet)
+            .expect_err("a damaged target is refused");
+        assert_eq!(err.kind(), crate::error::Kind::State, "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains(&first), "{msg}");
+        assert!(msg.contains(crate::store::testbundle::COMPOSE), "{msg}");
+        let p = Profile::open(&layout, "web").expect("open").expect("web");
+        assert_eq!(p.current(), Some(2), "nothing was switched");
+        assert_eq!(p.generation(1).map(|g| g.status), Some(Status::Good));
+
+        // The full check names the same entry.
+        let checks = crate::inspect::verify_store(&layout, Some("web"), None).expect("verify");
+        let damaged: Vec<&str> = checks
+            .iter()
+            .filter(|c| !c.problems.is_empty())
+            .map(|c| c.entry.as_str())
+            .collect();
+        assert_eq!(damaged, [first.as_str()]);
     }
 }

@@ -73,8 +73,10 @@ fn run(cmd: &mut Command) -> std::io::Result<Output> {
     cmd.stdin(Stdio::null()).output()
 }
 
+/// Tool output as text for messages: trimmed, with every secret value of the host env files
+/// replaced (compose and hooks may echo them).
 fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim().to_string()
+    crate::redact::redact(String::from_utf8_lossy(b).trim())
 }
 
 impl Runtime {

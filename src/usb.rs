@@ -350,6 +350,80 @@ pub fn apply_from_media(
     )))
 }
 
+/// The run log's name at the root of a stick.
+pub const MEDIA_LOG: &str = "smoker-install.log";
+
+/// Writes `input` to [`MEDIA_LOG`] in `dir` (the stick's mount point) without ever following a
+/// link: the stick is not trusted and may hold, under that name, a link to `/etc/shadow`, a
+/// FIFO or a device. The directory is opened with `O_NOFOLLOW`, whatever is at the name is
+/// unlinked (a directory there is refused), and the log is created anew relative to the
+/// directory with `O_CREAT | O_EXCL | O_NOFOLLOW`, so nothing outside the stick is written.
+pub fn write_media_log(dir: &Path, input: &mut dyn std::io::Read) -> Result<PathBuf> {
+    use std::ffi::CString;
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = dir.join(MEDIA_LOG);
+    let cdir = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| Error::Policy(format!("{} is not a usable path", dir.display())))?;
+    let name = CString::new(MEDIA_LOG).unwrap_or_default();
+    // SAFETY: a valid C string; the returned descriptor is owned below.
+    let dfd = unsafe {
+        libc::open(
+            cdir.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if dfd < 0 {
+        return Err(crate::error::io_at(dir)(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `dfd` is a fresh descriptor owned by nothing else.
+    let dfd = unsafe { OwnedFd::from_raw_fd(dfd) };
+    let dfd_raw = std::os::fd::AsRawFd::as_raw_fd(&dfd);
+    for _ in 0..8 {
+        // SAFETY: valid descriptor and C string.
+        if unsafe { libc::unlinkat(dfd_raw, name.as_ptr(), 0) } != 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ENOENT) => {}
+                Some(libc::EISDIR) | Some(libc::EPERM) => {
+                    return Err(Error::Policy(format!(
+                        "{} is not a file (a directory?); the run log is not written there",
+                        path.display()
+                    )));
+                }
+                _ => return Err(crate::error::io_at(&path)(e)),
+            }
+        }
+        // SAFETY: valid descriptor and C string; the returned descriptor is owned below.
+        let fd = unsafe {
+            libc::openat(
+                dfd_raw,
+                name.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o644 as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EEXIST) {
+                // Something appeared under the name again: remove it and retry.
+                continue;
+            }
+            return Err(crate::error::io_at(&path)(e));
+        }
+        // SAFETY: `fd` is a fresh descriptor owned by nothing else.
+        let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+        std::io::copy(input, &mut file)
+            .and_then(|_| file.sync_all())
+            .map_err(crate::error::io_at(&path))?;
+        return Ok(path);
+    }
+    Err(Error::State(format!(
+        "{} kept reappearing; the run log is not written",
+        path.display()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,5 +543,85 @@ mod tests {
             media_roots(&[PathBuf::from("/x")]),
             vec![PathBuf::from("/x")]
         );
+    }
+
+    /// The unit writes the run log onto an untrusted stick: a `smoker-install.log` there that
+    /// links to a root-owned file must not get that file overwritten. On a real ext4 image
+    /// (loop-mounted, as a stick is; links survive on ext4) when loop devices are available,
+    /// else on a plain directory — said on stderr, never skipped.
+    #[test]
+    fn the_media_log_never_follows_a_link_on_the_stick() {
+        use std::os::unix::fs::FileTypeExt as _;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let victim = tmp.path().join("shadow");
+        std::fs::write(&victim, "root:secret-hash:19000::::::\n").expect("victim");
+        let mnt = tmp.path().join("stick");
+        std::fs::create_dir(&mnt).expect("mount point");
+        let img = tmp.path().join("stick.img");
+        let mounted = std::fs::File::create(&img)
+            .and_then(|f| f.set_len(8 * 1024 * 1024))
+            .is_ok()
+            && std::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(&img)
+                .status()
+                .is_ok_and(|s| s.success())
+            && std::process::Command::new("mount")
+                .args(["-o", "loop,rw,nosuid,nodev,noexec"])
+                .arg(&img)
+                .arg(&mnt)
+                .status()
+                .is_ok_and(|s| s.success());
+        struct Unmount(Option<PathBuf>);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                if let Some(m) = &self.0 {
+                    let _ = std::process::Command::new("umount").arg(m).status();
+                }
+            }
+        }
+        let _unmount = Unmount(mounted.then(|| mnt.clone()));
+        if !mounted {
+            eprintln!(
+                "note: no loop-mounted ext4 here; the media log is tested on a plain directory"
+            );
+        }
+
+        // A link to the victim, then a FIFO (opening one for writing would block), then an
+        // old log: each is replaced by a fresh regular file.
+        std::os::unix::fs::symlink(&victim, mnt.join(MEDIA_LOG)).expect("plant link");
+        let path = write_media_log(&mnt, &mut &b"run 1\n"[..]).expect("write log");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("victim"),
+            "root:secret-hash:19000::::::\n",
+            "the link's target was written"
+        );
+        let meta = std::fs::symlink_metadata(&path).expect("log");
+        assert!(meta.file_type().is_file(), "{meta:?}");
+        assert_eq!(std::fs::read_to_string(&path).expect("log"), "run 1\n");
+
+        std::fs::remove_file(&path).expect("rm");
+        let fifo = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("c path");
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .expect("fifo")
+                .file_type()
+                .is_fifo()
+        );
+        write_media_log(&mnt, &mut &b"run 2\n"[..]).expect("write log");
+        assert_eq!(std::fs::read_to_string(&path).expect("log"), "run 2\n");
+        write_media_log(&mnt, &mut &b"run 3\n"[..]).expect("write log");
+        assert_eq!(std::fs::read_to_string(&path).expect("log"), "run 3\n");
+
+        // A directory under the name is refused, and nothing is written through it.
+        std::fs::remove_file(&path).expect("rm");
+        std::fs::create_dir(&path).expect("dir");
+        assert!(write_media_log(&mnt, &mut &b"run 4\n"[..]).is_err());
+        // The stick's directory itself must not be a link either.
+        let link_dir = tmp.path().join("link-to-stick");
+        std::os::unix::fs::symlink(&mnt, &link_dir).expect("dir link");
+        assert!(write_media_log(&link_dir, &mut &b"x"[..]).is_err());
     }
 }

@@ -835,3 +835,83 @@ fn a_host_root_writable_by_others_is_refused() {
         "{e:?}"
     );
 }
+
+#[test]
+fn verify_store_names_each_damaged_entry_and_its_files() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let host = Host::new();
+    let layout = host.layout();
+    let keys = smoker_format::signing::TrustedKeys::from_file(&host.public_key).expect("keys");
+    let mut entries = Vec::new();
+    for version in ["1.0.0", "2.0.0"] {
+        let f = std::fs::File::open(host.bundle(version, "dev", &[])).expect("bundle");
+        let entry = smoker::store::stage(&layout, f, &keys)
+            .expect("stage")
+            .commit(&layout)
+            .expect("commit");
+        entries.push(entry);
+    }
+    let key = host.public_key.display().to_string();
+    let out = host.run(&["verify", "--store", "--key", &key]);
+    assert_exit(&out, None);
+    assert_eq!(stdout(&out).matches("OK ").count(), 2, "{}", stdout(&out));
+
+    let file = entries[0].path.join("stack/compose.yaml");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::write(&file, "services:\n  app:\n    image: evil\n").expect("tamper");
+    let out = host.run(&["verify", "--store", "--key", &key]);
+    assert_exit(&out, Some(Kind::State));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "DAMAGED {}: stack/compose.yaml does not match its hash",
+            entries[0].name
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&format!("OK {}", entries[1].name)), "{text}");
+    assert!(stderr(&out).contains(&entries[0].name), "{}", stderr(&out));
+    let out = host.run(&["verify", "--store", "--json", "--key", &key]);
+    let e = envelope(&out);
+    assert_eq!(e.kind, Some(Kind::State));
+    assert_eq!(e.data["damaged"], serde_json::json!([entries[0].name]));
+}
+
+#[test]
+fn usb_log_replaces_a_link_on_the_stick_and_leaves_its_target_alone() {
+    use std::io::Write as _;
+    let host = Host::new();
+    let stick = host.dir.path().join("stick");
+    std::fs::create_dir(&stick).expect("stick");
+    let victim = host.dir.path().join("shadow");
+    std::fs::write(&victim, "root:x\n").expect("victim");
+    std::os::unix::fs::symlink(&victim, stick.join("smoker-install.log")).expect("link");
+    let mut child = cli()
+        .arg("--root")
+        .arg(host.root())
+        .args(["usb-log"])
+        .arg(&stick)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"smoker-usb@sda1 finished: result=success exit=0\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert_exit(&out, None);
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "root:x\n"
+    );
+    let log = stick.join("smoker-install.log");
+    assert!(std::fs::symlink_metadata(&log).expect("log").is_file());
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("log"),
+        "smoker-usb@sda1 finished: result=success exit=0\n"
+    );
+}

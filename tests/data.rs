@@ -362,3 +362,63 @@ fn webhooks_are_told_and_a_dead_one_never_fails_the_deploy() {
     assert!(audit.contains("\"event\":\"notify-failed\""), "{audit}");
     drop(silent);
 }
+
+/// A new generation whose `compose up` fails with the host's secret in its output (docker
+/// names the user it cannot find, and the user is the secret): the installer's messages, the
+/// audit log and the webhook payloads of the automatic rollback carry `[redacted]`, never the
+/// value; a failed webhook is named by scheme, host and port only, never by its secret path.
+#[test]
+fn a_secret_echoed_by_a_failing_stack_is_redacted_everywhere_it_leaves() {
+    use smoker_testkit::project::{TEST_SECRET, WebService};
+    let mut bed = Testbed::new();
+    let (image, port) = (bed.image.clone(), bed.port);
+    let project = Project::testsvc(&image, port, 20);
+    let secret = format!("s3cret-token-{}", std::process::id());
+    project.write_env_file(&format!("{}={secret}\n", TEST_SECRET.0));
+    let v1 = project.release_svc("1.0.0", port, 20, &[]);
+    let compose = WebService::testsvc_knobs(&image.reference).yaml().replacen(
+        "    environment:\n",
+        "    user: \"${TEST_SECRET:?set TEST_SECRET}\"\n    environment:\n",
+        1,
+    );
+    smoker_testkit::write_file(&project.recipe_dir(SVC).join("compose.yaml"), compose);
+    let v2 = project.release_svc("2.0.0", port, 20, &[]);
+    let host = bed.host(None);
+    let out = host.apply(&project, &v1);
+    assert!(out.status.success(), "apply v1: {}", text(&out));
+
+    let (rport, got) = receiver();
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let cport = closed.local_addr().expect("addr").port();
+    drop(closed);
+    std::fs::write(
+        host.host_config(),
+        format!(
+            "[[webhook]]\nurl = \"http://127.0.0.1:{rport}/hook\"\nkind = \"json\"\n\n[[webhook]]\nurl = \"http://127.0.0.1:{cport}/services/T0/B0/hooksecret\"\nkind = \"slack\"\ntimeout_ms = 400\n"
+        ),
+    )
+    .expect("host config");
+    let out = host.apply(&project, &v2);
+    assert!(!out.status.success(), "v2 cannot start: {}", text(&out));
+    let all = text(&out);
+    assert!(all.contains("[redacted]"), "{all}");
+    assert!(!all.contains(&secret), "{all}");
+    assert!(!all.contains("hooksecret"), "{all}");
+
+    let audit = std::fs::read_to_string(host.root().join("audit.log")).expect("audit");
+    let rollback = audit
+        .lines()
+        .find(|l| l.contains("\"event\":\"rollback\""))
+        .unwrap_or_else(|| panic!("no rollback line: {audit}"));
+    assert!(rollback.contains("[redacted]"), "{rollback}");
+    assert!(!audit.contains(&secret), "{audit}");
+    assert!(!audit.contains("hooksecret"), "{audit}");
+
+    let bodies = got.lock().expect("lock").clone();
+    let rolled_back = bodies
+        .iter()
+        .find(|b| b.contains("\"rolled-back\""))
+        .unwrap_or_else(|| panic!("no rollback notice: {bodies:?}"));
+    assert!(rolled_back.contains("[redacted]"), "{rolled_back}");
+    assert!(bodies.iter().all(|b| !b.contains(&secret)), "{bodies:?}");
+}

@@ -42,12 +42,22 @@ pub struct KeyArgs {
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Check a bundle's signature and every file in it; writes nothing.
+    ///
+    /// With --store: hash every file of every store entry (or of --profile's generations)
+    /// against its signed manifest instead, and name each damaged entry.
     Verify {
         /// Trusted keys.
         #[command(flatten)]
         keys: KeyArgs,
+        /// Check the store's entries (each damaged one is named) instead of a bundle.
+        #[arg(long, conflicts_with = "bundle")]
+        store: bool,
+        /// With --store: only the entries of this profile's generations.
+        #[arg(long, requires = "store")]
+        profile: Option<String>,
         /// The bundle file.
-        bundle: PathBuf,
+        #[arg(required_unless_present = "store")]
+        bundle: Option<PathBuf>,
     },
     /// Verify a bundle, install it as a new generation, switch, health-check, and roll back by
     /// itself when it is not healthy.
@@ -172,6 +182,14 @@ pub enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Write standard input to DIR/smoker-install.log on a USB stick, never through a link.
+    ///
+    /// Used by smoker-usb@.service: whatever is at that name on the stick (a link, a FIFO, an
+    /// old log) is removed and the log is created anew.
+    UsbLog {
+        /// The stick's mount point.
+        dir: PathBuf,
+    },
     /// The audit log.
     Audit {
         /// What to do with it.
@@ -203,6 +221,7 @@ impl Cmd {
             Cmd::Recover { .. } => "recover",
             Cmd::Gc { .. } => "gc",
             Cmd::Unlock { .. } => "unlock",
+            Cmd::UsbLog { .. } => "usb-log",
             Cmd::Audit {
                 cmd: AuditCmd::Verify,
             } => "audit verify",

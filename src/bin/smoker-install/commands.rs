@@ -3,8 +3,8 @@
 
 use crate::cli::KeyArgs;
 use crate::output::{
-    Applied, AuditChecked, BackedUp, Backups, Collected, Failure, History, Preflighted,
-    RecoveredFirst, Restored, RolledBack, Status, Unlocked, Verified,
+    Applied, AuditChecked, BackedUp, Backups, Collected, Failure, History, MediaLog, Preflighted,
+    RecoveredFirst, Restored, RolledBack, Status, StoreVerified, Unlocked, Verified,
 };
 use smoker::apply::{self, Progress};
 use smoker::error::Kind;
@@ -121,6 +121,32 @@ pub fn verify(keys: &KeyArgs, bundle: PathBuf) -> Result<Verified, Failure> {
     let verdict = smoker_format::bundle::read::verify_file(&bundle, &keys)
         .map_err(smoker::error::Error::from);
     Ok(Verified { bundle, verdict })
+}
+
+/// `verify --store`: every store entry (or `profile`'s) hashed against its manifest; the
+/// signature is checked too when keys are usable (given, or the default directory).
+pub fn verify_store(
+    ctx: &Ctx,
+    keys: &KeyArgs,
+    profile: Option<&str>,
+) -> Result<StoreVerified, Failure> {
+    let explicit = keys.key.is_some() || keys.keys.is_some();
+    let keys = match keys.load() {
+        Ok(k) => Some(k),
+        Err(f) if explicit => return Err(f),
+        Err(_) => None,
+    };
+    let entries = smoker::inspect::verify_store(&ctx.layout, profile, keys.as_ref())?;
+    Ok(StoreVerified {
+        entries,
+        signatures_checked: keys.is_some(),
+    })
+}
+
+/// `usb-log DIR`: standard input to the stick's run log, never through a link.
+pub fn usb_log(dir: &Path) -> Result<MediaLog, Failure> {
+    let path = smoker::usb::write_media_log(dir, &mut std::io::stdin().lock())?;
+    Ok(MediaLog { path })
 }
 
 /// What `apply` was asked to do.

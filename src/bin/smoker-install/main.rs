@@ -41,7 +41,18 @@ fn main() -> ExitCode {
         host_config: cli.host_config,
     };
     match cli.cmd {
-        Cmd::Verify { keys, bundle } => out.finish(command, commands::verify(&keys, bundle)),
+        Cmd::Verify {
+            keys,
+            store: true,
+            profile,
+            ..
+        } => out.finish(
+            command,
+            commands::verify_store(&ctx, &keys, profile.as_deref()),
+        ),
+        Cmd::Verify { keys, bundle, .. } => {
+            out.finish(command, commands::verify(&keys, bundle.unwrap_or_default()))
+        }
         Cmd::Apply {
             keys,
             env_file,
@@ -116,6 +127,7 @@ fn main() -> ExitCode {
         Cmd::Unlock { profile, force } => {
             out.finish(command, commands::unlock(&ctx, profile, force))
         }
+        Cmd::UsbLog { dir } => out.finish(command, commands::usb_log(&dir)),
         Cmd::Audit {
             cmd: AuditCmd::Verify,
         } => out.finish(command, commands::audit_verify(&ctx)),
@@ -183,6 +195,11 @@ fn trust_gate(cli: &Cli) -> smoker::error::Result<()> {
             choices.keys = keys_of(keys);
             choices.env_file = env_file.as_deref();
             choices.exceptions = exceptions(*allow_downgrade, *allow_env_change, false);
+        }
+        Cmd::UsbLog { .. } => {
+            return Err(smoker::error::Error::Policy(
+                "usb-log is for the smoker-usb unit (run by root), not for sudo".into(),
+            ));
         }
         _ => {}
     }

@@ -22,9 +22,10 @@ pub struct Failure {
 impl Failure {
     /// A failure of `kind`.
     pub fn new(kind: Kind, message: impl Into<String>) -> Failure {
+        // The last line of defence: no secret value of a host env file leaves in a message.
         Failure {
             kind,
-            message: message.into(),
+            message: smoker::redact::redact(&message.into()),
         }
     }
 }
@@ -181,6 +182,79 @@ impl Report for Verified {
             e.kind(),
             format!("REJECTED {}: {why}", self.bundle.display()),
         ))
+    }
+}
+
+/// `usb-log`: where the run log was written.
+pub struct MediaLog {
+    /// The log file.
+    pub path: PathBuf,
+}
+
+impl Report for MediaLog {
+    fn data(&self) -> serde_json::Value {
+        serde_json::json!({ "path": self.path.display().to_string() })
+    }
+
+    fn text(&self) -> String {
+        String::new()
+    }
+}
+
+/// `verify --store`: the full check of the store's entries.
+pub struct StoreVerified {
+    /// One check per entry.
+    pub entries: Vec<smoker::inspect::EntryCheck>,
+    /// Whether signatures were checked (keys were usable).
+    pub signatures_checked: bool,
+}
+
+impl Report for StoreVerified {
+    fn data(&self) -> serde_json::Value {
+        serde_json::json!({
+            "entries": self.entries,
+            "damaged": self.entries.iter().filter(|e| !e.problems.is_empty()).map(|e| &e.entry).collect::<Vec<_>>(),
+            "signatures_checked": self.signatures_checked,
+        })
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        for e in &self.entries {
+            let used = if e.used_by.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", e.used_by.join(", "))
+            };
+            if e.problems.is_empty() {
+                out.push_str(&format!("OK {}{used}\n", e.entry));
+            } else {
+                out.push_str(&format!(
+                    "DAMAGED {}{used}: {}\n",
+                    e.entry,
+                    e.problems.join("; ")
+                ));
+            }
+        }
+        if !self.signatures_checked {
+            out.push_str("(signatures not checked: no usable keys; pass --key or --keys)\n");
+        }
+        out
+    }
+
+    fn failure(&self) -> Option<Failure> {
+        let damaged: Vec<&str> = self
+            .entries
+            .iter()
+            .filter(|e| !e.problems.is_empty())
+            .map(|e| e.entry.as_str())
+            .collect();
+        (!damaged.is_empty()).then(|| {
+            Failure::new(
+                Kind::State,
+                format!("damaged store entries: {}", damaged.join(", ")),
+            )
+        })
     }
 }
 
