@@ -703,6 +703,7 @@ mod tests {
             backup: None,
             required_secrets: Vec::new(),
             files: Vec::new(),
+            host_access: Default::default(),
         }
     }
 

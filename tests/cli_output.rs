@@ -136,6 +136,18 @@ fn signed_bundle(
     environment: &str,
     secrets: &[&str],
 ) -> PathBuf {
+    signed_bundle_with(key, out, version, environment, secrets, &Default::default())
+}
+
+/// [`signed_bundle`] whose manifest declares `host_access`.
+fn signed_bundle_with(
+    key: &SecretKey,
+    out: &Path,
+    version: &str,
+    environment: &str,
+    secrets: &[&str],
+    host_access: &std::collections::BTreeMap<String, smoker_format::host_access::HostAccess>,
+) -> PathBuf {
     let env_path = format!("config/{environment}.env");
     let digest = format!("sha256:{}", "ab".repeat(32));
     let raw: Vec<(String, Vec<u8>)> = vec![
@@ -205,6 +217,7 @@ fn signed_bundle(
         backup: None,
         required_secrets: secrets.iter().map(|s| s.to_string()).collect(),
         files: files.iter().map(|(e, _)| e.clone()).collect(),
+        host_access: host_access.clone(),
     };
     manifest.validate().expect("a valid manifest");
     let json = manifest.to_canonical_json();
