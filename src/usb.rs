@@ -191,15 +191,22 @@ pub fn scan(layout: &Layout, roots: &[PathBuf], opts: &Options) -> Result<Scan> 
             )));
             continue;
         }
-        if let Some((env, from)) = crate::policy::host_environment(layout, &opts.host, &m.name)
-            && env != m.environment
-            && !opts.allow_env_change
-        {
-            skipped.push(skip(format!(
-                "{what}: for environment `{}`, this host is `{env}` ({from})",
-                m.environment
-            )));
-            continue;
+        match crate::policy::host_environment(layout, &opts.host, &m.name) {
+            Some((env, from)) if env != m.environment && !opts.allow_env_change => {
+                skipped.push(skip(format!(
+                    "{what}: for environment `{}`, this host is `{env}` ({from})",
+                    m.environment
+                )));
+                continue;
+            }
+            Some(_) => {}
+            None => {
+                skipped.push(skip(format!(
+                    "{what}: {}",
+                    crate::policy::no_environment(&m, &opts.host.path)
+                )));
+                continue;
+            }
         }
         if let Some(rt) = &runtime
             && let Some(img) = m

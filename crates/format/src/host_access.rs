@@ -228,7 +228,7 @@ mod tests {
 
     #[test]
     fn shapes_are_validated() {
-        let mut a = HostAccess {
+        let a = HostAccess {
             cap_add: vec!["NET_ADMIN".into(), "SYS_TIME".into()],
             bind_mounts: vec!["/srv/data".into(), "/var/run/docker.sock".into()],
             security_opt: vec!["seccomp=unconfined".into()],
