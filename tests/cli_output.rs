@@ -807,6 +807,8 @@ fn a_caller_elevated_by_sudo_cannot_choose_keys_root_or_exceptions() {
             "--key",
             &key,
             "--allow-downgrade",
+            "--environment",
+            "dev",
             &bundle,
         ])
         .arg("--root")
@@ -821,6 +823,7 @@ fn a_caller_elevated_by_sudo_cannot_choose_keys_root_or_exceptions() {
         "caller (deploy)",
         "--key/--keys/SMOKER_KEYS",
         "--allow-downgrade",
+        "--environment",
         "--root/SMOKER_ROOT",
     ] {
         assert!(msg.contains(needle), "`{needle}` not in: {msg}");
