@@ -191,22 +191,15 @@ pub fn scan(layout: &Layout, roots: &[PathBuf], opts: &Options) -> Result<Scan> 
             )));
             continue;
         }
-        match crate::policy::host_environment(layout, &opts.host, &m.name) {
-            Some((env, from)) if env != m.environment && !opts.allow_env_change => {
-                skipped.push(skip(format!(
-                    "{what}: for environment `{}`, this host is `{env}` ({from})",
-                    m.environment
-                )));
-                continue;
-            }
-            Some(_) => {}
-            None => {
-                skipped.push(skip(format!(
-                    "{what}: {}",
-                    crate::policy::no_environment(&m, &opts.host.path)
-                )));
-                continue;
-            }
+        if let Some((env, from)) = crate::policy::host_environment(layout, &opts.host, &m.name)
+            && env != m.environment
+            && !opts.allow_env_change
+        {
+            skipped.push(skip(format!(
+                "{what}: for environment `{}`, this host is `{env}` ({from})",
+                m.environment
+            )));
+            continue;
         }
         if let Some(rt) = &runtime
             && let Some(img) = m
@@ -271,7 +264,7 @@ pub fn apply_from_media(
     kinds.dedup();
     if kinds.len() > 1 {
         return Err(Error::Policy(format!(
-            "bundles for several profiles or environments were found under {} ({}), and this host has nothing installed or declared that picks one: declare `environment = \"…\"` in the host config, or apply one bundle by its path",
+            "bundles for several profiles or environments were found under {} ({}), and this host has nothing installed or declared that picks one: declare `environment = \"…\"` in the host config, choose it with --environment, or apply one bundle by its path",
             list_roots(roots),
             kinds
                 .iter()
