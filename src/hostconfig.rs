@@ -291,4 +291,21 @@ url = "http://127.0.0.1:9/json"
             other => panic!("expected an I/O error, got {other:?}"),
         }
     }
+
+    #[test]
+    fn policy_tables_are_read_per_profile_and_misspellings_are_refused() {
+        let cfg = parse(
+            "environment = \"prod\"\n[policy.device]\nprivileged = true\ndevices = [\"/dev/ttyUSB0\"]\nbind_mounts = [\"/srv/data\"]\ndocker_socket = true\n",
+        )
+        .expect("parse");
+        let p = &cfg.policy["device"];
+        assert!(p.privileged && p.docker_socket && !p.network_host);
+        assert_eq!(p.devices, ["/dev/ttyUSB0"]);
+        assert_eq!(cfg.path, Path::new("/etc/smoker/host.toml"));
+        assert!(state_error("[policy.device]\nprivilegd = true\n").contains("privilegd"));
+        assert!(
+            state_error("[policy.device]\nbind_mounts = [\"srv/data\"]\n")
+                .contains("`srv/data` is not an absolute path")
+        );
+    }
 }
