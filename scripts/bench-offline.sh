@@ -129,7 +129,7 @@ say "smoker-install apply, no route out, under /usr/bin/time -v"
 chmod 600 "$work/host.env"
 /usr/bin/time -v -o "$work/time.txt" \
   unshare --net -- sh -c 'ip link set lo up && exec "$0" "$@"' "$install" \
-  --root "$work/root" --host-config "$work/host.toml" apply --json \
+  --root "$work/root" --host-config "$work/host.toml" apply --json --environment prod \
   --key "$work/release.pub" --env-file "$work/host.env" --project "$project" "$bundle" \
   >"$work/apply.json" 2>"$work/apply.log" &
 tpid=$!

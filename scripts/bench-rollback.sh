@@ -21,7 +21,7 @@ run() { "$install" --root "$host_root" "$@"; }
 now_ms() { date +%s%3N; }
 wait_healthy() { until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.02; done; }
 
-run apply --key "$work/release.pub" --env-file "$work/demo.env" --project "$project" "$b1" >/dev/null 2>&1
+run apply --environment prod --key "$work/release.pub" --env-file "$work/demo.env" --project "$project" "$b1" >/dev/null 2>&1
 t0=$(now_ms); run apply --json --key "$work/release.pub" "$b2" >"$work/apply.json" 2>/dev/null; t1=$(now_ms)
 python3 - "$work/apply.json" $((t1 - t0)) <<'PY'
 import json, sys

@@ -40,7 +40,7 @@ done
 run() { "$install" --root "$host_root" "$@"; }
 ask() { printf '    GET /version -> %s\n' "$(curl -s "http://127.0.0.1:$port/version")"; }
 
-say "apply v1"; run apply --key "$pub" --env-file "$work/demo.env" --project "$project" "$b1"; ask
+say "apply v1"; run apply --environment prod --key "$pub" --env-file "$work/demo.env" --project "$project" "$b1"; ask
 say "apply v2"; run apply --key "$pub" "$b2"; ask
 say "apply v3 (unhealthy: the installer rolls back by itself)"
 if run apply --key "$pub" "$b3"; then echo "v3 should have failed" >&2; exit 1; fi

@@ -298,13 +298,14 @@ impl Run<'_> {
             .timer
             .time("verify+stage", || store::stage(layout, file, keys))?;
         fault::point("apply:staged");
-        let facts = HostFacts::gather(
+        let mut facts = HostFacts::gather(
             self.layout,
             &self.opts.host,
             self.name,
             self.opts.allow_env_change,
             self.opts.allow_downgrade,
         );
+        facts.signer = Some(policy::Signer::of(keys, &staged.verified.key_id));
         let generations = existing.map(|p| &p.state.generations[..]).unwrap_or(&[]);
         policy::check(staged.manifest(), self.name, generations, &facts)?;
         let key_id = staged.verified.key_id.clone();

@@ -750,6 +750,7 @@ mod tests {
             backup: None,
             required_secrets: Vec::new(),
             files: Vec::new(),
+            host_access: Default::default(),
         }
     }
 

@@ -24,6 +24,17 @@ pub struct HostConfig {
     /// Webhooks told about every deploy.
     #[serde(default, rename = "webhook")]
     pub webhooks: Vec<Webhook>,
+    /// `[policy.<profile>]`: what each profile's services may ask of the host (privileged
+    /// mode, host namespaces, devices, host paths, the Docker socket, …). A profile without
+    /// a table may ask nothing beyond an unprivileged stack.
+    #[serde(default)]
+    pub policy: std::collections::BTreeMap<String, crate::access::Allowances>,
+    /// The file this was read from (named in refusals that a line of it would lift).
+    #[serde(skip)]
+    pub path: PathBuf,
+    /// The environment was chosen on the command line (`--environment`), not declared.
+    #[serde(skip)]
+    pub environment_chosen: bool,
 }
 
 /// `[backups]`.
@@ -77,7 +88,12 @@ impl HostConfig {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_HOST_CONFIG));
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HostConfig::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(HostConfig {
+                    path,
+                    ..HostConfig::default()
+                });
+            }
             Err(e) => return Err(Error::Io { path, source: e }),
         };
         Self::parse(&text, &path)
@@ -87,8 +103,24 @@ impl HostConfig {
     /// (a misspelt setting must not be ignored silently), and so is a webhook kind other than
     /// `slack`, `discord` or `json`.
     pub fn parse(text: &str, path: &Path) -> Result<HostConfig> {
-        let cfg: HostConfig =
+        let mut cfg: HostConfig =
             toml::from_str(text).map_err(|e| Error::State(format!("{}: {e}", path.display())))?;
+        cfg.path = path.to_path_buf();
+        for (profile, allow) in &cfg.policy {
+            for p in allow
+                .devices
+                .iter()
+                .chain(&allow.bind_mounts)
+                .chain(&allow.host_files)
+            {
+                if !p.starts_with('/') {
+                    return Err(Error::State(format!(
+                        "{}: [policy.{profile}]: `{p}` is not an absolute path",
+                        path.display()
+                    )));
+                }
+            }
+        }
         for w in &cfg.webhooks {
             if !matches!(w.kind.as_str(), "slack" | "discord" | "json") {
                 return Err(Error::State(format!(
@@ -99,6 +131,32 @@ impl HostConfig {
             }
         }
         Ok(cfg)
+    }
+
+    /// The operator's explicit choice of environment (`--environment`) for a host that
+    /// declares none. A host that declares another one is not overridden from the command
+    /// line: the refusal names both.
+    pub fn choose_environment(mut self, chosen: Option<&str>) -> Result<HostConfig> {
+        let Some(chosen) = chosen else {
+            return Ok(self);
+        };
+        if !smoker_format::manifest::is_name(chosen) {
+            return Err(Error::Policy(format!(
+                "--environment `{chosen}` is not an environment name (letters, digits, `-`, `_`)"
+            )));
+        }
+        match &self.environment {
+            Some(declared) if declared != chosen => Err(Error::Policy(format!(
+                "--environment {chosen} contradicts `environment = \"{declared}\"` in {}; change the host config if the host really changes environment",
+                self.path.display()
+            ))),
+            Some(_) => Ok(self),
+            None => {
+                self.environment = Some(chosen.to_string());
+                self.environment_chosen = true;
+                Ok(self)
+            }
+        }
     }
 }
 
@@ -232,5 +290,22 @@ url = "http://127.0.0.1:9/json"
             Err(Error::Io { path, .. }) => assert_eq!(path, dir.path()),
             other => panic!("expected an I/O error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn policy_tables_are_read_per_profile_and_misspellings_are_refused() {
+        let cfg = parse(
+            "environment = \"prod\"\n[policy.device]\nprivileged = true\ndevices = [\"/dev/ttyUSB0\"]\nbind_mounts = [\"/srv/data\"]\ndocker_socket = true\n",
+        )
+        .expect("parse");
+        let p = &cfg.policy["device"];
+        assert!(p.privileged && p.docker_socket && !p.network_host);
+        assert_eq!(p.devices, ["/dev/ttyUSB0"]);
+        assert_eq!(cfg.path, Path::new("/etc/smoker/host.toml"));
+        assert!(state_error("[policy.device]\nprivilegd = true\n").contains("privilegd"));
+        assert!(
+            state_error("[policy.device]\nbind_mounts = [\"srv/data\"]\n")
+                .contains("`srv/data` is not an absolute path")
+        );
     }
 }

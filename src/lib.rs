@@ -7,6 +7,7 @@
 //! ARCHITECTURE.md at the repository root for the map of modules and their invariants.
 
 // The installer: one module per step of the apply pipeline.
+pub mod access;
 pub mod activate;
 pub mod apply;
 pub mod audit;

@@ -98,6 +98,35 @@ pub fn preflight_bundle(
         Ok(()) => report.add("downgrade", true, format!("version {}", m.version)),
         Err(e) => report.add("downgrade", false, e.to_string()),
     }
+    let signer = crate::policy::Signer::of(req.keys, &staged.verified.key_id);
+    match crate::policy::check_key_scope(m, &signer) {
+        Ok(()) => report.add(
+            "key scope",
+            true,
+            format!(
+                "key {} may sign environment `{}`, profile `{}`",
+                signer.key_id, m.environment, m.name
+            ),
+        ),
+        Err(e) => report.add("key scope", false, e.to_string()),
+    }
+    match crate::policy::check_host_access(m, facts.allowances.as_ref(), &facts.config_path) {
+        Ok(()) if m.host_access.is_empty() => report.add(
+            "host access",
+            true,
+            "asks nothing beyond an unprivileged stack",
+        ),
+        Ok(()) => report.add(
+            "host access",
+            true,
+            format!(
+                "services {} ask for host access, all allowed by [policy.{}]",
+                m.host_access.keys().cloned().collect::<Vec<_>>().join(", "),
+                m.name
+            ),
+        ),
+        Err(e) => report.add("host access", false, e.to_string()),
+    }
     Ok(report)
 }
 

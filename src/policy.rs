@@ -1,5 +1,6 @@
-//! What this host lets a verified bundle do before anything of it is stored: its
-//! architecture, its environment and its version against the profile's history.
+//! What this host lets a verified bundle do before anything of it is stored: the scope of the
+//! key that signed it, its architecture, its environment, its version against the profile's
+//! history, and what its services ask of the host against the host's policy.
 //!
 //! The decisions are pure functions of the signed manifest and the host's facts, so apply,
 //! `--usb` and preflight judge a bundle the same way, and each decision is unit-tested.
@@ -9,6 +10,8 @@ use crate::hostconfig::HostConfig;
 use crate::layout::Layout;
 use crate::profile::{Generation, Profile, Status};
 use smoker_format::manifest::{Arch, Manifest};
+use smoker_format::signing::{KeyScope, TrustedKeys};
+use std::path::PathBuf;
 
 /// What the host knows and what the operator allowed.
 #[derive(Debug, Clone, Default)]
@@ -23,6 +26,37 @@ pub struct HostFacts {
     pub allow_downgrade: bool,
     /// The profile's anti-rollback floor: the highest version ever committed here.
     pub floor: Option<semver::Version>,
+    /// The host config file (named in refusals a line of it would lift).
+    pub config_path: PathBuf,
+    /// `[policy.<profile>]` of the host config: what the profile's services may ask of the
+    /// host (`None`: nothing beyond an unprivileged stack).
+    pub allowances: Option<crate::access::Allowances>,
+    /// The key that signed the bundle and the scopes it is trusted with (set once the
+    /// signature was verified).
+    pub signer: Option<Signer>,
+}
+
+/// The key a verified signature was made with, and what this host trusts it to sign.
+#[derive(Debug, Clone, Default)]
+pub struct Signer {
+    /// Key id.
+    pub key_id: String,
+    /// Every scope the key was loaded with, and from where.
+    pub scopes: Vec<(KeyScope, PathBuf)>,
+}
+
+impl Signer {
+    /// The signer `key_id` with its scopes in `keys`.
+    pub fn of(keys: &TrustedKeys, key_id: &str) -> Signer {
+        Signer {
+            key_id: key_id.to_string(),
+            scopes: keys
+                .scopes(key_id)
+                .into_iter()
+                .map(|(s, p)| (s.clone(), p.to_path_buf()))
+                .collect(),
+        }
+    }
 }
 
 impl HostFacts {
@@ -40,6 +74,9 @@ impl HostFacts {
             allow_env_change,
             allow_downgrade,
             floor: read_floor(layout, profile),
+            config_path: host.path.clone(),
+            allowances: host.policy.get(profile).cloned(),
+            signer: None,
         }
     }
 }
@@ -62,7 +99,12 @@ pub fn host_environment(
     profile: &str,
 ) -> Option<(String, String)> {
     if let Some(e) = &host.environment {
-        return Some((e.clone(), "declared in the host config".into()));
+        let from = if host.environment_chosen {
+            "chosen by --environment"
+        } else {
+            "declared in the host config"
+        };
+        return Some((e.clone(), from.into()));
     }
     let p = Profile::open(layout, profile).ok().flatten()?;
     let g = p.current().and_then(|n| p.generation(n))?;
@@ -83,19 +125,77 @@ pub fn check_arch(m: &Manifest, host: Option<Arch>) -> Result<()> {
     }
 }
 
-/// A bundle of another environment than the host's is refused unless allowed.
+/// A bundle of another environment than the host's is refused unless allowed. A host with no
+/// environment at all (none declared, none chosen, no current generation of the profile) takes
+/// no bundle: the first install needs the operator's explicit choice.
 pub fn check_environment(
     m: &Manifest,
     host_env: Option<&(String, String)>,
     allow_change: bool,
+    config_path: &std::path::Path,
 ) -> Result<()> {
     match host_env {
         Some((env, from)) if *env != m.environment && !allow_change => Err(Error::Policy(format!(
             "bundle is for environment `{}`, but this host is `{env}` ({from}); use the `{env}` bundle, or pass --allow-env-change if the host really changes environment",
             m.environment
         ))),
-        _ => Ok(()),
+        Some(_) => Ok(()),
+        None => Err(Error::Policy(no_environment(m, config_path))),
     }
+}
+
+/// Why a host without an environment refuses a first install, and the two ways to choose one.
+pub fn no_environment(m: &Manifest, config_path: &std::path::Path) -> String {
+    format!(
+        "this host has no environment yet ({} declares none and profile `{}` has no current generation), so the bundle's environment `{}` is not accepted silently; declare it with `environment = \"{}\"` in {}, or choose it for this install with `--environment {}`",
+        config_path.display(),
+        m.name,
+        m.environment,
+        m.environment,
+        config_path.display(),
+        m.environment
+    )
+}
+
+/// The key that signed `m` must be trusted for its environment and profile.
+pub fn check_key_scope(m: &Manifest, signer: &Signer) -> Result<()> {
+    if signer
+        .scopes
+        .iter()
+        .any(|(s, _)| s.allows(&m.environment, &m.name))
+    {
+        return Ok(());
+    }
+    let scopes = signer
+        .scopes
+        .iter()
+        .map(|(s, p)| format!("{s} ({})", p.display()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(Error::Policy(format!(
+        "bundle {} {} for environment `{}`, profile `{}`, is signed by key {}, which this host trusts only for {scopes}; use a bundle signed with a key trusted for `{}` (a key under <keys>/{}/), nothing was installed",
+        m.name, m.version, m.environment, m.name, signer.key_id, m.environment, m.environment
+    )))
+}
+
+/// What the bundle's services ask of the host must be allowed by `[policy.<profile>]`.
+pub fn check_host_access(
+    m: &Manifest,
+    allowances: Option<&crate::access::Allowances>,
+    config_path: &std::path::Path,
+) -> Result<()> {
+    let refused = crate::access::refusals(m, allowances);
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Policy(format!(
+        "bundle {} {} asks the host for what its policy does not allow:\n  - {}\nthese lines go under `[policy.{}]` in {}; `smoker-install policy suggest BUNDLE` prints the whole table for review",
+        m.name,
+        m.version,
+        refused.join("\n  - "),
+        m.name,
+        config_path.display()
+    )))
 }
 
 /// A version older than the newest good generation, or than the profile's floor (the highest
@@ -186,9 +286,18 @@ pub fn check(
             m.name
         )));
     }
+    if let Some(signer) = &facts.signer {
+        check_key_scope(m, signer)?;
+    }
     check_arch(m, facts.arch)?;
-    check_environment(m, facts.environment.as_ref(), facts.allow_env_change)?;
-    check_downgrade(m, generations, facts.floor.as_ref(), facts.allow_downgrade)
+    check_environment(
+        m,
+        facts.environment.as_ref(),
+        facts.allow_env_change,
+        &facts.config_path,
+    )?;
+    check_downgrade(m, generations, facts.floor.as_ref(), facts.allow_downgrade)?;
+    check_host_access(m, facts.allowances.as_ref(), &facts.config_path)
 }
 
 #[cfg(test)]
@@ -249,11 +358,140 @@ mod tests {
             ..facts()
         };
         check(&m, "cloud", &[], &f).expect("allowed by --allow-env-change");
+    }
+
+    #[test]
+    fn a_host_without_environment_takes_no_bundle_silently() {
+        let m = manifest("cloud", "1.0.0", Arch::Amd64, "dev");
         let none = HostFacts {
             environment: None,
+            config_path: PathBuf::from("/etc/smoker/host.toml"),
             ..facts()
         };
-        check(&m, "cloud", &[], &none).expect("a host without environment takes the first");
+        let msg = policy_message(check(&m, "cloud", &[], &none));
+        assert!(msg.contains("this host has no environment yet"), "{msg}");
+        assert!(
+            msg.contains("`environment = \"dev\"` in /etc/smoker/host.toml"),
+            "{msg}"
+        );
+        assert!(msg.contains("`--environment dev`"), "{msg}");
+        // The operator's choice on the command line is an environment like a declared one.
+        let mut host = HostConfig::default()
+            .choose_environment(Some("dev"))
+            .expect("choose");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chosen = host_environment(&Layout::new(dir.path()), &host, "cloud");
+        assert_eq!(
+            chosen,
+            Some(("dev".to_string(), "chosen by --environment".to_string()))
+        );
+        let f = HostFacts {
+            environment: chosen,
+            ..none
+        };
+        check(&m, "cloud", &[], &f).expect("chosen explicitly");
+        // A declared environment is not overridden from the command line.
+        host.environment = Some("prod".into());
+        host.environment_chosen = false;
+        match host.choose_environment(Some("dev")) {
+            Err(Error::Policy(msg)) => assert!(
+                msg.contains("--environment dev contradicts `environment = \"prod\"`"),
+                "{msg}"
+            ),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn signer(scopes: &[KeyScope]) -> Signer {
+        Signer {
+            key_id: "0123456789ABCDEF".into(),
+            scopes: scopes
+                .iter()
+                .map(|s| (s.clone(), PathBuf::from("/etc/smoker/keys/dev/ci.pub")))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_scoped_key_signs_only_its_environment_and_profiles() {
+        let m = manifest("cloud", "1.0.0", Arch::Amd64, "prod");
+        let dev = KeyScope {
+            environment: Some("dev".into()),
+            profiles: None,
+        };
+        let f = HostFacts {
+            signer: Some(signer(std::slice::from_ref(&dev))),
+            ..facts()
+        };
+        let msg = policy_message(check(&m, "cloud", &[], &f));
+        assert!(msg.contains("signed by key 0123456789ABCDEF"), "{msg}");
+        assert!(
+            msg.contains(
+                "trusts only for environment `dev`, any profile (/etc/smoker/keys/dev/ci.pub)"
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("environment `prod`, profile `cloud`"), "{msg}");
+        // The key's own environment, an unscoped copy of it, or a profile list naming it pass.
+        check(
+            &manifest("cloud", "1.0.0", Arch::Amd64, "dev"),
+            "cloud",
+            &[],
+            &HostFacts {
+                environment: Some(("dev".into(), "declared".into())),
+                ..f.clone()
+            },
+        )
+        .expect("dev bundle, dev key");
+        let both = HostFacts {
+            signer: Some(signer(&[dev, KeyScope::default()])),
+            ..facts()
+        };
+        check(&m, "cloud", &[], &both).expect("also trusted for anything");
+        let only_device = KeyScope {
+            environment: Some("prod".into()),
+            profiles: Some(vec!["device".into()]),
+        };
+        let f = HostFacts {
+            signer: Some(signer(&[only_device])),
+            ..facts()
+        };
+        let msg = policy_message(check(&m, "cloud", &[], &f));
+        assert!(msg.contains("profiles `device`"), "{msg}");
+    }
+
+    #[test]
+    fn host_access_beyond_the_policy_is_refused_before_anything_is_stored() {
+        let mut m = manifest("cloud", "1.0.0", Arch::Amd64, "prod");
+        m.host_access.insert(
+            "ui".into(),
+            smoker_format::host_access::HostAccess {
+                privileged: true,
+                ..Default::default()
+            },
+        );
+        let f = HostFacts {
+            config_path: PathBuf::from("/etc/smoker/host.toml"),
+            ..facts()
+        };
+        let msg = policy_message(check(&m, "cloud", &[], &f));
+        assert!(
+            msg.contains("service `ui` asks for privileged mode"),
+            "{msg}"
+        );
+        assert!(msg.contains("`privileged = true`"), "{msg}");
+        assert!(
+            msg.contains("`[policy.cloud]` in /etc/smoker/host.toml"),
+            "{msg}"
+        );
+        let allowed = HostFacts {
+            allowances: Some(crate::access::Allowances {
+                privileged: true,
+                ..Default::default()
+            }),
+            ..f
+        };
+        check(&m, "cloud", &[], &allowed).expect("allowed by the policy");
     }
 
     #[test]

@@ -201,7 +201,11 @@ fn check_environment(i: &Inputs<'_>, r: &mut Report) {
                 m.environment
             ),
         ),
-        None => r.add("environment", true, format!("{} (the host declares none)", m.environment)),
+        None => r.add(
+            "environment",
+            false,
+            crate::policy::no_environment(m, &i.host.path),
+        ),
     }
 }
 

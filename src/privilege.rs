@@ -70,7 +70,7 @@ pub struct Choices<'a> {
     pub keys: Option<&'a Path>,
     /// `--env-file`.
     pub env_file: Option<&'a Path>,
-    /// `--allow-*` and `--project`, by flag name.
+    /// `--allow-*`, `--environment` and `--project`, by flag name.
     pub exceptions: Vec<&'static str>,
 }
 

@@ -264,7 +264,7 @@ pub fn apply_from_media(
     kinds.dedup();
     if kinds.len() > 1 {
         return Err(Error::Policy(format!(
-            "bundles for several profiles or environments were found under {} ({}), and this host has nothing installed or declared that picks one: declare `environment = \"…\"` in the host config, or apply one bundle by its path",
+            "bundles for several profiles or environments were found under {} ({}), and this host has nothing installed or declared that picks one: declare `environment = \"…\"` in the host config, choose it with --environment, or apply one bundle by its path",
             list_roots(roots),
             kinds
                 .iter()

@@ -136,6 +136,18 @@ fn signed_bundle(
     environment: &str,
     secrets: &[&str],
 ) -> PathBuf {
+    signed_bundle_with(key, out, version, environment, secrets, &Default::default())
+}
+
+/// [`signed_bundle`] whose manifest declares `host_access`.
+fn signed_bundle_with(
+    key: &SecretKey,
+    out: &Path,
+    version: &str,
+    environment: &str,
+    secrets: &[&str],
+    host_access: &std::collections::BTreeMap<String, smoker_format::host_access::HostAccess>,
+) -> PathBuf {
     let env_path = format!("config/{environment}.env");
     let digest = format!("sha256:{}", "ab".repeat(32));
     let raw: Vec<(String, Vec<u8>)> = vec![
@@ -205,6 +217,7 @@ fn signed_bundle(
         backup: None,
         required_secrets: secrets.iter().map(|s| s.to_string()).collect(),
         files: files.iter().map(|(e, _)| e.clone()).collect(),
+        host_access: host_access.clone(),
     };
     manifest.validate().expect("a valid manifest");
     let json = manifest.to_canonical_json();
@@ -794,6 +807,8 @@ fn a_caller_elevated_by_sudo_cannot_choose_keys_root_or_exceptions() {
             "--key",
             &key,
             "--allow-downgrade",
+            "--environment",
+            "dev",
             &bundle,
         ])
         .arg("--root")
@@ -808,6 +823,7 @@ fn a_caller_elevated_by_sudo_cannot_choose_keys_root_or_exceptions() {
         "caller (deploy)",
         "--key/--keys/SMOKER_KEYS",
         "--allow-downgrade",
+        "--environment",
         "--root/SMOKER_ROOT",
     ] {
         assert!(msg.contains(needle), "`{needle}` not in: {msg}");
@@ -913,5 +929,217 @@ fn usb_log_replaces_a_link_on_the_stick_and_leaves_its_target_alone() {
     assert_eq!(
         std::fs::read_to_string(&log).expect("log"),
         "smoker-usb@sda1 finished: result=success exit=0\n"
+    );
+}
+
+/// A bundle whose service `ui` is privileged and mounts the Docker socket and a data path.
+fn privileged_bundle(host: &Host, environment: &str) -> String {
+    let mut access = std::collections::BTreeMap::new();
+    access.insert(
+        "ui".to_string(),
+        smoker_format::host_access::HostAccess {
+            privileged: true,
+            bind_mounts: vec!["/srv/data".into(), "/var/run/docker.sock".into()],
+            ..Default::default()
+        },
+    );
+    signed_bundle_with(
+        &host.key,
+        &host.dir.path().join("bundles"),
+        "1.0.0",
+        environment,
+        &[],
+        &access,
+    )
+    .display()
+    .to_string()
+}
+
+fn check<'a>(e: &'a smoker::envelope::Envelope, name: &str) -> &'a serde_json::Value {
+    e.data["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no `{name}` check in {e:?}"))
+}
+
+#[test]
+fn host_access_beyond_the_policy_is_refused_and_policy_suggest_prints_the_allowance() {
+    let host = Host::new();
+    let config = host.dir.path().join("host.toml");
+    std::fs::write(&config, "environment = \"dev\"\n").expect("host config");
+    let bundle = privileged_bundle(&host, "dev");
+    let key = host.public_key.display().to_string();
+
+    let out = host.run(&["apply", "--json", "--key", &key, &bundle]);
+    let e = envelope(&out);
+    assert_eq!(e.kind, Some(Kind::Policy), "{e:?}");
+    let msg = e.message.clone().unwrap_or_default();
+    for want in [
+        "service `ui` asks for privileged mode",
+        "`privileged = true`",
+        "service `ui` asks for the Docker socket (bind mount of `/var/run/docker.sock`)",
+        "`docker_socket = true`",
+        "`bind_mounts = [\"/srv/data\"]`",
+        "`[policy.svc]`",
+        "policy suggest",
+    ] {
+        assert!(msg.contains(want), "missing {want}: {msg}");
+    }
+    assert!(
+        host.layout().profile_names().is_empty(),
+        "a refused apply created a profile"
+    );
+    let stored = std::fs::read_dir(host.root().join("store"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(stored, 0, "a refused bundle reached the store");
+
+    // Preflight says the same, as one failed check.
+    let out = host.run(&["preflight", "--json", "--key", &key, &bundle]);
+    let e = envelope(&out);
+    assert_eq!(check(&e, "host access")["ok"], false, "{e:?}");
+
+    // `policy suggest` verifies, changes nothing, and prints the table for exactly this bundle.
+    let out = host.run(&["policy", "suggest", "--key", &key, &bundle]);
+    assert_exit(&out, None);
+    let text = stdout(&out);
+    let out = host.run(&["policy", "suggest", "--json", "--key", &key, &bundle]);
+    let e = envelope(&out);
+    assert_eq!(e.command.as_deref(), Some("policy suggest"));
+    let policy = e.data["policy"].as_str().expect("policy text").to_string();
+    assert_eq!(policy, text);
+    assert!(policy.contains("[policy.svc]"), "{policy}");
+    assert!(policy.contains("privileged = true  # ui"), "{policy}");
+    assert!(policy.contains("docker_socket = true  # ui"), "{policy}");
+    assert!(
+        policy.contains("bind_mounts = [\"/srv/data\"]  # ui"),
+        "{policy}"
+    );
+    assert_eq!(e.data["host_access"]["ui"]["privileged"], true);
+
+    // With the suggested table in the host config, the policy check passes.
+    std::fs::write(&config, format!("environment = \"dev\"\n{policy}")).expect("host config");
+    let out = host.run(&["preflight", "--json", "--key", &key, &bundle]);
+    let e = envelope(&out);
+    assert_eq!(check(&e, "host access")["ok"], true, "{e:?}");
+
+    // A policy without the socket's own allowance still refuses it, though `/var/run` is
+    // allowed as a bind mount.
+    std::fs::write(
+        &config,
+        "environment = \"dev\"\n[policy.svc]\nprivileged = true\nbind_mounts = [\"/srv/data\", \"/var/run\"]\n",
+    )
+    .expect("host config");
+    let out = host.run(&["apply", "--json", "--key", &key, &bundle]);
+    let e = envelope(&out);
+    assert_eq!(e.kind, Some(Kind::Policy), "{e:?}");
+    let msg = e.message.unwrap_or_default();
+    assert!(msg.contains("docker_socket = true"), "{msg}");
+    assert!(!msg.contains("privileged = true"), "{msg}");
+}
+
+#[test]
+fn a_key_scoped_to_dev_cannot_install_prod() {
+    let host = Host::new();
+    std::fs::write(
+        host.dir.path().join("host.toml"),
+        "environment = \"prod\"\n",
+    )
+    .expect("host config");
+    // The host's key lies under keys/dev/: it signs environment dev only.
+    let keys = host.dir.path().join("keys");
+    std::fs::create_dir_all(keys.join("dev")).expect("mkdir");
+    std::fs::copy(&host.public_key, keys.join("dev/ci.pub")).expect("copy key");
+    let keys_arg = keys.display().to_string();
+    let bundle = host.bundle("1.0.0", "prod", &[]).display().to_string();
+    let key_id = host.key.key_id();
+
+    let out = host.run(&["apply", "--json", "--keys", &keys_arg, &bundle]);
+    let e = envelope(&out);
+    assert_eq!(e.kind, Some(Kind::Policy), "{e:?}");
+    let msg = e.message.unwrap_or_default();
+    assert!(msg.contains(&format!("signed by key {key_id}")), "{msg}");
+    assert!(msg.contains("trusts only for environment `dev`"), "{msg}");
+    assert!(msg.contains("environment `prod`, profile `svc`"), "{msg}");
+    assert!(host.layout().profile_names().is_empty());
+
+    let out = host.run(&["preflight", "--json", "--keys", &keys_arg, &bundle]);
+    let e = envelope(&out);
+    assert_eq!(check(&e, "key scope")["ok"], false, "{e:?}");
+
+    // The same key directly in the keys directory signs anything (as before scopes).
+    std::fs::copy(&host.public_key, keys.join("release.pub")).expect("copy key");
+    let out = host.run(&["preflight", "--json", "--keys", &keys_arg, &bundle]);
+    let e = envelope(&out);
+    assert_eq!(check(&e, "key scope")["ok"], true, "{e:?}");
+}
+
+#[test]
+fn a_first_install_on_a_host_without_environment_needs_an_explicit_choice() {
+    let host = Host::new();
+    let bundle = host.bundle("1.0.0", "dev", &[]).display().to_string();
+    let key = host.public_key.display().to_string();
+    let out = host.run(&["apply", "--json", "--key", &key, &bundle]);
+    let e = envelope(&out);
+    assert_eq!(e.kind, Some(Kind::Policy), "{e:?}");
+    let msg = e.message.unwrap_or_default();
+    assert!(msg.contains("this host has no environment yet"), "{msg}");
+    assert!(msg.contains("`environment = \"dev\"` in "), "{msg}");
+    assert!(msg.contains("`--environment dev`"), "{msg}");
+    assert!(host.layout().profile_names().is_empty());
+
+    // Preflight fails the environment check the same way, and passes it with the choice.
+    let out = host.run(&["preflight", "--json", "--key", &key, &bundle]);
+    let e = envelope(&out);
+    assert_eq!(check(&e, "environment")["ok"], false, "{e:?}");
+    let out = host.run(&[
+        "preflight",
+        "--json",
+        "--environment",
+        "dev",
+        "--key",
+        &key,
+        &bundle,
+    ]);
+    let e = envelope(&out);
+    assert_eq!(check(&e, "environment")["ok"], true, "{e:?}");
+
+    // With the choice, apply gets past the policy (what follows needs Docker).
+    let out = host.run(&[
+        "apply",
+        "--json",
+        "--environment",
+        "dev",
+        "--key",
+        &key,
+        &bundle,
+    ]);
+    let e = envelope(&out);
+    assert_ne!(e.kind, Some(Kind::Policy), "{e:?}");
+
+    // A declared environment is not overridden from the command line.
+    std::fs::write(
+        host.dir.path().join("host.toml"),
+        "environment = \"prod\"\n",
+    )
+    .expect("host config");
+    let out = host.run(&[
+        "apply",
+        "--json",
+        "--environment",
+        "dev",
+        "--key",
+        &key,
+        &bundle,
+    ]);
+    let e = envelope(&out);
+    assert_eq!(e.kind, Some(Kind::Policy), "{e:?}");
+    assert!(
+        e.message
+            .unwrap_or_default()
+            .contains("--environment dev contradicts"),
+        "{out:?}"
     );
 }

@@ -141,7 +141,7 @@ fn backup_retention_keeps_exactly_n() {
     let project = Project::stateful_testsvc(&image, port);
     let v1 = project.release_stateful("1.0.0", port, &[]);
     let host = bed.host(None);
-    std::fs::write(host.host_config(), "[backups]\nkeep = 4\n").expect("host config");
+    host.write_config("[backups]\nkeep = 4\n");
     let out = host.apply(&project, &v1);
     assert!(out.status.success(), "apply: {}", text(&out));
     post(port, "one");
@@ -322,13 +322,10 @@ fn webhooks_are_told_and_a_dead_one_never_fails_the_deploy() {
     // A listener that accepts but never answers: the webhook times out.
     let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
     let sport = silent.local_addr().expect("addr").port();
-    std::fs::write(
-        host.host_config(),
-        format!(
+    host.write_config(&format!(
             "[[webhook]]\nurl = \"http://127.0.0.1:{rport}/hook\"\nkind = \"slack\"\n\n[[webhook]]\nurl = \"http://127.0.0.1:{sport}/hook\"\nkind = \"discord\"\ntimeout_ms = 400\n"
         ),
-    )
-    .expect("host config");
+    );
     let out = host.apply(&project, &v1);
     assert!(
         out.status.success(),

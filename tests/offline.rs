@@ -475,7 +475,9 @@ fn apply_usb_chooses_the_newest_valid_bundle_and_says_why_it_skipped_the_others(
     let out = host.apply_args(&mut c, &ws).output().expect("apply");
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no bundle given"), "{}", text(&out));
-    // A fresh host cannot choose between profiles and environments.
+    // A fresh host that declares no environment cannot choose between profiles and
+    // environments.
+    std::fs::write(host.host_config(), "").expect("host config");
     let mut c = host.offline_cmd();
     let out = host
         .apply_args(&mut c, &ws)
@@ -494,6 +496,7 @@ fn apply_usb_chooses_the_newest_valid_bundle_and_says_why_it_skipped_the_others(
     );
 
     // Installed and running 1.0.0 of profile svc in prod, the host chooses on its own.
+    host.write_config("");
     let out = host.apply_offline(&ws, &v1);
     assert!(out.status.success(), "apply v1: {}", text(&out));
     let mut c = host.offline_cmd();

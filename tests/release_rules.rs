@@ -219,3 +219,39 @@ fn an_image_not_locked_for_the_architecture_is_refused_by_name() {
         "{err}"
     );
 }
+
+#[test]
+fn what_services_ask_of_the_host_is_signed_in_the_manifest() {
+    let compose = r#"services:
+  web:
+    image: reg.example/web:${TAG:-1}
+    privileged: true
+    volumes:
+      - /var/run/docker.sock:/var/run/docker.sock
+      - /srv/web:/data
+  db:
+    image: reg.example/db:7
+    volumes:
+      - data:/data
+volumes:
+  data:
+"#;
+    let dir = project(compose, &[Arch::Amd64]);
+    let p = plan(dir.path(), Arch::Amd64).expect("plan");
+    let access = &p.manifest.host_access;
+    assert_eq!(access.keys().collect::<Vec<_>>(), ["web"], "{access:?}");
+    assert!(access["web"].privileged);
+    assert_eq!(
+        access["web"].bind_mounts,
+        ["/srv/web", "/var/run/docker.sock"]
+    );
+    let json = String::from_utf8(p.manifest.to_canonical_json()).expect("utf8");
+    assert!(json.contains(r#""host_access":{"web":{"#), "{json}");
+    // An unprivileged stack's manifest carries no such key at all.
+    let plain = project(COMPOSE, &[Arch::Amd64]);
+    with_files(plain.path());
+    let p = plan(plain.path(), Arch::Amd64).expect("plan");
+    assert!(p.manifest.host_access.is_empty());
+    let json = String::from_utf8(p.manifest.to_canonical_json()).expect("utf8");
+    assert!(!json.contains("host_access"), "{json}");
+}

@@ -6,6 +6,7 @@
 //! resolved by the loader, merge keys (`<<`) and `${VAR:-default}` interpolation are applied
 //! here the way compose applies them.
 
+use smoker_format::host_access::{HostAccess, normalize_host_path};
 use std::collections::BTreeMap;
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -18,6 +19,8 @@ pub struct ComposeInfo {
     pub services: Vec<Service>,
     /// Relative paths referenced anywhere, with the service (or top-level section) naming them.
     pub references: Vec<Reference>,
+    /// What each service asks of the host (services that ask nothing are absent).
+    pub host_access: BTreeMap<String, HostAccess>,
 }
 
 /// One service.
@@ -89,7 +92,9 @@ pub fn analyze(text: &str, vars: &BTreeMap<String, String>) -> Result<ComposeInf
         version,
         services: Vec::new(),
         references: Vec::new(),
+        host_access: BTreeMap::new(),
     };
+    let host_sources = top_level_host_sources(top, vars)?;
     for (name, body) in services {
         let Some(name) = scalar(name) else {
             return Err(ComposeError::Invalid(
@@ -145,6 +150,10 @@ pub fn analyze(text: &str, vars: &BTreeMap<String, String>) -> Result<ComposeInf
             out.references
                 .push(reference(&file, &owner, "extends", true));
         }
+        let access = host_access(&body, vars, &owner, &host_sources)?;
+        if !access.is_empty() {
+            out.host_access.insert(name.clone(), access);
+        }
         out.services.push(Service { name, image });
     }
     for (section, kind) in [("configs", "config"), ("secrets", "secret")] {
@@ -161,6 +170,201 @@ pub fn analyze(text: &str, vars: &BTreeMap<String, String>) -> Result<ComposeInf
         }
     }
     Ok(out)
+}
+
+/// Host paths behind top-level names: named volumes bound to a host directory
+/// (`driver_opts: {o: bind, device: /path}`), and configs and secrets read from an absolute
+/// file. Keyed by section (`volumes`, `configs`, `secrets`) and name.
+type HostSources = BTreeMap<(&'static str, String), String>;
+
+fn top_level_host_sources(
+    top: &yaml_rust2::yaml::Hash,
+    vars: &BTreeMap<String, String>,
+) -> Result<HostSources, ComposeError> {
+    let mut out = HostSources::new();
+    for section in ["volumes", "configs", "secrets"] {
+        let Some(Yaml::Hash(items)) = top.get(&key(section)) else {
+            continue;
+        };
+        for (name, body) in items {
+            let Some(name) = scalar(name) else { continue };
+            let owner = format!("{section}.{name}");
+            let Some(m) = merged(body) else { continue };
+            let path = if section == "volumes" {
+                m.get("driver_opts")
+                    .and_then(merged)
+                    .and_then(|o| o.get("device").and_then(scalar))
+            } else {
+                m.get("file").and_then(scalar)
+            };
+            if let Some(p) = path {
+                let p = interpolate(&p, vars, &owner)?;
+                if p.starts_with('/') {
+                    out.insert((section, name), host_path(&p, &owner)?);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An absolute host path in normal form, or an error naming where it is used.
+fn host_path(p: &str, owner: &str) -> Result<String, ComposeError> {
+    normalize_host_path(p).ok_or_else(|| {
+        ComposeError::Invalid(format!(
+            "{owner} uses the host path `{p}`, which has a `..` component; write it without"
+        ))
+    })
+}
+
+/// True for a value compose reads as boolean true.
+fn truthy(y: Option<&Yaml>) -> bool {
+    match y {
+        Some(Yaml::Boolean(b)) => *b,
+        Some(other) => scalar(other).is_some_and(|s| s.eq_ignore_ascii_case("true")),
+        None => false,
+    }
+}
+
+fn string_list(
+    y: Option<&Yaml>,
+    vars: &BTreeMap<String, String>,
+    owner: &str,
+) -> Result<Vec<String>, ComposeError> {
+    let mut out = Vec::new();
+    match y {
+        Some(Yaml::Array(items)) => {
+            for i in items {
+                if let Some(s) = scalar(i) {
+                    out.push(interpolate(&s, vars, owner)?);
+                }
+            }
+        }
+        Some(other) => {
+            if let Some(s) = scalar(other) {
+                out.push(interpolate(&s, vars, owner)?);
+            }
+        }
+        None => {}
+    }
+    Ok(out)
+}
+
+/// What one service asks of the host: privileged mode, host namespaces, devices, added
+/// capabilities, security options, absolute bind mounts (directly or through a named volume
+/// bound to a host directory) and absolute env files, configs and secrets.
+fn host_access(
+    body: &BTreeMap<String, Yaml>,
+    vars: &BTreeMap<String, String>,
+    owner: &str,
+    sources: &HostSources,
+) -> Result<HostAccess, ComposeError> {
+    let text = |k: &str| -> Result<Option<String>, ComposeError> {
+        body.get(k)
+            .and_then(scalar)
+            .map(|s| interpolate(&s, vars, owner))
+            .transpose()
+    };
+    let mut a = HostAccess {
+        privileged: truthy(body.get("privileged"))
+            || text("privileged")?.is_some_and(|s| s.eq_ignore_ascii_case("true")),
+        network_host: text("network_mode")?.as_deref() == Some("host"),
+        pid_host: text("pid")?.as_deref() == Some("host"),
+        ipc_host: text("ipc")?.as_deref() == Some("host"),
+        userns_host: text("userns_mode")?.as_deref() == Some("host"),
+        ..HostAccess::default()
+    };
+    for d in string_list(body.get("devices"), vars, owner)? {
+        let host = d.split(':').next().unwrap_or("");
+        a.devices.push(host_path(host, owner).map_err(|_| {
+            ComposeError::Invalid(format!(
+                "{owner}: device `{d}` is not an absolute host path without `..`"
+            ))
+        })?);
+    }
+    if let Some(Yaml::Array(items)) = body.get("devices") {
+        for i in items {
+            if let Some(m) = merged(i)
+                && let Some(src) = m.get("source").and_then(scalar)
+            {
+                a.devices
+                    .push(host_path(&interpolate(&src, vars, owner)?, owner)?);
+            }
+        }
+    }
+    for c in string_list(body.get("cap_add"), vars, owner)? {
+        let c = c.to_ascii_uppercase();
+        a.cap_add
+            .push(c.strip_prefix("CAP_").unwrap_or(&c).to_string());
+    }
+    a.security_opt = string_list(body.get("security_opt"), vars, owner)?;
+    if let Some(Yaml::Array(volumes)) = body.get("volumes") {
+        for v in volumes {
+            let (source, named) = if let Some(s) = scalar(v) {
+                let s = interpolate(&s, vars, owner)?;
+                match s.split_once(':') {
+                    Some((src, _)) => (src.to_string(), true),
+                    None => continue,
+                }
+            } else if let Some(m) = merged(v) {
+                let Some(src) = m.get("source").and_then(scalar) else {
+                    continue;
+                };
+                let ty = m.get("type").and_then(scalar).unwrap_or_default();
+                (interpolate(&src, vars, owner)?, ty == "volume")
+            } else {
+                continue;
+            };
+            if source.starts_with('~') {
+                return Err(ComposeError::Invalid(format!(
+                    "{owner} mounts `{source}` from a home directory; write the absolute host path"
+                )));
+            }
+            if source.starts_with('/') {
+                a.bind_mounts.push(host_path(&source, owner)?);
+            } else if named && let Some(dev) = sources.get(&("volumes", source.clone())) {
+                a.bind_mounts.push(dev.clone());
+            }
+        }
+    }
+    match body.get("env_file") {
+        Some(Yaml::Array(list)) => {
+            for item in list {
+                env_file_host(item, vars, owner, &mut a.host_files)?;
+            }
+        }
+        Some(item) => env_file_host(item, vars, owner, &mut a.host_files)?,
+        None => {}
+    }
+    for section in ["configs", "secrets"] {
+        if let Some(Yaml::Array(items)) = body.get(section) {
+            for i in items {
+                let name =
+                    scalar(i).or_else(|| merged(i).and_then(|m| m.get("source").and_then(scalar)));
+                if let Some(p) = name.and_then(|n| sources.get(&(section, n))) {
+                    a.host_files.push(p.clone());
+                }
+            }
+        }
+    }
+    a.normalize();
+    Ok(a)
+}
+
+fn env_file_host(
+    item: &Yaml,
+    vars: &BTreeMap<String, String>,
+    owner: &str,
+    out: &mut Vec<String>,
+) -> Result<(), ComposeError> {
+    let path = scalar(item).or_else(|| merged(item).and_then(|m| m.get("path").and_then(scalar)));
+    if let Some(p) = path {
+        let p = interpolate(&p, vars, owner)?;
+        if p.starts_with('/') {
+            out.push(host_path(&p, owner)?);
+        }
+    }
+    Ok(())
 }
 
 fn reference(path: &str, owner: &str, kind: &'static str, required: bool) -> Reference {
@@ -480,5 +684,86 @@ configs:
         .unwrap_err()
         .to_string();
         assert!(err.contains("service `a` has `build:`"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod host_access_tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_of_host_access_is_found_per_service() {
+        let yaml = r#"
+x-priv: &priv
+  privileged: true
+services:
+  plain:
+    image: a:1
+    volumes: ["./data:/data", "named:/n"]
+  ui:
+    <<: *priv
+    image: b:1
+    network_mode: host
+    pid: host
+    ipc: host
+    userns_mode: host
+    devices: ["/dev/ttyUSB0:/dev/ttyUSB0", "${DEV}"]
+    cap_add: [net_admin, CAP_SYS_TIME]
+    security_opt: ["seccomp:unconfined"]
+    volumes:
+      - /var/run/docker.sock:/var/run/docker.sock
+      - //srv/./data/:/srv:ro
+      - type: bind
+        source: /
+        target: /host
+      - hostdir:/h
+    env_file: [/etc/app.env, ./local.env]
+    secrets: [token]
+    configs:
+      - source: conf
+        target: /c
+volumes:
+  named: {}
+  hostdir:
+    driver_opts: {type: none, o: bind, device: /mnt/usb}
+secrets:
+  token: {file: /etc/token}
+configs:
+  conf: {file: ./conf.txt}
+"#;
+        let v: BTreeMap<String, String> = [("DEV".to_string(), "/dev/i2c-1".to_string())]
+            .into_iter()
+            .collect();
+        let info = analyze(yaml, &v).expect("analyze");
+        assert_eq!(info.host_access.keys().collect::<Vec<_>>(), ["ui"]);
+        let a = &info.host_access["ui"];
+        assert!(a.privileged && a.network_host && a.pid_host && a.ipc_host && a.userns_host);
+        assert_eq!(a.devices, ["/dev/i2c-1", "/dev/ttyUSB0"]);
+        assert_eq!(a.cap_add, ["NET_ADMIN", "SYS_TIME"]);
+        assert_eq!(a.security_opt, ["seccomp:unconfined"]);
+        assert_eq!(
+            a.bind_mounts,
+            ["/", "/mnt/usb", "/srv/data", "/var/run/docker.sock"]
+        );
+        assert_eq!(a.host_files, ["/etc/app.env", "/etc/token"]);
+        a.validate("ui").expect("a valid shape");
+    }
+
+    #[test]
+    fn home_and_dotdot_host_paths_are_refused() {
+        let home = "services:\n  s:\n    image: a:1\n    volumes: [\"~/x:/x\"]\n";
+        assert!(
+            analyze(home, &BTreeMap::new())
+                .unwrap_err()
+                .to_string()
+                .contains("home directory")
+        );
+        let up = "services:\n  s:\n    image: a:1\n    volumes: [\"/srv/../etc:/x\"]\n";
+        assert!(
+            analyze(up, &BTreeMap::new())
+                .unwrap_err()
+                .to_string()
+                .contains("`..`")
+        );
     }
 }

@@ -324,6 +324,7 @@ fn plan_with(
         backup: recipe.file.backup.clone(),
         required_secrets: recipe.required_secrets(i.env),
         files: entries.iter().map(|(e, _)| e.clone()).collect(),
+        host_access: compose.info.host_access.clone(),
     };
     manifest
         .validate()

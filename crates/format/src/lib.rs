@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod canonical;
 pub mod digest;
 pub mod fsio;
+pub mod host_access;
 pub mod image_archive;
 pub mod manifest;
 pub mod signing;

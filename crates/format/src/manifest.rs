@@ -116,6 +116,11 @@ pub struct Manifest {
     pub required_secrets: Vec<String>,
     /// Every payload file, in the order the bundle stores them (sorted by path).
     pub files: Vec<FileEntry>,
+    /// What each service asks of the host beyond an unprivileged container, by service name;
+    /// absent (and not serialized) when no service asks anything, so such manifests keep
+    /// their bytes.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub host_access: std::collections::BTreeMap<String, crate::host_access::HostAccess>,
 }
 
 /// Provenance of a bundle.
@@ -312,6 +317,7 @@ impl Manifest {
             backup: None,
             required_secrets: Vec::new(),
             files: Vec::new(),
+            host_access: Default::default(),
         }
     }
 
@@ -550,6 +556,19 @@ impl Manifest {
             if !ok {
                 return bad(format!("required variable `{v}` is not a variable name"));
             }
+        }
+        for (svc, access) in &self.host_access {
+            if !is_service_name(svc) {
+                return bad(format!(
+                    "host access of service `{svc}`: not a compose service name"
+                ));
+            }
+            if access.is_empty() {
+                return bad(format!(
+                    "host access of service `{svc}` is empty (an unprivileged service has no entry)"
+                ));
+            }
+            access.validate(svc).map_err(ManifestError::Invalid)?;
         }
         Ok(())
     }
@@ -812,5 +831,65 @@ mod validation_tests {
             m.required_secrets = vec![bad.into()];
             refused(&m, "required variable");
         }
+    }
+}
+
+#[cfg(test)]
+mod host_access_tests {
+    use super::*;
+    use crate::host_access::HostAccess;
+
+    #[test]
+    fn no_host_access_keeps_the_bytes_and_some_is_signed_and_checked() {
+        let m = Manifest::skeleton("cloud", "1.0.0", Arch::Amd64, "prod");
+        let bytes = m.to_canonical_json();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("host_access"),
+            "an unprivileged manifest has no host_access key"
+        );
+        assert_eq!(Manifest::from_json(&bytes).expect("parse"), m);
+        let mut p = m.clone();
+        p.host_access.insert(
+            "ui".into(),
+            HostAccess {
+                privileged: true,
+                bind_mounts: vec!["/var/run/docker.sock".into()],
+                ..HostAccess::default()
+            },
+        );
+        let text = String::from_utf8(p.to_canonical_json()).expect("utf8");
+        assert!(
+            text.contains(
+                r#""host_access":{"ui":{"bind_mounts":["/var/run/docker.sock"],"privileged":true}}"#
+            ),
+            "{text}"
+        );
+        assert_eq!(Manifest::from_json(text.as_bytes()).expect("parse"), p);
+        let mut bad = p.clone();
+        bad.host_access.insert(
+            "-x".into(),
+            HostAccess {
+                pid_host: true,
+                ..HostAccess::default()
+            },
+        );
+        assert!(bad.validate().is_err());
+        let mut empty = p.clone();
+        empty.host_access.insert("db".into(), HostAccess::default());
+        assert!(empty.validate().unwrap_err().to_string().contains("empty"));
+        let mut rel = p;
+        rel.host_access.insert(
+            "db".into(),
+            HostAccess {
+                bind_mounts: vec!["../etc".into()],
+                ..HostAccess::default()
+            },
+        );
+        assert!(
+            rel.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("not absolute")
+        );
     }
 }

@@ -281,7 +281,54 @@ pub struct TrustedKey {
     pub id: String,
     /// Where it was loaded from.
     pub origin: PathBuf,
+    /// What it may sign for.
+    pub scope: KeyScope,
     key: minisign::PublicKey,
+}
+
+/// What a trusted key may sign for. A key given alone (`--key`) or lying directly in the keys
+/// directory signs anything; a key in `<keys>/<environment>/` signs only bundles of that
+/// environment, and only the profiles listed in `<keys>/<environment>/profiles` when that file
+/// exists (one name a line, `#` comments).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyScope {
+    /// The only environment it signs for (`None`: any).
+    pub environment: Option<String>,
+    /// The only profiles it signs for (`None`: any).
+    pub profiles: Option<Vec<String>>,
+}
+
+impl KeyScope {
+    /// True when a bundle of `profile` for `environment` is within this scope.
+    pub fn allows(&self, environment: &str, profile: &str) -> bool {
+        self.environment.as_deref().is_none_or(|e| e == environment)
+            && self
+                .profiles
+                .as_ref()
+                .is_none_or(|p| p.iter().any(|x| x == profile))
+    }
+}
+
+impl std::fmt::Display for KeyScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.environment, &self.profiles) {
+            (None, None) => f.write_str("any environment and profile"),
+            (Some(e), None) => write!(f, "environment `{e}`, any profile"),
+            (e, Some(p)) => write!(
+                f,
+                "environment `{}`, profiles {}",
+                e.as_deref().unwrap_or("any"),
+                if p.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    p.iter()
+                        .map(|x| format!("`{x}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ),
+        }
+    }
 }
 
 /// The set of public keys a host trusts (several allow key rotation).
@@ -298,17 +345,50 @@ impl TrustedKeys {
         Ok(t)
     }
 
-    /// Loads every `*.pub` file of a directory (at least one is required).
+    /// Loads every `*.pub` file of a directory, each signing anything, and every `*.pub` of
+    /// its subdirectories `<environment>/`, each scoped to that environment (and to the
+    /// profiles of `<environment>/profiles` when that file exists). At least one key is
+    /// required.
     pub fn from_dir(dir: &Path) -> Result<TrustedKeys, SigningError> {
         let mut t = TrustedKeys::default();
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(io_err(dir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "pub"))
             .collect();
-        paths.sort();
-        for p in paths {
-            t.add_file(&p)?;
+        entries.sort();
+        for p in &entries {
+            if p.extension().is_some_and(|e| e == "pub") && p.is_file() {
+                t.add_file(p)?;
+            }
+        }
+        for sub in entries.iter().filter(|p| p.is_dir()) {
+            let Some(env) = sub.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if !crate::manifest::is_name(env) {
+                continue;
+            }
+            let profiles_file = sub.join("profiles");
+            let profiles = match std::fs::read_to_string(&profiles_file) {
+                Ok(text) => Some(parse_profiles(&text, &profiles_file)?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io_err(&profiles_file)(e)),
+            };
+            let mut keys: Vec<PathBuf> = std::fs::read_dir(sub)
+                .map_err(io_err(sub))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "pub"))
+                .collect();
+            keys.sort();
+            for k in keys {
+                t.add_scoped(
+                    &k,
+                    KeyScope {
+                        environment: Some(env.to_string()),
+                        profiles: profiles.clone(),
+                    },
+                )?;
+            }
         }
         if t.keys.is_empty() {
             return Err(SigningError::NoKeys(dir.to_path_buf()));
@@ -316,8 +396,24 @@ impl TrustedKeys {
         Ok(t)
     }
 
-    /// Adds a public key file (minisign format: comment line, then the base64 key).
+    /// The scopes the key `id` was loaded with (one per copy of it; empty when unknown). A
+    /// bundle is within the key's reach when any of them allows it.
+    pub fn scopes(&self, id: &str) -> Vec<(&KeyScope, &Path)> {
+        self.keys
+            .iter()
+            .filter(|k| k.id == id)
+            .map(|k| (&k.scope, k.origin.as_path()))
+            .collect()
+    }
+
+    /// Adds a public key file (minisign format: comment line, then the base64 key) that signs
+    /// anything.
     pub fn add_file(&mut self, path: &Path) -> Result<(), SigningError> {
+        self.add_scoped(path, KeyScope::default())
+    }
+
+    /// Adds a public key file that signs only within `scope`.
+    pub fn add_scoped(&mut self, path: &Path, scope: KeyScope) -> Result<(), SigningError> {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
         let line = text
             .lines()
@@ -331,6 +427,7 @@ impl TrustedKeys {
         self.keys.push(TrustedKey {
             id: key_id(key.keynum()),
             origin: path.to_path_buf(),
+            scope,
             key,
         });
         Ok(())
@@ -376,6 +473,27 @@ impl TrustedKeys {
     }
 }
 
+/// The profile names of a `profiles` scope file: one a line, blank lines and `#` comments
+/// ignored; a line that is not a profile name is an error (a typo must not widen nothing or
+/// silently narrow).
+fn parse_profiles(text: &str, path: &Path) -> Result<Vec<String>, SigningError> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        if !crate::manifest::is_name(line) {
+            return Err(SigningError::BadKey {
+                path: path.to_path_buf(),
+                reason: format!("`{line}` is not a profile name"),
+            });
+        }
+        out.push(line.to_string());
+    }
+    Ok(out)
+}
+
 /// The key id a signature names (without verifying anything).
 pub fn signature_key_id(signature: &str) -> Result<String, SigningError> {
     let sig_box = minisign::SignatureBox::from_string(signature)
@@ -390,4 +508,64 @@ pub struct Verified {
     pub key_id: String,
     /// The signed trusted comment.
     pub trusted_comment: String,
+}
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+
+    fn write_key(path: &Path, seed: u8) -> String {
+        let k = SecretKey::from_seed([seed; 8], [seed; 32]);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, k.public_key_file()).expect("write");
+        k.key_id()
+    }
+
+    #[test]
+    fn keys_in_an_environment_directory_are_scoped_to_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let any = write_key(&dir.path().join("release.pub"), 1);
+        let dev = write_key(&dir.path().join("dev/ci.pub"), 2);
+        let prod = write_key(&dir.path().join("prod/release.pub"), 3);
+        std::fs::write(
+            dir.path().join("prod/profiles"),
+            "# only these\ncloud\n\ndevice # pi\n",
+        )
+        .expect("profiles");
+        let t = TrustedKeys::from_dir(dir.path()).expect("load");
+        assert_eq!(t.keys().len(), 3);
+        let scope = |id: &str| t.scopes(id)[0].0.clone();
+        assert!(scope(&any).allows("prod", "cloud"));
+        assert!(scope(&dev).allows("dev", "cloud"));
+        assert!(!scope(&dev).allows("prod", "cloud"));
+        assert!(scope(&prod).allows("prod", "device"));
+        assert!(!scope(&prod).allows("prod", "other"));
+        assert!(!scope(&prod).allows("dev", "cloud"));
+        assert_eq!(scope(&dev).to_string(), "environment `dev`, any profile");
+        assert_eq!(
+            scope(&prod).to_string(),
+            "environment `prod`, profiles `cloud`, `device`"
+        );
+        assert!(t.scopes("0000000000000000").is_empty());
+        std::fs::write(dir.path().join("prod/profiles"), "not a name!\n").expect("profiles");
+        assert!(TrustedKeys::from_dir(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_directory_with_keys_only_in_subdirectories_is_usable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_key(&dir.path().join("prod/release.pub"), 4);
+        assert_eq!(
+            TrustedKeys::from_dir(dir.path())
+                .expect("load")
+                .keys()
+                .len(),
+            1
+        );
+        let empty = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(
+            TrustedKeys::from_dir(empty.path()),
+            Err(SigningError::NoKeys(_))
+        ));
+    }
 }

@@ -146,6 +146,7 @@ impl Fixture {
             backup: None,
             required_secrets: vec![],
             files: files.iter().map(|(e, _)| e.clone()).collect(),
+            host_access: Default::default(),
         };
         manifest.validate().expect("fixture manifest is valid");
         Fixture {

@@ -9,6 +9,9 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+/// The environment the kit's hosts declare, which is the one its releases are built for.
+pub const DEFAULT_ENVIRONMENT: &str = "prod";
+
 /// A host root plus the arguments every installer call needs. The root is deleted on drop.
 pub struct Host {
     root: tempfile::TempDir,
@@ -35,13 +38,26 @@ impl Host {
         installer: PathBuf,
         runner: Vec<OsString>,
     ) -> Host {
-        Host {
+        let host = Host {
             root: crate::tempdir("smoker-test-root-"),
             project: cleanup.compose_project(&unique_name("smk")),
             compose: None,
             installer,
             runner,
-        }
+        };
+        host.write_config("");
+        host
+    }
+
+    /// Writes this host's config: the environment the kit's bundles are built for
+    /// ([`DEFAULT_ENVIRONMENT`]; an installer takes no first bundle of a host that declares
+    /// none) followed by `rest`. A test that needs another environment writes the file itself.
+    pub fn write_config(&self, rest: &str) {
+        std::fs::write(
+            self.host_config(),
+            format!("environment = \"{DEFAULT_ENVIRONMENT}\"\n{rest}"),
+        )
+        .unwrap_or_else(|e| panic!("writing the host config: {e}"));
     }
 
     fn compose(mut self, compose: Option<&str>) -> Host {
@@ -54,7 +70,7 @@ impl Host {
         self.root.path()
     }
 
-    /// This host's config file (absent unless a test writes it).
+    /// This host's config file (declaring [`DEFAULT_ENVIRONMENT`] unless a test rewrites it).
     pub fn host_config(&self) -> PathBuf {
         self.root.path().join("host.toml")
     }

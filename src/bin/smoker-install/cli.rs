@@ -80,6 +80,10 @@ pub enum Cmd {
         /// Allow a bundle built for another environment than this host's.
         #[arg(long)]
         allow_env_change: bool,
+        /// This host's environment, for a host whose config declares none: the explicit choice
+        /// a first install needs (a declared environment is not overridden).
+        #[arg(long)]
+        environment: Option<String>,
         /// Compose project name for a new profile (default smoker-<profile>).
         #[arg(long)]
         project: Option<String>,
@@ -124,8 +128,17 @@ pub enum Cmd {
         /// Accept a version older than the newest good generation (as `apply --allow-downgrade`).
         #[arg(long)]
         allow_downgrade: bool,
+        /// This host's environment when its config declares none (as `apply --environment`).
+        #[arg(long)]
+        environment: Option<String>,
         /// The bundle file.
         bundle: PathBuf,
+    },
+    /// The host's policy on what bundles may ask of it.
+    Policy {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: PolicyCmd,
     },
     /// Take a backup of a profile's data now (through the recipe's backup hook).
     Backup {
@@ -198,6 +211,20 @@ pub enum Cmd {
     },
 }
 
+/// `smoker-install policy …`.
+#[derive(Subcommand)]
+pub enum PolicyCmd {
+    /// Verify a bundle and print the `[policy.<profile>]` table of the host config that would
+    /// allow exactly what it asks of the host, for review; changes nothing.
+    Suggest {
+        /// Trusted keys.
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// The bundle file.
+        bundle: PathBuf,
+    },
+}
+
 /// `smoker-install audit …`.
 #[derive(Subcommand)]
 pub enum AuditCmd {
@@ -225,6 +252,9 @@ impl Cmd {
             Cmd::Audit {
                 cmd: AuditCmd::Verify,
             } => "audit verify",
+            Cmd::Policy {
+                cmd: PolicyCmd::Suggest { .. },
+            } => "policy suggest",
         }
     }
 }

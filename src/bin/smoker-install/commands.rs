@@ -3,8 +3,9 @@
 
 use crate::cli::KeyArgs;
 use crate::output::{
-    Applied, AuditChecked, BackedUp, Backups, Collected, Failure, History, MediaLog, Preflighted,
-    RecoveredFirst, Restored, RolledBack, Status, StoreVerified, Unlocked, Verified,
+    Applied, AuditChecked, BackedUp, Backups, Collected, Failure, History, MediaLog,
+    PolicySuggested, Preflighted, RecoveredFirst, Restored, RolledBack, Status, StoreVerified,
+    Unlocked, Verified,
 };
 use smoker::apply::{self, Progress};
 use smoker::error::Kind;
@@ -27,6 +28,11 @@ pub struct Ctx {
 impl Ctx {
     fn host(&self) -> Result<HostConfig, Failure> {
         Ok(HostConfig::load(Some(&self.host_config))?)
+    }
+
+    /// The host config with the operator's `--environment` choice, if any.
+    fn host_choosing(&self, environment: Option<&str>) -> Result<HostConfig, Failure> {
+        Ok(self.host()?.choose_environment(environment)?)
     }
 }
 
@@ -149,6 +155,21 @@ pub fn usb_log(dir: &Path) -> Result<MediaLog, Failure> {
     Ok(MediaLog { path })
 }
 
+/// `policy suggest`: the policy table that allows exactly what a verified bundle asks of the
+/// host. Changes nothing.
+pub fn policy_suggest(keys: &KeyArgs, bundle: PathBuf) -> Result<PolicySuggested, Failure> {
+    let keys = keys.load()?;
+    let verified = smoker_format::bundle::read::verify_file(&bundle, &keys)
+        .map_err(smoker::error::Error::from)?;
+    let m = &verified.manifest;
+    Ok(PolicySuggested {
+        bundle,
+        profile: m.name.clone(),
+        policy: smoker::access::suggest(m),
+        host_access: m.host_access.clone(),
+    })
+}
+
 /// What `apply` was asked to do.
 pub struct ApplyArgs {
     /// Trusted keys.
@@ -163,6 +184,8 @@ pub struct ApplyArgs {
     pub allow_downgrade: bool,
     /// Allow another environment.
     pub allow_env_change: bool,
+    /// The host's environment when its config declares none.
+    pub environment: Option<String>,
     /// Compose project for a new profile.
     pub project: Option<String>,
     /// The bundle file, or `None` with `usb`.
@@ -188,7 +211,7 @@ pub fn apply(ctx: &Ctx, a: ApplyArgs) -> Result<Applied, Failure> {
         wait: a.wait,
         allow_downgrade: a.allow_downgrade,
         project: a.project,
-        host: ctx.host()?,
+        host: ctx.host_choosing(a.environment.as_deref())?,
         allow_env_change: a.allow_env_change,
     };
     let reporter = Reporter::new(false);
@@ -222,6 +245,7 @@ pub fn preflight(
     keys: &KeyArgs,
     env_file: Option<&Path>,
     (allow_env_change, allow_downgrade): (bool, bool),
+    environment: Option<&str>,
     bundle: PathBuf,
 ) -> Result<Preflighted, Failure> {
     let report = smoker::ops::preflight_bundle(
@@ -230,7 +254,7 @@ pub fn preflight(
             bundle: &bundle,
             keys: &keys.load()?,
             env_file,
-            host: &ctx.host()?,
+            host: &ctx.host_choosing(environment)?,
             allow_env_change,
             allow_downgrade,
         },

@@ -9,7 +9,7 @@ mod commands;
 mod output;
 
 use clap::FromArgMatches as _;
-use cli::{AuditCmd, Cli, Cmd};
+use cli::{AuditCmd, Cli, Cmd, PolicyCmd};
 use commands::{ApplyArgs, Ctx};
 use output::Output;
 use smoker::envelope::Envelope;
@@ -60,6 +60,7 @@ fn main() -> ExitCode {
             wait,
             allow_downgrade,
             allow_env_change,
+            environment,
             project,
             usb,
             media_roots,
@@ -75,6 +76,7 @@ fn main() -> ExitCode {
                     wait,
                     allow_downgrade,
                     allow_env_change,
+                    environment,
                     project,
                     bundle,
                     usb,
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
             env_file,
             allow_env_change,
             allow_downgrade,
+            environment,
             bundle,
         } => out.finish(
             command,
@@ -112,9 +115,13 @@ fn main() -> ExitCode {
                 &keys,
                 env_file.as_deref(),
                 (allow_env_change, allow_downgrade),
+                environment.as_deref(),
                 bundle,
             ),
         ),
+        Cmd::Policy {
+            cmd: PolicyCmd::Suggest { keys, bundle },
+        } => out.finish(command, commands::policy_suggest(&keys, bundle)),
         Cmd::Backup { profile } => out.finish(command, commands::backup(&ctx, profile)),
         Cmd::Backups { profile } => out.finish(command, commands::backups(&ctx, profile)),
         Cmd::Restore { profile, id } => out.finish(command, commands::restore(&ctx, profile, id)),
@@ -178,29 +185,40 @@ fn trust_gate(cli: &Cli) -> smoker::error::Result<()> {
             env_file,
             allow_downgrade,
             allow_env_change,
+            environment,
             project,
             ..
         } => {
             choices.keys = keys_of(keys);
             choices.env_file = env_file.as_deref();
             choices.exceptions = exceptions(*allow_downgrade, *allow_env_change, project.is_some());
+            if environment.is_some() {
+                choices.exceptions.push("--environment");
+            }
         }
         Cmd::Preflight {
             keys,
             env_file,
             allow_env_change,
             allow_downgrade,
+            environment,
             ..
         } => {
             choices.keys = keys_of(keys);
             choices.env_file = env_file.as_deref();
             choices.exceptions = exceptions(*allow_downgrade, *allow_env_change, false);
+            if environment.is_some() {
+                choices.exceptions.push("--environment");
+            }
         }
         Cmd::UsbLog { .. } => {
             return Err(smoker::error::Error::Policy(
                 "usb-log is for the smoker-usb unit (run by root), not for sudo".into(),
             ));
         }
+        Cmd::Policy {
+            cmd: PolicyCmd::Suggest { keys, .. },
+        } => choices.keys = keys_of(keys),
         _ => {}
     }
     privilege::check_elevated(&invoker, &choices)

@@ -303,6 +303,37 @@ impl Report for RolledBack {
     }
 }
 
+/// `policy suggest`: the policy table for one bundle.
+pub struct PolicySuggested {
+    /// The bundle file.
+    pub bundle: PathBuf,
+    /// Its profile.
+    pub profile: String,
+    /// The host config text (`[policy.<profile>]`) that allows exactly this bundle.
+    pub policy: String,
+    /// What each service asks of the host, as signed.
+    pub host_access: std::collections::BTreeMap<String, smoker_format::host_access::HostAccess>,
+}
+
+impl Report for PolicySuggested {
+    fn data(&self) -> serde_json::Value {
+        serde_json::json!({
+            "bundle": self.bundle.display().to_string(),
+            "profile": self.profile,
+            "policy": self.policy,
+            "host_access": self.host_access,
+        })
+    }
+
+    fn text(&self) -> String {
+        self.policy.clone()
+    }
+
+    fn failure(&self) -> Option<Failure> {
+        None
+    }
+}
+
 /// `preflight`: every check.
 pub struct Preflighted {
     /// The bundle file.
