@@ -170,14 +170,14 @@ fn resolved(path: &Path) -> Result<PathBuf> {
 }
 
 fn cmd_keygen(secret: &Path, public: &Path, no_password: bool) -> Result<()> {
-    let repo = workspace_root();
-    let repo = repo.canonicalize().unwrap_or(repo);
+    let root = workspace_root();
+    let keys_dir = root.canonicalize().unwrap_or(root).join("keys");
     let target = resolved(secret)?;
-    if target.starts_with(&repo) {
+    if target.starts_with(&keys_dir) {
         bail!(
-            "refusing to write a secret key inside the repository ({} is under {}): only public keys belong there; put it e.g. in ~/.config/smoker/",
+            "refusing to write a secret key under keys/ ({} is in {}): only public keys belong there; put it e.g. in ~/.config/smoker/",
             target.display(),
-            repo.display()
+            keys_dir.display()
         );
     }
     let password = if no_password {
