@@ -20,21 +20,52 @@ fn two_bundles(f: &Fixture) -> (Vec<u8>, Vec<u8>) {
     (f.bundle(), other)
 }
 
-fn store_is_empty(layout: &Layout) -> bool {
-    std::fs::read_dir(layout.store()).map_or(true, |mut d| d.next().is_none())
+/// The first bundle written to a path, opened and looked at (as apply does before locking).
+struct Opened {
+    f: Fixture,
+    second: Vec<u8>,
+    dir: tempfile::TempDir,
+    layout: Layout,
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    peek: smoker_format::manifest::Manifest,
 }
 
-#[test]
-fn a_bundle_rewritten_in_place_after_the_first_look_is_refused_and_nothing_is_stored() {
+fn opened() -> Opened {
     let f = Fixture::new();
     let (first, second) = two_bundles(&f);
     let dir = tempfile::tempdir().expect("tempdir");
     let layout = Layout::new(dir.path().join("root"));
     let path = dir.path().join("bundle.tar.zst");
     std::fs::write(&path, &first).expect("write");
-
-    let mut file = std::fs::File::open(&path).expect("open");
+    let file = std::fs::File::open(&path).expect("open");
     let peek = smoker_format::bundle::read::peek_manifest_from(&file, &f.keys).expect("peek");
+    Opened {
+        f,
+        second,
+        dir,
+        layout,
+        path,
+        file,
+        peek,
+    }
+}
+
+fn store_is_empty(layout: &Layout) -> bool {
+    std::fs::read_dir(layout.store()).map_or(true, |mut d| d.next().is_none())
+}
+
+#[test]
+fn a_bundle_rewritten_in_place_after_the_first_look_is_refused_and_nothing_is_stored() {
+    let Opened {
+        f,
+        second,
+        dir: _dir,
+        layout,
+        path,
+        mut file,
+        peek,
+    } = opened();
     let locked = peek.name.clone();
     // Between the look and the verified read, someone rewrites the same file.
     std::fs::write(&path, &second).expect("rewrite in place");
@@ -54,15 +85,15 @@ fn a_bundle_rewritten_in_place_after_the_first_look_is_refused_and_nothing_is_st
 
 #[test]
 fn a_bundle_renamed_over_the_path_after_the_first_look_is_not_read_at_all() {
-    let f = Fixture::new();
-    let (first, second) = two_bundles(&f);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let layout = Layout::new(dir.path().join("root"));
-    let path = dir.path().join("bundle.tar.zst");
-    std::fs::write(&path, &first).expect("write");
-
-    let mut file = std::fs::File::open(&path).expect("open");
-    let peek = smoker_format::bundle::read::peek_manifest_from(&file, &f.keys).expect("peek");
+    let Opened {
+        f,
+        second,
+        dir,
+        layout,
+        path,
+        mut file,
+        peek,
+    } = opened();
     let swapped = dir.path().join("swapped.tar.zst");
     std::fs::write(&swapped, &second).expect("write");
     std::fs::rename(&swapped, &path).expect("rename over the path");
