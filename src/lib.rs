@@ -39,3 +39,6 @@ pub mod runtime;
 pub mod store;
 pub mod sys;
 pub mod usb;
+
+#[cfg(test)]
+mod testutil;

@@ -170,7 +170,6 @@ pub fn send(layout: &Layout, cfg: &HostConfig, n: &Notice) -> Vec<Delivery> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
     use std::net::TcpListener;
 
     fn notice(event: Event, message: &str) -> Notice {
@@ -231,33 +230,7 @@ mod tests {
 
     /// A one-request HTTP server answering `status`; returns its URL and the request body.
     fn server(status: &'static str) -> (String, std::thread::JoinHandle<String>) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-        let handle = std::thread::spawn(move || {
-            let (stream, _) = listener.accept().expect("accept");
-            let mut reader = BufReader::new(stream);
-            let mut length = 0usize;
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).expect("header");
-                if line == "\r\n" || line.is_empty() {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().expect("length");
-                }
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).expect("body");
-            let mut stream = reader.into_inner();
-            write!(
-                stream,
-                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            )
-            .expect("answer");
-            String::from_utf8(body).expect("utf-8")
-        });
-        (url, handle)
+        crate::testutil::one_request_server("/hook", status)
     }
 
     fn audit_events(layout: &Layout) -> Vec<serde_json::Value> {

@@ -154,7 +154,6 @@ mod tests {
         use crate::notify::{self, Event, Notice};
         use crate::runtime::{Runtime, Stack};
         use smoker_format::manifest::{Arch, Manifest};
-        use std::io::{BufRead as _, BufReader, Read as _, Write as _};
         use std::os::unix::fs::PermissionsExt as _;
 
         let secret = format!("zq-hunter2-{}", std::process::id());
@@ -194,36 +193,10 @@ mod tests {
         let leaky = format!("{err}; token was {secret}");
         crate::audit::append(&layout, "apply", serde_json::json!({"error": leaky})).expect("audit");
 
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!(
-            "http://{}/services/T0/B0/{secret}",
-            listener.local_addr().expect("addr")
+        let (url, server) = crate::testutil::one_request_server(
+            &format!("/services/T0/B0/{secret}"),
+            "500 Internal Server Error",
         );
-        let server = std::thread::spawn(move || {
-            let (stream, _) = listener.accept().expect("accept");
-            let mut reader = BufReader::new(stream);
-            let (mut length, mut request) = (0usize, String::new());
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).expect("header");
-                request.push_str(&line);
-                if line == "\r\n" || line.is_empty() {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().expect("length");
-                }
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).expect("body");
-            let mut stream = reader.into_inner();
-            write!(
-                stream,
-                "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            )
-            .expect("answer");
-            String::from_utf8(body).expect("utf-8")
-        });
         let cfg = HostConfig {
             webhooks: vec![Webhook {
                 url: url.clone(),
