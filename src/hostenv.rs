@@ -43,26 +43,29 @@ pub fn parse(text: &str) -> BTreeMap<String, String> {
 /// Reads a host env file; a missing file is an empty set (the required-secrets check then
 /// names what is missing).
 pub fn read_host(path: &Path) -> Result<BTreeMap<String, String>> {
-    match std::fs::read_to_string(path) {
-        Ok(t) => {
-            check_secret_file(path)?;
-            let values = parse(&t);
-            crate::redact::register(values.values().cloned());
-            Ok(values)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        }),
-    }
+    use std::io::Read as _;
+    let io = |e| Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    // One open: the mode and owner checked are those of the file that is read.
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(io(e)),
+    };
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(io)?;
+    check_secret_file(path, &file.metadata().map_err(io)?)?;
+    let values = parse(&text);
+    crate::redact::register(values.values().cloned());
+    Ok(values)
 }
 
 /// A host env file holds secrets: readable by its owner only, and owned by root when the
 /// installer runs as root (anyone else could change what the stack runs with).
-pub fn check_secret_file(path: &Path) -> Result<()> {
+pub fn check_secret_file(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
     use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(path).map_err(crate::error::io_at(path))?;
     let mode = meta.mode() & 0o777;
     // SAFETY: geteuid has no preconditions.
     let as_root = unsafe { libc::geteuid() } == 0;
