@@ -38,6 +38,45 @@ pub struct KeyArgs {
     pub keys: Option<PathBuf>,
 }
 
+/// What `apply` is asked to do.
+#[derive(clap::Args)]
+pub struct ApplyArgs {
+    /// Trusted keys.
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// Host env file with the stack's secrets (default /etc/smoker/<profile>.env).
+    #[arg(long)]
+    pub env_file: Option<PathBuf>,
+    /// Generations to keep.
+    #[arg(long, default_value_t = 5)]
+    pub keep: usize,
+    /// Wait for the profile lock instead of failing.
+    #[arg(long)]
+    pub wait: bool,
+    /// Allow a version older than the newest good generation.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    /// Allow a bundle built for another environment than this host's.
+    #[arg(long)]
+    pub allow_env_change: bool,
+    /// This host's environment, for a host whose config declares none: the explicit choice
+    /// a first install needs (a declared environment is not overridden).
+    #[arg(long)]
+    pub environment: Option<String>,
+    /// Compose project name for a new profile (default smoker-<profile>).
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Find the bundle on removable media instead: the newest valid one for this host's
+    /// profile, architecture and environment (needs no network).
+    #[arg(long, conflicts_with = "bundle")]
+    pub usb: bool,
+    /// Where removable media are mounted (repeatable; default /media and /mnt).
+    #[arg(long = "media-root", requires = "usb")]
+    pub media_roots: Vec<PathBuf>,
+    /// The bundle file (or --usb).
+    pub bundle: Option<PathBuf>,
+}
+
 /// The subcommands.
 #[derive(Subcommand)]
 pub enum Cmd {
@@ -61,42 +100,7 @@ pub enum Cmd {
     },
     /// Verify a bundle, install it as a new generation, switch, health-check, and roll back by
     /// itself when it is not healthy.
-    Apply {
-        /// Trusted keys.
-        #[command(flatten)]
-        keys: KeyArgs,
-        /// Host env file with the stack's secrets (default /etc/smoker/<profile>.env).
-        #[arg(long)]
-        env_file: Option<PathBuf>,
-        /// Generations to keep.
-        #[arg(long, default_value_t = 5)]
-        keep: usize,
-        /// Wait for the profile lock instead of failing.
-        #[arg(long)]
-        wait: bool,
-        /// Allow a version older than the newest good generation.
-        #[arg(long)]
-        allow_downgrade: bool,
-        /// Allow a bundle built for another environment than this host's.
-        #[arg(long)]
-        allow_env_change: bool,
-        /// This host's environment, for a host whose config declares none: the explicit choice
-        /// a first install needs (a declared environment is not overridden).
-        #[arg(long)]
-        environment: Option<String>,
-        /// Compose project name for a new profile (default smoker-<profile>).
-        #[arg(long)]
-        project: Option<String>,
-        /// Find the bundle on removable media instead: the newest valid one for this host's
-        /// profile, architecture and environment (needs no network).
-        #[arg(long, conflicts_with = "bundle")]
-        usb: bool,
-        /// Where removable media are mounted (repeatable; default /media and /mnt).
-        #[arg(long = "media-root", requires = "usb")]
-        media_roots: Vec<PathBuf>,
-        /// The bundle file (or --usb).
-        bundle: Option<PathBuf>,
-    },
+    Apply(ApplyArgs),
     /// Switch back to a kept generation (default: the previous good one). Needs no network and
     /// no bundle file.
     Rollback {
@@ -237,7 +241,7 @@ impl Cmd {
     pub fn name(&self) -> &'static str {
         match self {
             Cmd::Verify { .. } => "verify",
-            Cmd::Apply { .. } => "apply",
+            Cmd::Apply(_) => "apply",
             Cmd::Rollback { .. } => "rollback",
             Cmd::Preflight { .. } => "preflight",
             Cmd::Backup { .. } => "backup",

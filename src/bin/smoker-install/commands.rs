@@ -1,7 +1,7 @@
 //! One function per subcommand: each does its work through the library and returns a typed
 //! result ([`crate::output`]); none prints its result itself.
 
-use crate::cli::KeyArgs;
+use crate::cli::{ApplyArgs, KeyArgs};
 use crate::output::{
     Applied, AuditChecked, BackedUp, Backups, Collected, Failure, History, MediaLog,
     PolicySuggested, Preflighted, RecoveredFirst, Restored, RolledBack, Status, StoreVerified,
@@ -168,32 +168,6 @@ pub fn policy_suggest(keys: &KeyArgs, bundle: PathBuf) -> Result<PolicySuggested
         policy: smoker::access::suggest(m),
         host_access: m.host_access.clone(),
     })
-}
-
-/// What `apply` was asked to do.
-pub struct ApplyArgs {
-    /// Trusted keys.
-    pub keys: KeyArgs,
-    /// Host env file.
-    pub env_file: Option<PathBuf>,
-    /// Generations to keep.
-    pub keep: usize,
-    /// Wait for the lock.
-    pub wait: bool,
-    /// Allow a downgrade.
-    pub allow_downgrade: bool,
-    /// Allow another environment.
-    pub allow_env_change: bool,
-    /// The host's environment when its config declares none.
-    pub environment: Option<String>,
-    /// Compose project for a new profile.
-    pub project: Option<String>,
-    /// The bundle file, or `None` with `usb`.
-    pub bundle: Option<PathBuf>,
-    /// Look on removable media.
-    pub usb: bool,
-    /// Where removable media are mounted.
-    pub media_roots: Vec<PathBuf>,
 }
 
 /// `apply`.

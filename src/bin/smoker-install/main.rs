@@ -10,7 +10,7 @@ mod output;
 
 use clap::FromArgMatches as _;
 use cli::{AuditCmd, Cli, Cmd, PolicyCmd};
-use commands::{ApplyArgs, Ctx};
+use commands::Ctx;
 use output::Output;
 use smoker::envelope::Envelope;
 use smoker::error::Kind;
@@ -53,37 +53,7 @@ fn main() -> ExitCode {
         Cmd::Verify { keys, bundle, .. } => {
             out.finish(command, commands::verify(&keys, bundle.unwrap_or_default()))
         }
-        Cmd::Apply {
-            keys,
-            env_file,
-            keep,
-            wait,
-            allow_downgrade,
-            allow_env_change,
-            environment,
-            project,
-            usb,
-            media_roots,
-            bundle,
-        } => out.finish(
-            command,
-            commands::apply(
-                &ctx,
-                ApplyArgs {
-                    keys,
-                    env_file,
-                    keep,
-                    wait,
-                    allow_downgrade,
-                    allow_env_change,
-                    environment,
-                    project,
-                    bundle,
-                    usb,
-                    media_roots,
-                },
-            ),
-        ),
+        Cmd::Apply(args) => out.finish(command, commands::apply(&ctx, args)),
         Cmd::Rollback {
             profile,
             to,
@@ -180,21 +150,15 @@ fn trust_gate(cli: &Cli) -> smoker::error::Result<()> {
     };
     match &cli.cmd {
         Cmd::Verify { keys, .. } => choices.keys = keys_of(keys),
-        Cmd::Apply {
-            keys,
-            env_file,
-            allow_downgrade,
-            allow_env_change,
-            environment,
-            project,
-            ..
-        } => {
-            choices.keys = keys_of(keys);
-            choices.env_file = env_file.as_deref();
-            choices.exceptions = exceptions(*allow_downgrade, *allow_env_change, project.is_some());
-            if environment.is_some() {
-                choices.exceptions.push("--environment");
-            }
+        Cmd::Apply(a) => {
+            choices.keys = keys_of(&a.keys);
+            choices.env_file = a.env_file.as_deref();
+            choices.exceptions = exceptions(
+                a.allow_downgrade,
+                a.allow_env_change,
+                a.environment.is_some(),
+                a.project.is_some(),
+            );
         }
         Cmd::Preflight {
             keys,
@@ -206,10 +170,12 @@ fn trust_gate(cli: &Cli) -> smoker::error::Result<()> {
         } => {
             choices.keys = keys_of(keys);
             choices.env_file = env_file.as_deref();
-            choices.exceptions = exceptions(*allow_downgrade, *allow_env_change, false);
-            if environment.is_some() {
-                choices.exceptions.push("--environment");
-            }
+            choices.exceptions = exceptions(
+                *allow_downgrade,
+                *allow_env_change,
+                environment.is_some(),
+                false,
+            );
         }
         Cmd::UsbLog { .. } => {
             return Err(smoker::error::Error::Policy(
@@ -229,10 +195,16 @@ fn not_default<'a>(p: &'a std::path::Path, default: &str) -> Option<&'a std::pat
 }
 
 /// The policy-exception flags that were given.
-fn exceptions(downgrade: bool, env_change: bool, project: bool) -> Vec<&'static str> {
+fn exceptions(
+    downgrade: bool,
+    env_change: bool,
+    environment: bool,
+    project: bool,
+) -> Vec<&'static str> {
     [
         (downgrade, "--allow-downgrade"),
         (env_change, "--allow-env-change"),
+        (environment, "--environment"),
         (project, "--project"),
     ]
     .into_iter()
