@@ -427,18 +427,8 @@ pub fn read_bundle<R: Read>(
         inner: hashed.clone(),
         meter: meter.clone(),
     };
-    let mut buffered = io::BufReader::with_capacity(
-        zstd::stream::read::Decoder::<&[u8]>::recommended_output_size(),
-        source,
-    );
-    refuse_skippable_frame(&mut buffered)?;
     // One frame only: anything after it is trailing data, not a further frame to decode.
-    let mut decoder = zstd::stream::read::Decoder::with_buffer(buffered)
-        .map_err(VerifyError::Io)?
-        .single_frame();
-    decoder
-        .window_log_max(ZSTD_WINDOW_LOG_MAX)
-        .map_err(|e| VerifyError::Compression(e.to_string()))?;
+    let decoder = frame_decoder(source)?.single_frame();
     let bounded = Bounded {
         inner: decoder,
         meter: meter.clone(),
@@ -554,6 +544,21 @@ fn entry_kind(t: tar::EntryType) -> Option<&'static str> {
         tar::EntryType::XGlobalHeader => Some("global pax header"),
         _ => Some("special entry"),
     }
+}
+
+/// The zstd decoder of a bundle stream: input buffered as the zstd crate would, a skippable
+/// frame in front refused, and the window bounded by [`ZSTD_WINDOW_LOG_MAX`].
+fn frame_decoder<R: Read>(
+    input: R,
+) -> Result<zstd::stream::read::Decoder<'static, io::BufReader<R>>, VerifyError> {
+    let mut buffered = io::BufReader::with_capacity(zstd::zstd_safe::DCtx::in_size(), input);
+    refuse_skippable_frame(&mut buffered)?;
+    let mut decoder =
+        zstd::stream::read::Decoder::with_buffer(buffered).map_err(VerifyError::Io)?;
+    decoder
+        .window_log_max(ZSTD_WINDOW_LOG_MAX)
+        .map_err(|e| VerifyError::Compression(e.to_string()))?;
+    Ok(decoder)
 }
 
 /// A bundle is one zstd frame from its first byte: a skippable frame in front (which a
@@ -919,13 +924,7 @@ pub fn peek_manifest(path: &Path, keys: &TrustedKeys) -> Result<Manifest, Verify
 
 /// [`peek_manifest`] of a stream (an already open file: rewind it before reading it again).
 pub fn peek_manifest_from(input: impl Read, keys: &TrustedKeys) -> Result<Manifest, VerifyError> {
-    let mut buffered = io::BufReader::new(input);
-    refuse_skippable_frame(&mut buffered)?;
-    let mut decoder =
-        zstd::stream::read::Decoder::with_buffer(buffered).map_err(VerifyError::Io)?;
-    decoder
-        .window_log_max(ZSTD_WINDOW_LOG_MAX)
-        .map_err(|e| VerifyError::Compression(e.to_string()))?;
+    let decoder = frame_decoder(input)?;
     let meter = Rc::new(RefCell::new(Meter {
         limit: HEAD_LIMIT,
         ..Meter::default()
