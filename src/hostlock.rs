@@ -94,15 +94,21 @@ pub fn holder(layout: &Layout, profile: &str) -> Option<Holder> {
     serde_json::from_str(&s).ok()
 }
 
-/// True when the profile's lock is currently held by a live process.
+/// True when the profile's lock is currently held by a live process. Only looks: a missing
+/// lock file means free and is not created, and a link is not followed.
 pub fn is_locked(layout: &Layout, profile: &str) -> bool {
-    let Ok(f) = open_lock(layout, profile) else {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(layout.lock_file(profile))
+    else {
         return false;
     };
     // SAFETY: valid fd.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
     if rc == 0 {
-        // SAFETY: valid fd.
+        // SAFETY: valid fd; releases the shared lock just taken.
         unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
         false
     } else {

@@ -6,12 +6,10 @@
 //! `smoker-install recover` finishes it) — and a held lock is reported with its holder.
 
 use crate::error::{Error, Result};
-use crate::hostlock::Holder;
+use crate::hostlock::{self, Holder};
 use crate::layout::Layout;
 use crate::profile::{Generation, Profile, Status};
 use serde::Serialize;
-use std::io::Read as _;
-use std::os::fd::AsRawFd as _;
 
 /// Whether a profile's lock is held, and by whom.
 #[derive(Debug, Clone, Serialize)]
@@ -22,34 +20,13 @@ pub struct LockState {
     pub holder: Option<Holder>,
 }
 
-/// Looks at a profile's lock without taking it and without creating the lock file.
-///
-/// A holder writes its record right after taking the lock and empties it before releasing it,
-/// so an empty or missing record means the lock is free. A record left behind by a holder that
-/// died (the kernel released its lock) is told apart by a non-blocking shared `flock` attempt,
-/// released at once; only that case touches the lock at all.
+/// Looks at a profile's lock without taking it and without creating the lock file
+/// ([`hostlock::is_locked`]), and names the recorded holder when it is held.
 pub fn lock_state(layout: &Layout, profile: &str) -> LockState {
-    let free = LockState {
-        locked: false,
-        holder: None,
-    };
-    let Ok(mut file) = std::fs::File::open(layout.lock_file(profile)) else {
-        return free;
-    };
-    let mut text = String::new();
-    if file.read_to_string(&mut text).is_err() || text.trim().is_empty() {
-        return free;
-    }
-    // SAFETY: `file` owns a valid descriptor for the duration of both calls.
-    let held = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0;
-    if !held {
-        // SAFETY: as above; releases the shared lock just taken.
-        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
-        return free;
-    }
+    let locked = hostlock::is_locked(layout, profile);
     LockState {
-        locked: true,
-        holder: serde_json::from_str(&text).ok(),
+        locked,
+        holder: locked.then(|| hostlock::holder(layout, profile)).flatten(),
     }
 }
 
