@@ -8,20 +8,21 @@
 //! `pending` from before the switch until the gate decides, so an interruption anywhere is
 //! finished by the next run ([`crate::rollback::recover_profile`]).
 
-use crate::activate::{entry_env, env_file_for, gate};
+use crate::activate::{Target, entry_env, env_file_for, gate, up_and_gate};
 use crate::backup;
 use crate::error::{Error, Result, io_at};
 use crate::fault;
 use crate::health::Report;
 use crate::hostconfig::HostConfig;
 use crate::hostlock;
+use crate::inputs::Prepared;
 use crate::layout::Layout;
 use crate::migrate::{self, Applied, Ledger};
 use crate::notify::{self, Event, Notice};
 use crate::policy::{self, HostFacts};
 use crate::profile::{Generation, Profile, Status, now};
 use crate::progress::Timer;
-use crate::runtime::{Runtime, Stack};
+use crate::runtime::{Resolved, Runtime, Stack};
 use crate::store::{self, StoreEntry};
 use serde::Serialize;
 use smoker_format::manifest::Migration;
@@ -191,6 +192,16 @@ struct Run<'a> {
     name: &'a str,
 }
 
+/// How starting the new generation went.
+struct Started {
+    /// The gate's report, or the failure, when already decided (else the gate runs next).
+    report: Option<Report>,
+    /// Whether a migration ran.
+    migrated: bool,
+    /// How it failed, for messages (`failed`, `failed the health gate`).
+    what: &'static str,
+}
+
 /// What the data step decided before anything changes.
 struct DataPlan {
     ledger: Ledger,
@@ -207,7 +218,7 @@ impl Run<'_> {
         if let Some(unchanged) = self.already_serving(existing.as_ref(), &entry) {
             return Ok(unchanged);
         }
-        let (runtime, env_file, project) =
+        let (runtime, resolved, env_file, project) =
             self.preflight(existing.as_ref(), &entry, bundle_bytes)?;
         let env = entry_env(&entry, &env_file)?;
         self.progress.step("images");
@@ -220,24 +231,23 @@ impl Run<'_> {
         profile.state.env_file = Some(env_file);
         let previous = profile.current();
         let mut data = self.plan_data(&runtime, &profile, previous, &entry)?;
-        let number = self.record_and_switch(&mut profile, &entry, bundle_sha256)?;
+        let prepared = self.inputs(&runtime, &profile, &entry, &env, resolved)?;
+        let number = self.record_and_switch(&mut profile, &entry, bundle_sha256, &prepared)?;
         drop(storing);
 
         let project = profile.state.project.clone();
+        let overrides = [prepared.override_file.clone()];
         let stack = Stack {
             project: &project,
             dir: &entry.path,
             manifest: &entry.manifest,
             env: &env,
+            overrides: &overrides,
         };
-        let (failure, migrated) = self.start(&runtime, &stack, &mut data, number);
-        let what = if failure.is_some() {
-            "failed"
-        } else {
-            "failed the health gate"
-        };
-        let report = match failure {
-            Some(summary) => Report::failed(summary),
+        let started = self.start(&runtime, &stack, &mut data, number);
+        let (migrated, what) = (started.migrated, started.what);
+        let report = match started.report {
+            Some(r) => r,
             None => {
                 self.progress.step("health gate");
                 self.timer
@@ -343,14 +353,14 @@ impl Run<'_> {
         })
     }
 
-    /// Every check the host can make before anything changes. Returns the runtime, the env
-    /// file and the compose project name.
+    /// Every check the host can make before anything changes. Returns the runtime, compose's
+    /// resolved configuration, the env file and the compose project name.
     fn preflight(
         &mut self,
         existing: Option<&Profile>,
         entry: &StoreEntry,
         bundle_bytes: u64,
-    ) -> Result<(Runtime, PathBuf, String)> {
+    ) -> Result<(Runtime, Option<Resolved>, PathBuf, String)> {
         self.progress.step("preflight");
         let remembered = existing.and_then(|p| p.state.env_file.clone());
         let env_file = env_file_for(
@@ -375,11 +385,44 @@ impl Run<'_> {
             project: &project,
             holds_lock: true,
         };
-        let runtime = self
+        let (runtime, resolved) = self
             .timer
             .time("preflight", || crate::preflight::require(&inputs))?;
         fault::point("apply:preflight");
-        Ok((runtime, env_file, project))
+        Ok((runtime, resolved, env_file, project))
+    }
+
+    /// Puts the generation's bind-mounted files in place by content and writes its compose
+    /// override ([`crate::inputs`]), before anything switches; runs while the entry is held
+    /// against gc.
+    fn inputs(
+        &mut self,
+        runtime: &Runtime,
+        profile: &Profile,
+        entry: &StoreEntry,
+        env: &BTreeMap<String, String>,
+        resolved: Option<Resolved>,
+    ) -> Result<Prepared> {
+        self.progress.step("inputs");
+        let t = Target {
+            layout: self.layout,
+            entry,
+            project: &profile.state.project,
+            profile: self.name,
+            env,
+        };
+        let resolved = match resolved {
+            Some(r) => r,
+            None => runtime.config(&t.bare_stack())?,
+        };
+        let layout = self.layout;
+        let prepared = self.timer.time("inputs", || {
+            crate::inputs::prepare(layout, entry, &resolved, &t.profile.to_string())
+        })?;
+        for note in &prepared.notes {
+            self.progress.info(&format!("warning: {note}"));
+        }
+        Ok(prepared)
     }
 
     /// The migration ledger decides which migrations run (checksums of applied ones are
@@ -420,6 +463,7 @@ impl Run<'_> {
         profile: &mut Profile,
         entry: &StoreEntry,
         bundle_sha256: String,
+        prepared: &Prepared,
     ) -> Result<u32> {
         let number = profile.next_number();
         profile.add_pending(Generation {
@@ -434,6 +478,7 @@ impl Run<'_> {
             installed_at: now(),
             decided_at: None,
             reason: None,
+            inputs: crate::inputs::names(prepared),
         })?;
         fault::point("apply:pending");
         self.progress
@@ -443,19 +488,43 @@ impl Run<'_> {
         Ok(number)
     }
 
-    /// `compose up`, then each pending migration in order, recorded in the ledger as it
-    /// succeeds. Returns the failure, if any, and whether a migration ran.
+    /// Starts the new generation. Without migrations to run: `compose up` with the health gate
+    /// watching from the first second ([`up_and_gate`]). With migrations: `compose up`, then
+    /// each pending migration in order, recorded in the ledger as it succeeds; the gate runs
+    /// after them (the new code may need them to answer correctly).
     fn start(
         &mut self,
         runtime: &Runtime,
         stack: &Stack<'_>,
         data: &mut DataPlan,
         number: u32,
-    ) -> (Option<String>, bool) {
+    ) -> Started {
         self.progress.step("starting the stack");
+        if data.to_run.is_empty() {
+            self.progress
+                .step("health gate (while compose starts the stack)");
+            let report = self.timer.time("up+health", || {
+                up_and_gate(runtime, stack, "apply:compose-up")
+            });
+            let what = if report.rounds == 0 {
+                "failed"
+            } else {
+                "failed the health gate"
+            };
+            return Started {
+                report: Some(report),
+                migrated: false,
+                what,
+            };
+        }
+        let failed = |summary: String, migrated: bool| Started {
+            report: Some(Report::failed(summary)),
+            migrated,
+            what: "failed",
+        };
         if let Err(e) = self.timer.time("up", || runtime.up(stack)) {
             fault::point("apply:compose-up");
-            return (Some(format!("compose up failed: {e}")), false);
+            return failed(format!("compose up failed: {e}"), false);
         }
         fault::point("apply:compose-up");
         let mut migrated = false;
@@ -466,7 +535,7 @@ impl Run<'_> {
                 migrate::run(runtime, stack, stack.dir, mig)
             });
             if let Err(e) = ran {
-                return (Some(e.to_string()), migrated);
+                return failed(e.to_string(), migrated);
             }
             data.ledger.applied.push(Applied {
                 id: mig.id.clone(),
@@ -475,13 +544,17 @@ impl Run<'_> {
                 generation: number,
             });
             if let Err(e) = data.ledger.save(self.layout, self.name) {
-                return (
-                    Some(format!("the migration ledger could not be saved: {e}")),
+                return failed(
+                    format!("the migration ledger could not be saved: {e}"),
                     migrated,
                 );
             }
         }
-        (None, migrated)
+        Started {
+            report: None,
+            migrated,
+            what: "failed the health gate",
+        }
     }
 
     /// The new generation failed: mark it, put the data back when migrations touched it, and
@@ -599,6 +672,7 @@ fn pre_migration_backup(
         dir: &prev_entry.path,
         manifest: &prev_entry.manifest,
         env: &env,
+        overrides: &[],
     };
     let rec = backup::take(
         layout,

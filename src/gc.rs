@@ -35,6 +35,9 @@ pub struct GcReport {
     /// True when an apply was storing a bundle, so no store entry or image was removed.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub store_deferred: bool,
+    /// Content-addressed inputs and override files removed (see [`crate::inputs`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
 }
 
 /// The host-wide gc lock held shared by an apply while its entry is stored but not yet
@@ -324,6 +327,16 @@ pub fn gc<R: ImageRemover + ?Sized>(
                 report.images.push(img);
             }
         }
+    }
+    // Inputs: only under the exclusive lock and when no other profile is busy (an apply starting
+    // a generation records its inputs while holding the lock shared).
+    if exclusive.is_some() && busy.is_empty() {
+        let keep: BTreeSet<String> = profiles
+            .values()
+            .flat_map(|p| p.state.generations.iter())
+            .flat_map(|g| g.inputs.iter().cloned())
+            .collect();
+        report.inputs = crate::inputs::collect(layout, &keep)?;
     }
     Ok(report)
 }
@@ -746,11 +759,13 @@ mod tests {
                 successes: 1,
                 interval_ms: 1,
                 http: Vec::new(),
+                connect_grace_ms: None,
             },
             backup: None,
             required_secrets: Vec::new(),
             files: Vec::new(),
             host_access: Default::default(),
+            requires: Default::default(),
         }
     }
 
@@ -783,6 +798,7 @@ mod tests {
             installed_at: crate::profile::now(),
             decided_at: None,
             reason: None,
+            inputs: Vec::new(),
         })
         .expect("add");
         p.decide(n, status, None).expect("decide");

@@ -1,17 +1,25 @@
 //! The health gate: is the stack that was just started really serving?
 //!
-//! Each round checks every HTTP check of the bundle (status, optional body substring, latency)
-//! and every container of the compose project (running, or exited 0; Docker health not
-//! `unhealthy`). The gate passes once everything passes in `successes` consecutive rounds
-//! (so a service that answers once and then crashes is caught). It fails when
-//! one check fails `failures` rounds in a row, or when the window ends first. A refused
-//! connection or a container whose health check is still starting does not count towards
-//! `failures` (the service may still be starting) but keeps the gate from passing; a wrong
-//! answer, a timeout, a slow answer, a crash or an `unhealthy` container does count.
+//! The gate runs *while* compose creates the containers ([`crate::activate`] drives it), so a
+//! broken service is caught by the installer's own checks, not by compose timing out on a
+//! `service_healthy` dependency minutes later. Each round checks every container of the
+//! compose project (running, or exited 0; Docker health not `unhealthy`; the image the signed
+//! manifest names) and every HTTP check of the bundle (status, optional body substring,
+//! latency).
+//!
+//! Timeline: a check tied to a service (`service = "backend"` in the recipe) starts as soon as
+//! that service's *new* container runs (the signed image ID); a check tied to none starts once
+//! compose has finished. While compose runs, what it has not yet created or replaced does not
+//! count. A wrong answer, a timeout, a slow answer, a crash or an `unhealthy` Docker health
+//! state counts at once; a refused connection counts only after the service's container has
+//! been running for the connect grace period (`connect_grace_ms`). The gate fails when one
+//! check fails `failures` rounds in a row, or when the window ends first; it passes once compose
+//! has finished and everything passes in `successes` consecutive rounds. Every failure names
+//! the service.
 
 use crate::runtime::{Container, Runtime};
 use serde::Serialize;
-use smoker_format::manifest::{Health, HttpCheck};
+use smoker_format::manifest::{DEFAULT_CONNECT_GRACE_MS, Health, HttpCheck};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -29,6 +37,9 @@ pub struct CheckResult {
     pub counts: bool,
     /// What was seen.
     pub detail: String,
+    /// The compose service it concerns, when it concerns one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// What the gate decided.
@@ -44,6 +55,9 @@ pub struct Report {
     pub checks: Vec<CheckResult>,
     /// One sentence: why it passed or failed.
     pub summary: String,
+    /// The service that failed, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 impl Report {
@@ -55,12 +69,240 @@ impl Report {
             elapsed_ms: 0,
             checks: Vec::new(),
             summary,
+            service: None,
         }
     }
 }
 
-/// Runs the gate for a compose project whose services are `services`; `images` maps services
-/// to the image id (config digest) their containers must run.
+/// What one round decided.
+pub enum Verdict {
+    /// Not decided yet: run another round after the interval.
+    Pending,
+    /// Healthy (compose has finished and every check passed `successes` rounds in a row).
+    Healthy(Report),
+    /// Unhealthy: a check failed `failures` rounds in a row, or the window ended.
+    Unhealthy(Report),
+}
+
+/// The health gate of one generation, round by round (see the module documentation).
+pub struct Gate<'a> {
+    runtime: &'a Runtime,
+    project: &'a str,
+    health: &'a Health,
+    services: &'a [String],
+    images: &'a BTreeMap<String, String>,
+    client: std::result::Result<reqwest::blocking::Client, String>,
+    start: Instant,
+    consecutive: BTreeMap<String, u32>,
+    rounds: u32,
+    passing_rounds: u32,
+    /// When each service's new container was first seen running.
+    running_since: BTreeMap<String, Instant>,
+    /// When compose finished (checks tied to no service start then).
+    compose_done: Option<Instant>,
+}
+
+impl<'a> Gate<'a> {
+    /// A gate for the compose project `project` whose services are `services`; `images` maps
+    /// services to the image ID (config digest) their containers must run. The window starts
+    /// now.
+    pub fn new(
+        runtime: &'a Runtime,
+        project: &'a str,
+        health: &'a Health,
+        services: &'a [String],
+        images: &'a BTreeMap<String, String>,
+    ) -> Gate<'a> {
+        let client = reqwest::blocking::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string());
+        Gate {
+            runtime,
+            project,
+            health,
+            services,
+            images,
+            client,
+            start: Instant::now(),
+            consecutive: BTreeMap::new(),
+            rounds: 0,
+            passing_rounds: 0,
+            running_since: BTreeMap::new(),
+            compose_done: None,
+        }
+    }
+
+    /// Pause between rounds.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.health.interval_ms.max(100))
+    }
+
+    /// Tells the gate compose has finished creating containers.
+    pub fn compose_finished(&mut self) {
+        self.compose_done.get_or_insert_with(Instant::now);
+    }
+
+    /// The last container list (for naming the containers compose's messages mention).
+    pub fn containers(&self) -> Vec<Container> {
+        self.runtime.containers(self.project).unwrap_or_default()
+    }
+
+    fn grace(&self) -> Duration {
+        Duration::from_millis(
+            self.health
+                .connect_grace_ms
+                .unwrap_or(DEFAULT_CONNECT_GRACE_MS),
+        )
+    }
+
+    /// Runs one round of checks and decides.
+    pub fn round(&mut self) -> Verdict {
+        self.rounds += 1;
+        let during_up = self.compose_done.is_none();
+        let mut results = Vec::new();
+        match self.runtime.containers(self.project) {
+            Ok(list) => {
+                for svc in self.services {
+                    let mine: Vec<&Container> = list.iter().filter(|c| &c.service == svc).collect();
+                    let r = container_result(svc, &mine, self.images.get(svc), during_up);
+                    let new_running = mine.iter().any(|c| {
+                        c.state == "running"
+                            && self.images.get(svc).is_none_or(|want| &c.image_id == want)
+                    });
+                    if new_running {
+                        self.running_since
+                            .entry(svc.clone())
+                            .or_insert_with(Instant::now);
+                    }
+                    results.push(r);
+                }
+                results.extend(unknown_containers(&list, self.services, during_up));
+            }
+            Err(e) => results.push(CheckResult {
+                name: "docker".into(),
+                ok: false,
+                counts: true,
+                detail: e.to_string(),
+                service: None,
+            }),
+        }
+        let grace = self.grace();
+        for check in &self.health.http {
+            let armed_at = match &check.service {
+                Some(svc) => self.running_since.get(svc).copied(),
+                None => self.compose_done,
+            };
+            let r = match (armed_at, &self.client) {
+                (None, _) => CheckResult {
+                    name: format!("http:{}", check.name),
+                    ok: false,
+                    counts: false,
+                    detail: match &check.service {
+                        Some(svc) => format!("waiting for the new container of service `{svc}`"),
+                        None => "waiting for compose to finish".into(),
+                    },
+                    service: check.service.clone(),
+                },
+                (Some(at), Ok(c)) => http_result(c, check, at.elapsed() >= grace),
+                (Some(_), Err(e)) => CheckResult {
+                    name: format!("http:{}", check.name),
+                    ok: false,
+                    counts: true,
+                    detail: format!("no HTTP client: {e}"),
+                    service: check.service.clone(),
+                },
+            };
+            results.push(r);
+        }
+        self.decide(results)
+    }
+
+    fn decide(&mut self, results: Vec<CheckResult>) -> Verdict {
+        let mut tripped: Option<(String, Option<String>)> = None;
+        for r in &results {
+            let n = self.consecutive.entry(r.name.clone()).or_insert(0);
+            if r.ok {
+                *n = 0;
+            } else if r.counts {
+                *n += 1;
+                if *n >= self.health.failures.max(1) && tripped.is_none() {
+                    let who = r
+                        .service
+                        .as_ref()
+                        .map(|s| format!("service `{s}`: "))
+                        .unwrap_or_default();
+                    tripped = Some((
+                        format!("{who}{} failed {} times in a row: {}", r.name, n, r.detail),
+                        r.service.clone(),
+                    ));
+                }
+            } else {
+                // A failure that does not count (still starting) breaks a run of counted ones.
+                *n = 0;
+            }
+        }
+        let elapsed = self.start.elapsed();
+        let rounds = self.rounds;
+        let report = |healthy, summary: String, service: Option<String>| Report {
+            healthy,
+            rounds,
+            elapsed_ms: elapsed.as_millis() as u64,
+            checks: results.clone(),
+            summary,
+            service,
+        };
+        let all_ok = results.iter().all(|r| r.ok);
+        if all_ok && self.compose_done.is_some() {
+            self.passing_rounds += 1;
+            if self.passing_rounds >= self.health.successes.max(1) {
+                return Verdict::Healthy(report(
+                    true,
+                    format!(
+                        "all {} checks passed {} rounds in a row",
+                        results.len(),
+                        self.passing_rounds
+                    ),
+                    None,
+                ));
+            }
+        } else {
+            self.passing_rounds = 0;
+        }
+        if let Some((why, service)) = tripped {
+            return Verdict::Unhealthy(report(false, format!("unhealthy: {why}"), service));
+        }
+        let window = Duration::from_secs(self.health.window_secs.max(1));
+        if elapsed + self.interval() > window && self.passing_rounds == 0 {
+            let failing: Vec<&CheckResult> = results.iter().filter(|r| !r.ok).collect();
+            let service = failing.iter().find_map(|r| r.service.clone());
+            let text: Vec<String> = failing
+                .iter()
+                .map(|r| match &r.service {
+                    Some(s) => format!("service `{s}`: {} ({})", r.name, r.detail),
+                    None => format!("{} ({})", r.name, r.detail),
+                })
+                .collect();
+            let compose = if self.compose_done.is_none() {
+                " (compose was still starting the stack)"
+            } else {
+                ""
+            };
+            return Verdict::Unhealthy(report(
+                false,
+                format!(
+                    "unhealthy: not healthy within {}s{compose}; still failing: {}",
+                    self.health.window_secs,
+                    text.join("; ")
+                ),
+                service,
+            ));
+        }
+        Verdict::Pending
+    }
+}
+
+/// Runs the whole gate for a stack compose has already started: rounds until it decides.
 pub fn gate(
     runtime: &Runtime,
     project: &str,
@@ -68,115 +310,33 @@ pub fn gate(
     services: &[String],
     images: &BTreeMap<String, String>,
 ) -> Report {
-    let start = Instant::now();
-    let window = Duration::from_secs(health.window_secs.max(1));
-    let interval = Duration::from_millis(health.interval_ms.max(100));
-    let client = reqwest::blocking::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build();
-    let mut consecutive: BTreeMap<String, u32> = BTreeMap::new();
-    let mut rounds = 0;
-    let mut passing_rounds = 0;
+    let mut g = Gate::new(runtime, project, health, services, images);
+    g.compose_finished();
     loop {
-        rounds += 1;
-        let mut results = Vec::new();
-        match runtime.containers(project) {
-            Ok(list) => {
-                for svc in services {
-                    let mine: Vec<&Container> = list.iter().filter(|c| &c.service == svc).collect();
-                    results.push(container_result(svc, &mine, images.get(svc)));
-                }
-                results.extend(unknown_containers(&list, services));
-            }
-            Err(e) => results.push(CheckResult {
-                name: "docker".into(),
-                ok: false,
-                counts: true,
-                detail: e.to_string(),
-            }),
+        match g.round() {
+            Verdict::Healthy(r) | Verdict::Unhealthy(r) => return r,
+            Verdict::Pending => std::thread::sleep(g.interval()),
         }
-        for check in &health.http {
-            results.push(match &client {
-                Ok(c) => http_result(c, check),
-                Err(e) => CheckResult {
-                    name: format!("http:{}", check.name),
-                    ok: false,
-                    counts: true,
-                    detail: format!("no HTTP client: {e}"),
-                },
-            });
-        }
-        let mut tripped = None;
-        for r in &results {
-            let n = consecutive.entry(r.name.clone()).or_insert(0);
-            if r.ok {
-                *n = 0;
-            } else if r.counts {
-                *n += 1;
-                if *n >= health.failures.max(1) && tripped.is_none() {
-                    tripped = Some(format!(
-                        "{} failed {} times in a row: {}",
-                        r.name, n, r.detail
-                    ));
-                }
-            }
-        }
-        let elapsed = start.elapsed();
-        let report = |healthy, summary: String| Report {
-            healthy,
-            rounds,
-            elapsed_ms: elapsed.as_millis() as u64,
-            checks: results.clone(),
-            summary,
-        };
-        if results.iter().all(|r| r.ok) {
-            passing_rounds += 1;
-            if passing_rounds >= health.successes.max(1) {
-                return report(
-                    true,
-                    format!(
-                        "all {} checks passed {} rounds in a row",
-                        results.len(),
-                        passing_rounds
-                    ),
-                );
-            }
-        } else {
-            passing_rounds = 0;
-        }
-        if let Some(why) = tripped {
-            return report(false, format!("unhealthy: {why}"));
-        }
-        if elapsed + interval > window && passing_rounds == 0 {
-            let failing: Vec<String> = results
-                .iter()
-                .filter(|r| !r.ok)
-                .map(|r| format!("{} ({})", r.name, r.detail))
-                .collect();
-            return report(
-                false,
-                format!(
-                    "unhealthy: not healthy within {}s; still failing: {}",
-                    health.window_secs,
-                    failing.join("; ")
-                ),
-            );
-        }
-        std::thread::sleep(interval);
     }
 }
 
 /// Running containers of the project whose service the bundle does not pin: something
 /// started them outside the signed manifest (an `include:`d file, a hand-run `docker compose`,
 /// a service replaced behind the installer's back). Each one fails the gate, by name.
-fn unknown_containers(list: &[Container], services: &[String]) -> Vec<CheckResult> {
+fn unknown_containers(
+    list: &[Container],
+    services: &[String],
+    during_up: bool,
+) -> Vec<CheckResult> {
     list.iter()
         .filter(|c| !services.contains(&c.service))
         .filter(|c| matches!(c.state.as_str(), "running" | "restarting" | "created"))
         .map(|c| CheckResult {
             name: format!("unpinned:{}", c.service),
             ok: false,
-            counts: true,
+            // While compose runs, it may still be removing the orphans of the last generation.
+            counts: !during_up,
+            service: Some(c.service.clone()),
             detail: format!(
                 "container {} of service `{}` runs in this project, but the bundle pins no image for that service",
                 c.name, c.service
@@ -189,33 +349,45 @@ fn container_result(
     service: &str,
     containers: &[&Container],
     image: Option<&String>,
+    during_up: bool,
 ) -> CheckResult {
     let name = format!("container:{service}");
+    let fail = |counts: bool, detail: String| CheckResult {
+        name: name.clone(),
+        ok: false,
+        counts,
+        detail,
+        service: Some(service.to_string()),
+    };
     if containers.is_empty() {
-        return CheckResult {
-            name,
-            ok: false,
-            counts: true,
-            detail: "no container".into(),
+        // While compose runs it may not have created it yet.
+        let detail = if during_up {
+            "not created yet".to_string()
+        } else {
+            "no container".to_string()
         };
+        return fail(!during_up, detail);
     }
     for c in containers {
         if let Some(want) = image
             && &c.image_id != want
         {
-            return CheckResult {
-                name,
-                ok: false,
-                counts: true,
-                detail: format!(
+            // While compose runs, the previous generation's container may still be there.
+            return fail(
+                !during_up,
+                format!(
                     "{} runs image {}, but the signed manifest says {want}",
                     c.name, c.image_id
                 ),
-            };
+            );
         }
+        let unhealthy = || match &c.health_output {
+            Some(out) => format!("{} is unhealthy (Docker health check: {out})", c.name),
+            None => format!("{} is unhealthy", c.name),
+        };
         let bad = match (c.state.as_str(), c.health.as_deref()) {
             ("exited", _) if c.exit_code == 0 => None,
-            ("running", Some("unhealthy")) => Some((true, format!("{} is unhealthy", c.name))),
+            ("running", Some("unhealthy")) => Some((true, unhealthy())),
             ("running", Some("starting")) => {
                 Some((false, format!("{} health check is starting", c.name)))
             }
@@ -227,12 +399,7 @@ fn container_result(
             )),
         };
         if let Some((counts, detail)) = bad {
-            return CheckResult {
-                name,
-                ok: false,
-                counts,
-                detail,
-            };
+            return fail(counts, detail);
         }
     }
     CheckResult {
@@ -240,10 +407,16 @@ fn container_result(
         ok: true,
         counts: false,
         detail: "running".into(),
+        service: Some(service.to_string()),
     }
 }
 
-fn http_result(client: &reqwest::blocking::Client, check: &HttpCheck) -> CheckResult {
+/// One HTTP check; `refusal_counts` once the service has had its connect grace period.
+fn http_result(
+    client: &reqwest::blocking::Client,
+    check: &HttpCheck,
+    refusal_counts: bool,
+) -> CheckResult {
     let name = format!("http:{}", check.name);
     let started = Instant::now();
     let resp = client
@@ -256,6 +429,7 @@ fn http_result(client: &reqwest::blocking::Client, check: &HttpCheck) -> CheckRe
         ok: false,
         counts,
         detail,
+        service: check.service.clone(),
     };
     let resp = match resp {
         Ok(r) => r,
@@ -269,8 +443,9 @@ fn http_result(client: &reqwest::blocking::Client, check: &HttpCheck) -> CheckRe
             );
         }
         // Refused, reset or closed before an answer: not listening yet (a published port
-        // accepts and then drops connections while the process inside has not bound). The
-        // window bounds this; a crashed container is caught by its container check.
+        // accepts and then drops connections while the process inside has not bound). It
+        // counts only after the grace period; a crashed container is caught by its container
+        // check.
         Err(e) => {
             let mut cause = e.to_string();
             let mut source = std::error::Error::source(&e);
@@ -278,7 +453,15 @@ fn http_result(client: &reqwest::blocking::Client, check: &HttpCheck) -> CheckRe
                 cause = s.to_string();
                 source = s.source();
             }
-            return fail(false, format!("GET {}: not answering ({cause})", check.url));
+            let note = if refusal_counts {
+                " after the connect grace period"
+            } else {
+                ""
+            };
+            return fail(
+                refusal_counts,
+                format!("GET {}: not answering ({cause}){note}", check.url),
+            );
         }
     };
     let status = resp.status().as_u16();
@@ -314,6 +497,7 @@ fn http_result(client: &reqwest::blocking::Client, check: &HttpCheck) -> CheckRe
         ok: true,
         counts: false,
         detail: format!("{status} in {latency} ms"),
+        service: check.service.clone(),
     }
 }
 
@@ -360,6 +544,9 @@ mod tests {
             health: None,
             image_id: format!("sha256:{}", "a".repeat(64)),
             restart_count: 0,
+            health_output: None,
+            owner_root: None,
+            owner_profile: None,
         }
     }
 
@@ -371,12 +558,13 @@ mod tests {
             container("old-job", "exited"),
         ];
         let services = vec!["api".to_string()];
-        let r = unknown_containers(&list, &services);
+        let r = unknown_containers(&list, &services, false);
         assert_eq!(r.len(), 1, "{r:?}");
         assert_eq!(r[0].name, "unpinned:watchtower");
         assert!(!r[0].ok && r[0].counts);
         assert!(r[0].detail.contains("proj-watchtower-1"), "{r:?}");
-        assert!(unknown_containers(&list[..1], &services).is_empty());
+        assert!(unknown_containers(&list[..1], &services, false).is_empty());
+        assert!(!unknown_containers(&list, &services, true)[0].counts);
     }
 
     #[test]
@@ -392,9 +580,10 @@ mod tests {
             body_contains: Some("needle".into()),
             timeout_ms: 20_000,
             max_latency_ms: None,
+            service: None,
         };
         let started = Instant::now();
-        let r = http_result(&client, &check);
+        let r = http_result(&client, &check, true);
         drop(client);
         assert!(!r.ok, "{r:?}");
         assert!(r.detail.contains("body lacks \"needle\""), "{r:?}");

@@ -22,6 +22,7 @@ pub mod hostconfig;
 pub mod hostenv;
 pub mod hostlock;
 pub mod images;
+pub mod inputs;
 pub mod inspect;
 pub mod layout;
 pub mod migrate;

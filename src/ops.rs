@@ -144,6 +144,7 @@ impl Current {
             dir: &self.entry.path,
             manifest: &self.entry.manifest,
             env: &self.env,
+            overrides: &[],
         }
     }
 }

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::hostconfig::HostConfig;
 use crate::hostenv;
 use crate::layout::Layout;
-use crate::runtime::{Runtime, Stack};
+use crate::runtime::{Resolved, Runtime, Stack};
 use serde::Serialize;
 use smoker_format::manifest::{Arch, Manifest};
 use std::path::Path;
@@ -95,8 +95,26 @@ fn free(path: &Path, need: u64, what: &str, r: &mut Report) {
     }
 }
 
+/// What preflight found: the runtime (when Docker answered), the report, and compose's
+/// resolved configuration (when compose accepted the files), which the apply reuses so compose
+/// `config` runs once.
+pub struct Found {
+    /// The runtime, when Docker answered.
+    pub runtime: Option<Runtime>,
+    /// Every check.
+    pub report: Report,
+    /// `compose config`, parsed.
+    pub resolved: Option<Resolved>,
+}
+
 /// Runs every check. Returns the runtime (when Docker answered) and the report.
 pub fn run(i: &Inputs<'_>) -> Result<(Option<Runtime>, Report)> {
+    let f = find(i)?;
+    Ok((f.runtime, f.report))
+}
+
+/// Runs every check and keeps what they found.
+pub fn find(i: &Inputs<'_>) -> Result<Found> {
     let mut r = Report { checks: Vec::new() };
     let m = i.manifest;
     let runtime = check_docker(&mut r);
@@ -117,14 +135,18 @@ pub fn run(i: &Inputs<'_>) -> Result<(Option<Runtime>, Report)> {
     if !i.holds_lock {
         check_lock(i, &mut r);
     }
+    check_host_paths(m, &mut r);
+    let mut resolved = None;
     if let Some(rt) = &runtime {
         match rt.data_root() {
             Some(root) => free(&root, 0, "disk (docker)", &mut r),
             None => r.add("disk (docker)", false, "cannot read Docker's data root"),
         }
+        check_capabilities(m, rt, &mut r);
+        check_owner(i, rt, &mut r);
         if missing.is_empty() {
             let env = hostenv::stack_env(i.payload_dir, m.compose.env_file.as_deref(), &host_vars)?;
-            check_ports(i, rt, &env, &mut r);
+            resolved = check_compose(i, rt, &env, &mut r);
         } else {
             r.add(
                 "compose config",
@@ -133,7 +155,107 @@ pub fn run(i: &Inputs<'_>) -> Result<(Option<Runtime>, Report)> {
             );
         }
     }
-    Ok((runtime, r))
+    Ok(Found {
+        runtime,
+        report: r,
+        resolved,
+    })
+}
+
+/// The engine and compose front end run every feature the signed manifest says the compose
+/// file uses (see [`smoker_format::capability`]).
+fn check_capabilities(m: &Manifest, rt: &Runtime, r: &mut Report) {
+    use smoker_format::capability::{self, Compose, Host};
+    let Some(arch) = Arch::host() else {
+        return;
+    };
+    let host = Host {
+        engine: capability::engine_version(&rt.docker_version),
+        compose: Some(match rt.frontend {
+            crate::runtime::Frontend::V1 => Compose::V1,
+            crate::runtime::Frontend::V2 => Compose::V2,
+        }),
+        arch,
+    };
+    let problems = capability::problems(&m.requires, &host);
+    if problems.is_empty() {
+        r.add(
+            "capabilities",
+            true,
+            "the engine and compose run every feature the stack uses",
+        );
+    } else {
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        r.add("capabilities", false, text.join("; "));
+    }
+}
+
+/// Device nodes and absolute bind-mount sources the stack names exist on this host.
+fn check_host_paths(m: &Manifest, r: &mut Report) {
+    let mut missing = Vec::new();
+    for (service, access) in &m.host_access {
+        for d in &access.devices {
+            if std::fs::symlink_metadata(d).is_err() {
+                missing.push(format!(
+                    "service `{service}`: device {d} does not exist (plug the device in, or remove it from `devices:`)"
+                ));
+            }
+        }
+        for b in access.bind_mounts.iter().chain(&access.host_files) {
+            if std::fs::symlink_metadata(b).is_err() {
+                missing.push(format!(
+                    "service `{service}`: host path {b} does not exist (create it, e.g. `mkdir -p {b}` for a data directory, or use a named volume)"
+                ));
+            }
+        }
+    }
+    if missing.is_empty() {
+        r.add("host paths", true, "every device and host path exists");
+    } else {
+        r.add("host paths", false, missing.join("; "));
+    }
+}
+
+/// The compose project is this root's and this profile's, or nobody's: containers another host
+/// root or profile started under the same project name would be taken over by `up`.
+fn check_owner(i: &Inputs<'_>, rt: &Runtime, r: &mut Report) {
+    let root = i.layout.root().display().to_string();
+    let profile = &i.manifest.name;
+    let foreign: Vec<String> = match rt.containers(i.project) {
+        Ok(list) => list
+            .iter()
+            .filter(|c| {
+                c.owner_root.as_deref().is_some_and(|o| o != root)
+                    || c.owner_profile.as_deref().is_some_and(|p| p != profile)
+            })
+            .map(|c| {
+                format!(
+                    "{} (root {}, profile {})",
+                    c.name,
+                    c.owner_root.as_deref().unwrap_or("?"),
+                    c.owner_profile.as_deref().unwrap_or("?")
+                )
+            })
+            .collect(),
+        Err(e) => return r.add("project", false, e.to_string()),
+    };
+    if foreign.is_empty() {
+        r.add(
+            "project",
+            true,
+            format!("compose project `{}` is free or this profile's", i.project),
+        );
+    } else {
+        r.add(
+            "project",
+            false,
+            format!(
+                "compose project `{}` belongs to another installer: {} — this is root {root}, profile {profile}; give this profile its own project (`--project NAME` on its first apply) or remove the other stack",
+                i.project,
+                foreign.join(", ")
+            ),
+        );
+    }
 }
 
 /// Docker answers, and which compose front end it has.
@@ -249,22 +371,28 @@ fn check_lock(i: &Inputs<'_>, r: &mut Report) {
 }
 
 /// `compose config` accepts the files, and no port they publish is held by another process.
-fn check_ports(
+/// Returns the resolved configuration.
+fn check_compose(
     i: &Inputs<'_>,
     rt: &Runtime,
     env: &std::collections::BTreeMap<String, String>,
     r: &mut Report,
-) {
+) -> Option<Resolved> {
     let stack = Stack {
         project: i.project,
         dir: i.payload_dir,
         manifest: i.manifest,
         env,
+        overrides: &[],
     };
-    let ports = match rt.published_ports(&stack) {
-        Ok(p) => p,
-        Err(e) => return r.add("compose config", false, e.to_string()),
+    let resolved = match rt.config(&stack) {
+        Ok(c) => c,
+        Err(e) => {
+            r.add("compose config", false, e.to_string());
+            return None;
+        }
     };
+    let ports = resolved.published_ports();
     let mut busy = Vec::new();
     for (ip, port) in &ports {
         let addr = if ip.is_empty() {
@@ -293,14 +421,16 @@ fn check_ports(
             ),
         );
     }
+    Some(resolved)
 }
 
-/// Runs preflight and turns problems into an error.
-pub fn require(i: &Inputs<'_>) -> Result<Runtime> {
-    let (rt, report) = run(i)?;
-    let problems = report.problems();
-    match rt {
-        Some(rt) if problems.is_empty() => Ok(rt),
+/// Runs preflight and turns problems into an error; returns the runtime and compose's resolved
+/// configuration.
+pub fn require(i: &Inputs<'_>) -> Result<(Runtime, Option<Resolved>)> {
+    let f = find(i)?;
+    let problems = f.report.problems();
+    match f.runtime {
+        Some(rt) if problems.is_empty() => Ok((rt, f.resolved)),
         _ => Err(Error::Preflight(problems)),
     }
 }

@@ -60,6 +60,10 @@ pub struct Generation {
     pub decided_at: Option<String>,
     /// Why it failed, when it did.
     pub reason: Option<String>,
+    /// What it uses under `inputs/` (content-addressed inputs and its override file), as of its
+    /// last start; gc keeps these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
 }
 
 /// A profile's state file.
@@ -234,5 +238,6 @@ pub(crate) fn test_generation(number: u32, version: &str, status: Status) -> Gen
         installed_at: String::new(),
         decided_at: None,
         reason: None,
+        inputs: Vec::new(),
     }
 }

@@ -179,9 +179,11 @@ mod tests {
             dir: &entry,
             manifest: &manifest,
             env: &host,
+            overrides: &[],
         };
         let err = runtime
-            .check_config(&stack)
+            .config(&stack)
+            .map(|_| ())
             .expect_err("an invalid volume spec")
             .to_string();
         assert!(err.contains(MARK), "{err}");

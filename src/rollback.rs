@@ -5,7 +5,7 @@
 //! health gate. It needs neither the network nor the original bundle file.
 
 use crate::activate::{
-    activate, entry_env, generation_entry as current_entry, profile_env_file as env_file_of,
+    Target, activate, entry_env, generation_entry as current_entry, profile_env_file as env_file_of,
 };
 use crate::error::{Error, Result};
 use crate::fault;
@@ -59,6 +59,7 @@ pub(crate) fn restore_previous(
             dir: &entry.path,
             manifest: &entry.manifest,
             env: &env,
+            overrides: &[],
         };
         let _ = runtime.down(&stack);
         return Err(Error::Broken(format!(
@@ -92,9 +93,16 @@ fn switch_and_activate(
     profile.decide(target, Status::Pending, None)?;
     timer.time("switch", || profile.switch(target))?;
     fault::point("rollback:switched");
-    let project = profile.state.project.clone();
+    let (project, name) = (profile.state.project.clone(), profile.state.name.clone());
+    let t = Target {
+        layout,
+        entry: &entry,
+        project: &project,
+        profile: &name,
+        env: &env,
+    };
     let report = match timer.time("up+health", || {
-        activate(runtime, &project, &entry, &env, "rollback:compose-up")
+        activate(runtime, &t, profile, target, "rollback:compose-up")
     }) {
         Ok(r) => r,
         Err(e) => Report::failed(format!("compose up failed: {e}")),
@@ -244,7 +252,14 @@ pub fn recover_profile(
     let entry = current_entry(layout, &profile, cur)?;
     let env = entry_env(&entry, &env_file_of(&profile))?;
     let project = profile.state.project.clone();
-    let report = match activate(&runtime, &project, &entry, &env, "recover:compose-up") {
+    let t = Target {
+        layout,
+        entry: &entry,
+        project: &project,
+        profile: name,
+        env: &env,
+    };
+    let report = match activate(&runtime, &t, &mut profile, cur, "recover:compose-up") {
         Ok(r) => r,
         Err(e) => Report::failed(format!("compose up failed: {e}")),
     };
@@ -364,6 +379,7 @@ fn rewind_data(
         dir: &cur_entry.path,
         manifest: &cur_entry.manifest,
         env: &env,
+        overrides: &[],
     };
     progress.step("safety backup of the current data");
     let safety = crate::backup::take(

@@ -10,7 +10,8 @@ use serde::Serialize;
 use smoker_format::manifest::Manifest;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Environment variable forcing a compose front end (`v1` or `v2`).
 pub const COMPOSE_ENV: &str = "SMOKER_COMPOSE";
@@ -55,7 +56,21 @@ pub struct Container {
     pub image_id: String,
     /// How many times Docker restarted it.
     pub restart_count: i64,
+    /// The output of its last Docker health check run, when it has one (trimmed, redacted).
+    pub health_output: Option<String>,
+    /// The host root that started it (label `io.smoker.root`), when smoker-install did.
+    pub owner_root: Option<String>,
+    /// The profile that started it (label `io.smoker.profile`), when smoker-install did.
+    pub owner_profile: Option<String>,
 }
+
+/// Label naming the host root whose installer started a container.
+pub const ROOT_LABEL: &str = "io.smoker.root";
+/// Label naming the profile a container belongs to.
+pub const PROFILE_LABEL: &str = "io.smoker.profile";
+/// Label carrying the content address of the files a service's container reads from the
+/// bundle, so compose recreates it exactly when they change.
+pub const INPUTS_LABEL: &str = "io.smoker.inputs";
 
 /// Where a generation's compose files are and with which environment it runs.
 pub struct Stack<'a> {
@@ -67,6 +82,9 @@ pub struct Stack<'a> {
     pub manifest: &'a Manifest,
     /// Variables for interpolation: bundle config, then host secrets.
     pub env: &'a BTreeMap<String, String>,
+    /// Compose files the host adds after the bundle's own (the inputs override, see
+    /// [`crate::inputs`]), in order.
+    pub overrides: &'a [PathBuf],
 }
 
 fn run(cmd: &mut Command) -> std::io::Result<Output> {
@@ -145,6 +163,9 @@ impl Runtime {
         for f in &stack.manifest.compose.files {
             cmd.arg("--file").arg(stack.dir.join(f));
         }
+        for f in stack.overrides {
+            cmd.arg("--file").arg(f);
+        }
         cmd.envs(stack.env);
         // Compose v1 reads `.env` from the project directory; the bundle's config is passed
         // explicitly instead, so nothing on the host's working directory leaks in.
@@ -168,14 +189,77 @@ impl Runtime {
         Ok(out)
     }
 
-    /// `compose up -d --remove-orphans` for a generation.
+    /// The arguments of `compose up` for a generation: detached, orphans removed, and never a
+    /// build or a pull, whatever the compose file's `pull_policy` says (the images step made
+    /// every pinned image present; v1 has no `--pull` but pulls only missing images).
+    pub fn up_args(&self) -> &'static [&'static str] {
+        match self.frontend {
+            Frontend::V2 => &[
+                "up",
+                "-d",
+                "--remove-orphans",
+                "--no-build",
+                "--pull",
+                "never",
+            ],
+            Frontend::V1 => &["up", "-d", "--remove-orphans", "--no-build"],
+        }
+    }
+
+    /// Starts `compose up` for a generation and returns at once, so the health gate can watch
+    /// the containers while compose creates them (compose blocks on `service_healthy`
+    /// dependencies, which may take minutes).
+    pub fn start_up(&self, stack: &Stack<'_>) -> Result<Up> {
+        let mut child = self
+            .compose_cmd(stack)
+            .args(self.up_args())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Runtime(format!("starting the stack: cannot run compose: {e}")))?;
+        let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut r) = r {
+                    let _ = std::io::Read::read_to_end(
+                        &mut std::io::Read::take(&mut r, 1 << 20),
+                        &mut buf,
+                    );
+                    // Keep reading (and dropping) so compose never blocks on a full pipe.
+                    let _ = std::io::copy(&mut r, &mut std::io::sink());
+                }
+                buf
+            })
+        };
+        let out = drain(
+            child
+                .stdout
+                .take()
+                .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>),
+        );
+        let err = drain(
+            child
+                .stderr
+                .take()
+                .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>),
+        );
+        Ok(Up {
+            child,
+            out: Some(out),
+            err: Some(err),
+            started: Instant::now(),
+        })
+    }
+
+    /// `compose up` for a generation, waiting for it to finish.
     pub fn up(&self, stack: &Stack<'_>) -> Result<()> {
-        self.compose(
-            stack,
-            &["up", "-d", "--remove-orphans"],
-            "starting the stack",
-        )
-        .map(|_| ())
+        let mut up = self.start_up(stack)?;
+        loop {
+            if let Some(done) = up.poll()? {
+                return done.map_err(|e| Error::Runtime(format!("starting the stack failed: {e}")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `compose down` (containers only; volumes are kept).
@@ -184,10 +268,12 @@ impl Runtime {
             .map(|_| ())
     }
 
-    /// Checks the compose files parse with the given environment (`compose config -q`).
-    pub fn check_config(&self, stack: &Stack<'_>) -> Result<()> {
-        self.compose(stack, &["config", "-q"], "checking the compose files")
-            .map(|_| ())
+    /// The compose front end's resolved view of the files (`compose config`, run once): the
+    /// services' bind mounts and published ports. Fails with compose's own error when it
+    /// rejects the files.
+    pub fn config(&self, stack: &Stack<'_>) -> Result<Resolved> {
+        let out = self.compose(stack, &["config"], "reading the compose configuration")?;
+        Resolved::parse(&String::from_utf8_lossy(&out.stdout))
     }
 
     /// Containers of a compose project (all states).
@@ -245,6 +331,24 @@ impl Runtime {
                     .pointer("/RestartCount")
                     .and_then(|x| x.as_i64())
                     .unwrap_or(0),
+                health_output: c
+                    .pointer("/State/Health/Log")
+                    .and_then(|l| l.as_array())
+                    .and_then(|l| l.last())
+                    .and_then(|l| l.get("Output"))
+                    .and_then(|o| o.as_str())
+                    .map(|o| crate::redact::redact(o.trim()))
+                    .filter(|o| !o.is_empty()),
+                owner_root: c
+                    .pointer("/Config/Labels")
+                    .and_then(|l| l.get(ROOT_LABEL))
+                    .and_then(|x| x.as_str())
+                    .map(str::to_string),
+                owner_profile: c
+                    .pointer("/Config/Labels")
+                    .and_then(|l| l.get(PROFILE_LABEL))
+                    .and_then(|x| x.as_str())
+                    .map(str::to_string),
             });
         }
         list.sort_by(|a, b| a.service.cmp(&b.service).then(a.name.cmp(&b.name)));
@@ -399,44 +503,6 @@ impl Runtime {
         Ok(both.trim().to_string())
     }
 
-    /// Host ports the stack publishes, as (host ip, port), from `compose config`.
-    pub fn published_ports(&self, stack: &Stack<'_>) -> Result<Vec<(String, u16)>> {
-        let out = self.compose(stack, &["config"], "reading the compose configuration")?;
-        let docs = yaml_rust2::YamlLoader::load_from_str(&String::from_utf8_lossy(&out.stdout))
-            .map_err(|e| Error::Runtime(format!("compose config printed invalid YAML: {e}")))?;
-        let mut ports = Vec::new();
-        let Some(services) = docs.first().and_then(|d| d["services"].as_hash()) else {
-            return Ok(ports);
-        };
-        for (_, svc) in services {
-            for p in svc["ports"].as_vec().map(Vec::as_slice).unwrap_or(&[]) {
-                if let Some(s) = p.as_str() {
-                    // "ip:published:target[/proto]" or "published:target".
-                    let s = s.split('/').next().unwrap_or(s);
-                    let parts: Vec<&str> = s.rsplitn(3, ':').collect();
-                    if let [_, published, rest @ ..] = parts.as_slice()
-                        && let Ok(port) = published.parse::<u16>()
-                    {
-                        let ip = rest
-                            .first()
-                            .map(|s| s.to_string())
-                            .unwrap_or_else(|| "0.0.0.0".into());
-                        ports.push((ip, port));
-                    }
-                } else {
-                    let published = p["published"]
-                        .as_i64()
-                        .or_else(|| p["published"].as_str().and_then(|s| s.parse().ok()));
-                    if let Some(port) = published.and_then(|n| u16::try_from(n).ok()) {
-                        let ip = p["host_ip"].as_str().unwrap_or("0.0.0.0").to_string();
-                        ports.push((ip, port));
-                    }
-                }
-            }
-        }
-        Ok(ports)
-    }
-
     /// Ids of the containers of `project` that publish host port `port`.
     pub fn project_publishes(&self, project: &str, port: u16) -> bool {
         run(Command::new("docker").args([
@@ -534,5 +600,330 @@ impl Runtime {
         flushed.map_err(|e| Error::Runtime(format!("streaming to docker load: {e}")))?;
         let lines = text(&out).lines().map(str::to_string).collect();
         Ok((value, lines))
+    }
+}
+
+/// A `compose up` running in the background ([`Runtime::start_up`]).
+pub struct Up {
+    child: Child,
+    out: Option<std::thread::JoinHandle<Vec<u8>>>,
+    err: Option<std::thread::JoinHandle<Vec<u8>>>,
+    started: Instant,
+}
+
+impl Up {
+    /// How long compose has been running.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// `None` while compose runs; once it has exited, `Ok(())` when it succeeded, else its
+    /// error output (redacted). Later calls after the first answer return the same kind of
+    /// answer without the text.
+    pub fn poll(&mut self) -> Result<Option<std::result::Result<(), String>>> {
+        let status = self
+            .child
+            .try_wait()
+            .map_err(|e| Error::Runtime(format!("waiting for compose up: {e}")))?;
+        let Some(status) = status else {
+            return Ok(None);
+        };
+        let out = self
+            .out
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        let err = self
+            .err
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        if status.success() {
+            return Ok(Some(Ok(())));
+        }
+        let mut msg = text(&err);
+        if msg.is_empty() {
+            msg = text(&out);
+        }
+        Ok(Some(Err(format!("compose up exited with {status}: {msg}"))))
+    }
+
+    /// Stops compose (the health gate has decided): kills it and waits for it to exit.
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Compose's text with each container ID it mentions (compose v1 says `Container "ef0be9d83fd4"
+/// is unhealthy` of a *dependency*) followed by the service it belongs to.
+pub fn name_containers(text: &str, containers: &[Container]) -> String {
+    let mut out = text.to_string();
+    for c in containers {
+        let short = c.id.get(..12).unwrap_or(&c.id);
+        if short.len() == 12 && out.contains(short) {
+            let full_named = format!("{} (service `{}`)", short, c.service);
+            // Replace the longest form present, once per container.
+            let form = if out.contains(c.id.as_str()) {
+                c.id.as_str()
+            } else {
+                short
+            };
+            out = out.replace(form, &full_named);
+        }
+    }
+    out
+}
+
+/// One bind mount of a service as the compose front end resolved it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bind {
+    /// Absolute host path.
+    pub source: PathBuf,
+    /// Path inside the container (compose merges override entries by it).
+    pub target: String,
+    item: BindItem,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum BindItem {
+    /// `source:target[:mode]` (compose v1's output); holds what follows the source.
+    Short(String),
+    /// The long form (compose v2's output), as JSON.
+    Long(serde_json::Value),
+}
+
+impl Bind {
+    /// The same mount with another host path, in the form compose printed it (so options such
+    /// as `ro`, propagation or SELinux labels carry over), for an override file.
+    pub fn with_source(&self, source: &Path) -> serde_json::Value {
+        match &self.item {
+            BindItem::Short(rest) => format!("{}{rest}", source.display()).into(),
+            BindItem::Long(v) => {
+                let mut v = v.clone();
+                if let Some(m) = v.as_object_mut() {
+                    m.insert("source".into(), source.display().to_string().into());
+                }
+                v
+            }
+        }
+    }
+}
+
+/// One service of a resolved compose configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ResolvedService {
+    /// Bind mounts (named volumes and tmpfs are not listed).
+    pub binds: Vec<Bind>,
+    /// Published host ports as (host ip, port).
+    pub ports: Vec<(String, u16)>,
+    /// Top-level `configs` the service uses (by name).
+    pub configs: Vec<String>,
+    /// Top-level `secrets` the service uses (by name).
+    pub secrets: Vec<String>,
+}
+
+/// What `compose config` printed, parsed (v1 and v2 print different shapes of the same model).
+#[derive(Debug, Clone, Default)]
+pub struct Resolved {
+    /// The top-level `version`, when compose printed one (v1 does; an override file must
+    /// repeat it).
+    pub version: Option<String>,
+    /// Services by name.
+    pub services: BTreeMap<String, ResolvedService>,
+    /// Top-level file-based `configs` and `secrets`: (section, name) → absolute file path.
+    pub files: BTreeMap<(String, String), PathBuf>,
+}
+
+impl Resolved {
+    /// Parses `compose config` output.
+    pub fn parse(text: &str) -> Result<Resolved> {
+        let docs = yaml_rust2::YamlLoader::load_from_str(text)
+            .map_err(|e| Error::Runtime(format!("compose config printed invalid YAML: {e}")))?;
+        let mut r = Resolved::default();
+        let Some(doc) = docs.first() else {
+            return Ok(r);
+        };
+        r.version = match &doc["version"] {
+            yaml_rust2::Yaml::String(s) => Some(s.clone()),
+            yaml_rust2::Yaml::Real(s) => Some(s.clone()),
+            yaml_rust2::Yaml::Integer(i) => Some(i.to_string()),
+            _ => None,
+        };
+        if let Some(services) = doc["services"].as_hash() {
+            for (name, svc) in services {
+                let Some(name) = name.as_str() else { continue };
+                r.services.insert(name.to_string(), parse_service(svc));
+            }
+        }
+        for section in ["configs", "secrets"] {
+            if let Some(h) = doc[section].as_hash() {
+                for (name, def) in h {
+                    if let (Some(name), Some(file)) = (name.as_str(), def["file"].as_str()) {
+                        r.files
+                            .insert((section.to_string(), name.to_string()), PathBuf::from(file));
+                    }
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    /// Every published host port of every service.
+    pub fn published_ports(&self) -> Vec<(String, u16)> {
+        self.services
+            .values()
+            .flat_map(|s| s.ports.iter().cloned())
+            .collect()
+    }
+}
+
+fn parse_service(svc: &yaml_rust2::Yaml) -> ResolvedService {
+    let mut out = ResolvedService::default();
+    for v in svc["volumes"].as_vec().map(Vec::as_slice).unwrap_or(&[]) {
+        if let Some(s) = v.as_str() {
+            // v1: "source:target[:mode]"; a named volume's source is not a path.
+            if let Some((source, rest)) = s.split_once(':')
+                && source.starts_with('/')
+            {
+                let target = rest.split(':').next().unwrap_or(rest).to_string();
+                out.binds.push(Bind {
+                    source: PathBuf::from(source),
+                    target,
+                    item: BindItem::Short(format!(":{rest}")),
+                });
+            }
+        } else if v["type"].as_str() == Some("bind")
+            && let (Some(source), Some(target)) = (v["source"].as_str(), v["target"].as_str())
+        {
+            out.binds.push(Bind {
+                source: PathBuf::from(source),
+                target: target.to_string(),
+                item: BindItem::Long(yaml_to_json(v)),
+            });
+        }
+    }
+    for (section, list) in [("configs", &mut out.configs), ("secrets", &mut out.secrets)] {
+        for c in svc[section].as_vec().map(Vec::as_slice).unwrap_or(&[]) {
+            if let Some(name) = c.as_str().or_else(|| c["source"].as_str()) {
+                list.push(name.to_string());
+            }
+        }
+    }
+    for p in svc["ports"].as_vec().map(Vec::as_slice).unwrap_or(&[]) {
+        if let Some(s) = p.as_str() {
+            // "ip:published:target[/proto]" or "published:target".
+            let s = s.split('/').next().unwrap_or(s);
+            let parts: Vec<&str> = s.rsplitn(3, ':').collect();
+            if let [_, published, rest @ ..] = parts.as_slice()
+                && let Ok(port) = published.parse::<u16>()
+            {
+                let ip = rest
+                    .first()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "0.0.0.0".into());
+                out.ports.push((ip, port));
+            }
+        } else {
+            let published = p["published"]
+                .as_i64()
+                .or_else(|| p["published"].as_str().and_then(|s| s.parse().ok()));
+            if let Some(port) = published.and_then(|n| u16::try_from(n).ok()) {
+                let ip = p["host_ip"].as_str().unwrap_or("0.0.0.0").to_string();
+                out.ports.push((ip, port));
+            }
+        }
+    }
+    out
+}
+
+/// A YAML value as JSON (the override files the installer writes are JSON, which compose reads
+/// as YAML).
+fn yaml_to_json(y: &yaml_rust2::Yaml) -> serde_json::Value {
+    use yaml_rust2::Yaml;
+    match y {
+        Yaml::Hash(h) => serde_json::Value::Object(
+            h.iter()
+                .filter_map(|(k, v)| {
+                    let k = match k {
+                        Yaml::String(s) => s.clone(),
+                        Yaml::Integer(i) => i.to_string(),
+                        Yaml::Boolean(b) => b.to_string(),
+                        _ => return None,
+                    };
+                    Some((k, yaml_to_json(v)))
+                })
+                .collect(),
+        ),
+        Yaml::Array(a) => serde_json::Value::Array(a.iter().map(yaml_to_json).collect()),
+        Yaml::String(s) => s.clone().into(),
+        Yaml::Integer(i) => (*i).into(),
+        Yaml::Real(r) => r
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(serde_json::Value::Number)
+            .unwrap_or_else(|| r.clone().into()),
+        Yaml::Boolean(b) => (*b).into(),
+        _ => serde_json::Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_and_ports_are_read_from_either_front_ends_output() {
+        // compose v1 prints short forms, v2 long ones; both name the same mounts.
+        let v1 = "services:\n  db:\n    image: x\n    volumes:\n    - data:/data:rw\n    - /store/e/stack/init:/init:ro\n    ports:\n    - 127.0.0.1:8080:80/tcp\n    - 9000:9000\n";
+        let v2 = "name: p\nservices:\n  db:\n    image: x\n    volumes:\n      - type: volume\n        source: data\n        target: /data\n      - type: bind\n        source: /store/e/stack/init\n        target: /init\n        read_only: true\n        bind:\n          create_host_path: true\n    ports:\n      - mode: ingress\n        host_ip: 127.0.0.1\n        target: 80\n        published: \"8080\"\n        protocol: tcp\nconfigs:\n  c:\n    file: /store/e/stack/c.txt\n";
+        for (text, short) in [(v1, true), (v2, false)] {
+            let r = Resolved::parse(text).expect("parses");
+            let db = &r.services["db"];
+            assert_eq!(db.binds.len(), 1, "{db:?}");
+            assert_eq!(db.binds[0].source, PathBuf::from("/store/e/stack/init"));
+            assert_eq!(db.binds[0].target, "/init");
+            let moved = db.binds[0].with_source(Path::new("/inputs/k/init"));
+            if short {
+                assert_eq!(moved, serde_json::json!("/inputs/k/init:/init:ro"));
+            } else {
+                assert_eq!(
+                    moved,
+                    serde_json::json!({"type": "bind", "source": "/inputs/k/init", "target": "/init",
+                        "read_only": true, "bind": {"create_host_path": true}})
+                );
+                assert_eq!(
+                    r.files[&("configs".to_string(), "c".to_string())],
+                    PathBuf::from("/store/e/stack/c.txt")
+                );
+            }
+            assert!(
+                r.published_ports()
+                    .contains(&("127.0.0.1".to_string(), 8080))
+            );
+        }
+    }
+
+    #[test]
+    fn container_ids_in_compose_text_name_their_service() {
+        let c = Container {
+            id: format!("ef0be9d83fd4{}", "0".repeat(52)),
+            name: "p-backend-1".into(),
+            service: "backend".into(),
+            state: "running".into(),
+            exit_code: 0,
+            health: Some("unhealthy".into()),
+            image_id: String::new(),
+            restart_count: 0,
+            health_output: None,
+            owner_root: None,
+            owner_profile: None,
+        };
+        let text = "ERROR: for frontend  Container \"ef0be9d83fd4\" is unhealthy.";
+        assert_eq!(
+            name_containers(text, &[c]),
+            "ERROR: for frontend  Container \"ef0be9d83fd4 (service `backend`)\" is unhealthy."
+        );
     }
 }

@@ -213,11 +213,13 @@ fn signed_bundle_with(
             successes: 1,
             interval_ms: 100,
             http: vec![],
+            connect_grace_ms: None,
         },
         backup: None,
         required_secrets: secrets.iter().map(|s| s.to_string()).collect(),
         files: files.iter().map(|(e, _)| e.clone()).collect(),
         host_access: host_access.clone(),
+        requires: Default::default(),
     };
     manifest.validate().expect("a valid manifest");
     let json = manifest.to_canonical_json();
@@ -529,6 +531,7 @@ fn interrupted_profile(host: &Host) -> Layout {
         installed_at: format!("2026-01-0{number}T10:00:00Z"),
         decided_at: (status != Status::Pending).then(|| format!("2026-01-0{number}T10:01:00Z")),
         reason: None,
+        inputs: Vec::new(),
     };
     let mut p = Profile::open_or_create(&layout, "svc", "smoker-svc").expect("profile");
     for (n, status) in [(1, Status::Good), (2, Status::Pending)] {
@@ -702,6 +705,7 @@ fn recover_marks_a_generation_that_never_became_current_failed() {
             installed_at: format!("2026-01-0{n}T10:00:00Z"),
             decided_at: None,
             reason: None,
+            inputs: Vec::new(),
         })
         .expect("add");
         if n == 1 {
@@ -751,6 +755,7 @@ fn preflight_refuses_a_downgrade_as_apply_does() {
         installed_at: "2026-01-01T10:00:00Z".into(),
         decided_at: None,
         reason: None,
+        inputs: Vec::new(),
     })
     .expect("add");
     p.switch(1).expect("switch");

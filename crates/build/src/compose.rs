@@ -21,6 +21,9 @@ pub struct ComposeInfo {
     pub references: Vec<Reference>,
     /// What each service asks of the host (services that ask nothing are absent).
     pub host_access: BTreeMap<String, HostAccess>,
+    /// Features not every engine or compose front end runs (checked against the recipe's
+    /// `[hosts]` floor at release and against the real host before it switches).
+    pub requires: smoker_format::capability::Needs,
 }
 
 /// One service.
@@ -93,7 +96,9 @@ pub fn analyze(text: &str, vars: &BTreeMap<String, String>) -> Result<ComposeInf
         services: Vec::new(),
         references: Vec::new(),
         host_access: BTreeMap::new(),
+        requires: Default::default(),
     };
+    out.requires.project_name = top.contains_key(&key("name"));
     let host_sources = top_level_host_sources(top, vars)?;
     for (name, body) in services {
         let Some(name) = scalar(name) else {
@@ -149,6 +154,17 @@ pub fn analyze(text: &str, vars: &BTreeMap<String, String>) -> Result<ComposeInf
             let file = interpolate(&file, vars, &owner)?;
             out.references
                 .push(reference(&file, &owner, "extends", true));
+        }
+        if body
+            .get("healthcheck")
+            .and_then(merged)
+            .is_some_and(|h| h.contains_key("start_interval"))
+        {
+            out.requires.start_interval.push(name.clone());
+        }
+        if let Some(platform) = body.get("platform").and_then(scalar) {
+            let platform = interpolate(&platform, vars, &owner)?;
+            out.requires.platforms.insert(name.clone(), platform);
         }
         let access = host_access(&body, vars, &owner, &host_sources)?;
         if !access.is_empty() {

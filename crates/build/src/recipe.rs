@@ -92,6 +92,9 @@ pub struct HealthSection {
     /// HTTP checks.
     #[serde(default)]
     pub http: Vec<HttpCheckSection>,
+    /// Milliseconds a check's service may refuse connections after its container started
+    /// before a refusal counts (default: the installer's, 15 s).
+    pub connect_grace_ms: Option<u64>,
 }
 
 impl Default for HealthSection {
@@ -102,6 +105,7 @@ impl Default for HealthSection {
             interval_ms: default_interval(),
             successes: default_successes(),
             http: Vec::new(),
+            connect_grace_ms: None,
         }
     }
 }
@@ -137,6 +141,9 @@ pub struct HttpCheckSection {
     pub timeout_ms: u64,
     /// Slowest acceptable answer in ms.
     pub max_latency_ms: Option<u64>,
+    /// The compose service that answers it: the check starts when that service's new
+    /// container runs, and failures name the service.
+    pub service: Option<String>,
 }
 
 fn default_status() -> u16 {
@@ -309,6 +316,7 @@ impl Recipe {
                     body_contains: c.body_contains.clone(),
                     timeout_ms: c.timeout_ms,
                     max_latency_ms: c.max_latency_ms,
+                    service: c.service.clone(),
                 })
             })
             .collect::<Result<Vec<_>, crate::compose::ComposeError>>()?;
@@ -318,6 +326,7 @@ impl Recipe {
             interval_ms: h.interval_ms,
             successes: h.successes.max(1),
             http,
+            connect_grace_ms: h.connect_grace_ms,
         })
     }
 

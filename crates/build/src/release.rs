@@ -325,6 +325,7 @@ fn plan_with(
         required_secrets: recipe.required_secrets(i.env),
         files: entries.iter().map(|(e, _)| e.clone()).collect(),
         host_access: compose.info.host_access.clone(),
+        requires: compose.info.requires.clone(),
     };
     manifest
         .validate()

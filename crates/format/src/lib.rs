@@ -8,6 +8,7 @@
 
 pub mod bundle;
 pub mod canonical;
+pub mod capability;
 pub mod digest;
 pub mod fsio;
 pub mod host_access;

@@ -121,6 +121,10 @@ pub struct Manifest {
     /// their bytes.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub host_access: std::collections::BTreeMap<String, crate::host_access::HostAccess>,
+    /// Features of the compose file that not every engine or compose front end runs (see
+    /// [`crate::capability`]); absent (and not serialized) when there are none.
+    #[serde(default, skip_serializing_if = "crate::capability::Needs::is_empty")]
+    pub requires: crate::capability::Needs,
 }
 
 /// Provenance of a bundle.
@@ -211,7 +215,17 @@ pub struct Health {
     pub interval_ms: u64,
     /// HTTP checks.
     pub http: Vec<HttpCheck>,
+    /// How long a check's service may refuse connections after its container started before a
+    /// refusal counts as a failure, in milliseconds; absent: the installer's default
+    /// (`DEFAULT_CONNECT_GRACE_MS`). Absent fields are not serialized, so manifests that do not
+    /// set it keep their bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_grace_ms: Option<u64>,
 }
+
+/// The grace period for refused connections when a manifest sets none (see
+/// [`Health::connect_grace_ms`]).
+pub const DEFAULT_CONNECT_GRACE_MS: u64 = 15_000;
 
 /// One HTTP health check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,6 +243,11 @@ pub struct HttpCheck {
     pub timeout_ms: u64,
     /// Slowest acceptable answer in milliseconds, when set.
     pub max_latency_ms: Option<u64>,
+    /// The compose service that answers this check, when set: the check starts as soon as that
+    /// service's new container runs, and its failures name the service. Not serialized when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// Backup and restore hooks.
@@ -313,11 +332,13 @@ impl Manifest {
                 successes: 2,
                 interval_ms: 1000,
                 http: Vec::new(),
+                connect_grace_ms: None,
             },
             backup: None,
             required_secrets: Vec::new(),
             files: Vec::new(),
             host_access: Default::default(),
+            requires: Default::default(),
         }
     }
 
@@ -401,6 +422,16 @@ impl Manifest {
         {
             if self.file(needed).is_none() {
                 return bad(format!("`{needed}` is referenced but not listed in files"));
+            }
+        }
+        for c in &self.health.http {
+            if let Some(svc) = &c.service
+                && !self.images.iter().any(|i| &i.service == svc)
+            {
+                return bad(format!(
+                    "health check `{}` names service `{svc}`, which the bundle does not pin",
+                    c.name
+                ));
             }
         }
         self.validate_places()?;

@@ -142,11 +142,13 @@ impl Fixture {
                 successes: 1,
                 interval_ms: 1000,
                 http: vec![],
+                connect_grace_ms: None,
             },
             backup: None,
             required_secrets: vec![],
             files: files.iter().map(|(e, _)| e.clone()).collect(),
             host_access: Default::default(),
+            requires: Default::default(),
         };
         manifest.validate().expect("fixture manifest is valid");
         Fixture {
