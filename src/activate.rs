@@ -209,6 +209,7 @@ fn compose_failed(gate: &mut Gate<'_>, text: &str) -> Report {
     };
     Report {
         service,
+        service_running_ms: seen.service_running_ms,
         checks: seen.checks,
         rounds: seen.rounds,
         elapsed_ms: seen.elapsed_ms,

@@ -58,6 +58,10 @@ pub struct Report {
     /// The service that failed, when one did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// How long that service's new container had been running when the gate decided, in
+    /// milliseconds (when it ran at all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_running_ms: Option<u64>,
 }
 
 impl Report {
@@ -70,6 +74,7 @@ impl Report {
             checks: Vec::new(),
             summary,
             service: None,
+            service_running_ms: None,
         }
     }
 }
@@ -244,12 +249,19 @@ impl<'a> Gate<'a> {
         }
         let elapsed = self.start.elapsed();
         let rounds = self.rounds;
+        let running = |service: &Option<String>| {
+            service
+                .as_ref()
+                .and_then(|s| self.running_since.get(s))
+                .map(|t| t.elapsed().as_millis() as u64)
+        };
         let report = |healthy, summary: String, service: Option<String>| Report {
             healthy,
             rounds,
             elapsed_ms: elapsed.as_millis() as u64,
             checks: results.clone(),
             summary,
+            service_running_ms: running(&service),
             service,
         };
         let all_ok = results.iter().all(|r| r.ok);
@@ -270,7 +282,10 @@ impl<'a> Gate<'a> {
             self.passing_rounds = 0;
         }
         if let Some((why, service)) = tripped {
-            return Verdict::Unhealthy(report(false, format!("unhealthy: {why}"), service));
+            let when = running(&service)
+                .map(|ms| format!(" (decided {ms} ms after its new container started)"))
+                .unwrap_or_default();
+            return Verdict::Unhealthy(report(false, format!("unhealthy: {why}{when}"), service));
         }
         let window = Duration::from_secs(self.health.window_secs.max(1));
         if elapsed + self.interval() > window && self.passing_rounds == 0 {

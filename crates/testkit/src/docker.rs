@@ -60,14 +60,46 @@ pub fn available_frontends() -> Vec<&'static str> {
     v
 }
 
-/// The Compose front ends present on this machine; panics when there is none.
+/// Both Compose front ends, `v2` then `v1`; panics naming the one that is missing (the test
+/// suite runs every scenario under both and never drops one silently).
 pub fn frontends() -> Vec<&'static str> {
     let v = available_frontends();
-    assert!(
-        !v.is_empty(),
-        "no compose front end: install docker-compose or the docker compose plugin"
-    );
+    for (want, how) in [
+        (
+            "v2",
+            "the docker compose plugin (scripts/install-deps.sh installs it)",
+        ),
+        ("v1", "docker-compose (Debian package `docker-compose`)"),
+    ] {
+        assert!(
+            v.contains(&want),
+            "compose {want} is missing: these tests run under both front ends; install {how}"
+        );
+    }
     v
+}
+
+/// Declares, for each function `name(frontend: &str)` given, a module `name` with one test per
+/// Compose front end, `name::compose_v2` and `name::compose_v1`, so the test output names the
+/// front end each scenario ran under. A missing front end fails its test ([`frontends`]).
+#[macro_export]
+macro_rules! per_frontend {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn compose_v2() {
+                    assert!($crate::docker::frontends().contains(&"v2"));
+                    super::$name("v2");
+                }
+                #[test]
+                fn compose_v1() {
+                    assert!($crate::docker::frontends().contains(&"v1"));
+                    super::$name("v1");
+                }
+            }
+        )*
+    };
 }
 
 /// Runs `docker ARGS` and returns its output, whatever the exit status.

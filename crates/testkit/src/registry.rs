@@ -141,6 +141,17 @@ impl Registry {
         ))
     }
 
+    /// Stops the registry process (its storage and the engine's tags stay until drop), so a
+    /// test can show that nothing reaches it any more.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        assert!(
+            http::get(&format!("{}/v2/", self.url())).is_err(),
+            "the registry still answers after being stopped"
+        );
+    }
+
     /// The port it listens on (on 127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
