@@ -248,6 +248,7 @@ impl Runtime {
             out: Some(out),
             err: Some(err),
             started: Instant::now(),
+            done: None,
         })
     }
 
@@ -609,6 +610,7 @@ pub struct Up {
     out: Option<std::thread::JoinHandle<Vec<u8>>>,
     err: Option<std::thread::JoinHandle<Vec<u8>>>,
     started: Instant,
+    done: Option<std::result::Result<(), String>>,
 }
 
 impl Up {
@@ -618,9 +620,11 @@ impl Up {
     }
 
     /// `None` while compose runs; once it has exited, `Ok(())` when it succeeded, else its
-    /// error output (redacted). Later calls after the first answer return the same kind of
-    /// answer without the text.
+    /// error output (redacted). Every call after it exited gives the same answer.
     pub fn poll(&mut self) -> Result<Option<std::result::Result<(), String>>> {
+        if let Some(done) = &self.done {
+            return Ok(Some(done.clone()));
+        }
         let status = self
             .child
             .try_wait()
@@ -638,14 +642,17 @@ impl Up {
             .take()
             .and_then(|h| h.join().ok())
             .unwrap_or_default();
-        if status.success() {
-            return Ok(Some(Ok(())));
-        }
-        let mut msg = text(&err);
-        if msg.is_empty() {
-            msg = text(&out);
-        }
-        Ok(Some(Err(format!("compose up exited with {status}: {msg}"))))
+        let done = if status.success() {
+            Ok(())
+        } else {
+            let mut msg = text(&err);
+            if msg.is_empty() {
+                msg = text(&out);
+            }
+            Err(format!("compose up exited with {status}: {msg}"))
+        };
+        self.done = Some(done.clone());
+        Ok(Some(done))
     }
 
     /// Stops compose (the health gate has decided): kills it and waits for it to exit.

@@ -2,6 +2,7 @@
 //! the data and the previous generation, rollback across migrations with `--restore-data`,
 //! backup retention, environments, preflight and deploy notifications.
 
+use smoker_testkit::per_frontend;
 use smoker_testkit::images::version_at;
 use smoker_testkit::project::SVC;
 use smoker_testkit::{Project, Testbed, http, sha256_hex, text};
@@ -32,8 +33,7 @@ fn post(port: u16, line: &str) {
     );
 }
 
-#[test]
-fn migrations_backups_and_rollback_across_them_keep_the_data_exact() {
+fn migrations_backups_and_rollback_across_them_keep_the_data_exact(frontend: &str) {
     let mut bed = Testbed::new();
     let (image, port) = (bed.image.clone(), bed.port);
     let project = Project::stateful_testsvc(&image, port);
@@ -47,7 +47,7 @@ fn migrations_backups_and_rollback_across_them_keep_the_data_exact() {
             ("0003-broken.txt", "append half\nfail\n"),
         ],
     );
-    let host = bed.host(None);
+    let host = bed.host(Some(frontend));
 
     // v1 with data.
     let out = host.apply(&project, &v1);
@@ -419,3 +419,5 @@ fn a_secret_echoed_by_a_failing_stack_is_redacted_everywhere_it_leaves() {
     assert!(rolled_back.contains("[redacted]"), "{rolled_back}");
     assert!(bodies.iter().all(|b| !b.contains(&secret)), "{bodies:?}");
 }
+
+per_frontend!(migrations_backups_and_rollback_across_them_keep_the_data_exact);

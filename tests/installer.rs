@@ -1,10 +1,10 @@
 //! The installer on the real Docker engine: generations, atomic switch, health gate,
 //! automatic and manual rollback, locks, crash safety and the audit log.
 
-use smoker_testkit::docker::{frontends, remove_compose_project, running_containers};
+use smoker_testkit::docker::{remove_compose_project, running_containers};
 use smoker_testkit::images::{version_at, wait_version};
 use smoker_testkit::project::SVC;
-use smoker_testkit::{Project, Testbed, text, wait_for};
+use smoker_testkit::{Project, Testbed, per_frontend, text, wait_for};
 use std::path::Path;
 use std::time::Duration;
 
@@ -144,13 +144,6 @@ fn scenario(compose: &str) {
     assert_eq!(entries, 2);
     assert_eq!(version_at(port).as_deref(), Some("v1"));
     assert_image_ids(&host.project, &image.id);
-}
-
-#[test]
-fn scenario_with_every_compose_frontend() {
-    for f in frontends() {
-        scenario(f);
-    }
 }
 
 #[test]
@@ -335,3 +328,5 @@ fn unlock_force_ends_a_hung_holder_and_the_next_run_finishes_its_work() {
     assert_eq!(s["locked"], false);
     wait_version(port, "v1");
 }
+
+per_frontend!(scenario);

@@ -10,6 +10,7 @@ use smoker_build::release::{self, OfflineImages, SourceInfo};
 use smoker_format::image_archive::local_reference;
 use smoker_format::manifest::Arch;
 use smoker_format::signing::SecretKey;
+use smoker_testkit::per_frontend;
 use smoker_testkit::bundle::extract_from_bundle;
 use smoker_testkit::docker::{
     docker, image_inspect, require_docker, require_docker_compose, running_containers,
@@ -64,8 +65,7 @@ fn release_offline(ws: &Project, image: &str, port: u16, version: &str, text_: &
     ws.bundle(&out, "prod", "svc", version, "amd64")
 }
 
-#[test]
-fn offline_apply_with_the_registry_stopped_the_images_removed_and_no_route_out() {
+fn offline_apply_with_the_registry_stopped_the_images_removed_and_no_route_out(frontend: &str) {
     require_docker();
     require_docker_compose();
     assert_no_route_out();
@@ -96,7 +96,7 @@ fn offline_apply_with_the_registry_stopped_the_images_removed_and_no_route_out()
     remove_image(&image.id);
     remove_image(&other.id);
 
-    let host = Host::new(&mut cleanup, None);
+    let host = Host::new(&mut cleanup, Some(frontend));
     let out = host.apply_offline(&ws, &v1);
     assert!(out.status.success(), "offline apply v1: {}", text(&out));
     let err = stderr(&out);
@@ -568,3 +568,5 @@ fn apply_usb_chooses_the_newest_valid_bundle_and_says_why_it_skipped_the_others(
         text(&out)
     );
 }
+
+per_frontend!(offline_apply_with_the_registry_stopped_the_images_removed_and_no_route_out);

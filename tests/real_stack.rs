@@ -9,171 +9,23 @@
 //! - a manual rollback works with the registry stopped, although the compose file says
 //!   `pull_policy: always`.
 
-use smoker_build::lock::{Lock, LockedImage, PlatformPin};
-use smoker_format::manifest::Arch;
+use smoker_build::lock::Lock;
 use smoker_testkit::docker::docker;
-use smoker_testkit::images::{Pushed, unique_testsvc};
-use smoker_testkit::ports::free_port;
 use smoker_testkit::project::Release;
-use smoker_testkit::{Project, Testbed, per_frontend, text, unique_name, wait_for};
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use smoker_testkit::stack::{INIT_SCRIPT, RECIPE, Shop, answer, container, decided_ms, locked};
+use smoker_testkit::{Project, Testbed, per_frontend, text, wait_for};
 use std::time::Duration;
-
-const RECIPE: &str = "shop";
-
-/// The compose file, as untidy as users write them.
-fn compose(db: &str, backend_repo: &str, frontend: &str) -> String {
-    let check = r#"    healthcheck:
-      test: ["CMD", "/testsvc", "probe", "http://127.0.0.1:8080/health"]
-      interval: 10s
-      timeout: 3s
-      retries: 3
-      start_period: 30s
-    stop_grace_period: 1s
-"#;
-    format!(
-        r#"services:
-  db:
-    image: {db}
-    pull_policy: always
-    environment:
-      TESTSVC_DATA: /data
-    volumes:
-      - ./init:/docker-entrypoint-initdb.d:ro
-      - dbdata:/data
-{check}  backend:
-    image: {backend_repo}:${{BACKEND_TAG}}
-    pull_policy: always
-    environment:
-      TESTSVC_VERSION: backend-${{BACKEND_TAG}}
-      TESTSVC_UNHEALTHY: ${{BACKEND_UNHEALTHY:-0}}
-    depends_on:
-      db:
-        condition: service_healthy
-    ports:
-      - "127.0.0.1:${{BACKEND_PORT}}:8080"
-{check}  frontend:
-    image: {frontend}
-    pull_policy: always
-    environment:
-      TESTSVC_VERSION: frontend
-    depends_on:
-      backend:
-        condition: service_healthy
-    ports:
-      - "127.0.0.1:${{PORT}}:8080"
-{check}volumes:
-  dbdata:
-"#
-    )
-}
-
-fn recipe(port: u16, backend_port: u16, backend_tag: &str, unhealthy: bool) -> String {
-    format!(
-        r#"[health]
-window_secs = 120
-failures = 3
-interval_ms = 1000
-successes = 2
-
-[[health.http]]
-name = "backend"
-service = "backend"
-url = "http://127.0.0.1:${{BACKEND_PORT}}/health"
-body_contains = "ok"
-timeout_ms = 1000
-
-[[health.http]]
-name = "frontend"
-service = "frontend"
-url = "http://127.0.0.1:${{PORT}}/health"
-body_contains = "ok"
-timeout_ms = 1000
-
-[env.prod.config]
-PORT = "{port}"
-BACKEND_PORT = "{backend_port}"
-BACKEND_TAG = "{backend_tag}"
-BACKEND_UNHEALTHY = "{}"
-"#,
-        if unhealthy { "1" } else { "0" }
-    )
-}
-
-fn locked(image: &Pushed) -> LockedImage {
-    LockedImage {
-        reference: image.reference.clone(),
-        index_digest: None,
-        platforms: BTreeMap::from([(
-            Arch::Amd64,
-            PlatformPin {
-                digest: image.digest.clone(),
-                config_digest: Some(image.id.clone()),
-            },
-        )]),
-    }
-}
-
-/// The container ID of `service` in `project`.
-fn container(project: &str, service: &str) -> String {
-    docker(&[
-        "ps",
-        "-q",
-        "--no-trunc",
-        "--filter",
-        &format!("label=com.docker.compose.project={project}"),
-        "--filter",
-        &format!("label=com.docker.compose.service={service}"),
-    ])
-}
-
-fn answer(port: u16, path: &str) -> Option<String> {
-    smoker_testkit::http::get(&format!("http://127.0.0.1:{port}{path}"))
-        .ok()
-        .filter(|r| r.status == 200)
-        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-}
 
 fn real_stack(frontend: &str) {
     let mut bed = Testbed::new();
-    let db = unique_testsvc(&bed.registry, &mut bed.cleanup, &unique_name("db"), "1");
-    let repo = unique_name("backend");
-    let backend1 = unique_testsvc(&bed.registry, &mut bed.cleanup, &repo, "1");
-    let backend2 = unique_testsvc(&bed.registry, &mut bed.cleanup, &repo, "2");
-    let front = unique_testsvc(&bed.registry, &mut bed.cleanup, &unique_name("front"), "1");
-    let (port, backend_port) = (bed.port, free_port());
-
-    let project = Project::library();
-    project.write_env_file("");
-    let dir = project.recipe_dir(RECIPE);
-    smoker_testkit::write_file(
-        &dir.join("compose.yaml"),
-        compose(
-            &db.reference,
-            &format!("{}/{repo}", bed.registry.host()),
-            &front.reference,
-        ),
-    );
-    smoker_testkit::write_file(&dir.join("init/01-users.js"), "db.createUser({})\n");
-    let lock = Lock {
-        version: 1,
-        images: [&db, &backend1, &backend2, &front]
-            .into_iter()
-            .map(locked)
-            .collect(),
-    };
-    smoker_testkit::write_file(&Lock::path(&project.recipes(), RECIPE), lock.to_toml());
-    let release = |version: &str, tag: &str, unhealthy: bool| -> PathBuf {
-        smoker_testkit::write_file(
-            &dir.join("recipe.toml"),
-            recipe(port, backend_port, tag, unhealthy),
-        );
-        project.release(&Release::new(RECIPE, version)).bundle
-    };
-    let v1 = release("1.0.0", "1", false);
-    let v2 = release("2.0.0", "2", false);
-    let v3 = release("3.0.0", "2", true);
+    let Shop {
+        project,
+        backend_port,
+        v1,
+        v2,
+        v3,
+        ..
+    } = Shop::new(&mut bed);
     let host = bed.host(Some(frontend));
     let p = host.project.clone();
 
@@ -199,12 +51,12 @@ fn real_stack(frontend: &str) {
     let script = std::fs::read_dir(host.root().join("inputs"))
         .expect("inputs/")
         .flatten()
-        .map(|e| e.path().join("init/01-users.js"))
+        .map(|e| e.path().join(INIT_SCRIPT.0))
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("[{frontend}] no inputs/<key>/init/01-users.js"));
     assert_eq!(
         std::fs::read_to_string(&script).expect("init script"),
-        "db.createUser({})\n"
+        INIT_SCRIPT.1
     );
 
     // 2.0.0 changes only the backend image: the database keeps its container.
@@ -242,18 +94,13 @@ fn real_stack(frontend: &str) {
     );
     assert!(err.contains("503"), "[{frontend}] says what it saw: {err}");
     assert!(err.contains("rolled back"), "[{frontend}] {err}");
-    let decided_ms: u64 = err
-        .split("decided ")
-        .nth(1)
-        .and_then(|s| s.split(" ms after").next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("[{frontend}] the report says when it decided: {err}"));
+    let decided: u64 = decided_ms(&err).unwrap_or_else(|| panic!("[{frontend}] the report says when it decided: {err}"));
     assert!(
-        decided_ms <= 10_000,
-        "[{frontend}] detected {decided_ms} ms after the backend started (goal: 10 s): {err}"
+        decided <= 10_000,
+        "[{frontend}] detected {decided} ms after the backend started (goal: 10 s): {err}"
     );
     eprintln!(
-        "[{frontend}] broken backend detected {decided_ms} ms after its container started; failed apply + rollback took {took:?}"
+        "[{frontend}] broken backend detected {decided} ms after its container started; failed apply + rollback took {took:?}"
     );
     wait_for(
         "the backend of 2.0.0 to answer again",
@@ -289,3 +136,114 @@ fn real_stack(frontend: &str) {
 }
 
 per_frontend!(real_stack);
+
+/// Preflight (and so apply) names each feature this host's engine or compose front end cannot
+/// run, with the fix, before anything changes.
+fn preflight_names_what_this_host_cannot_run(frontend: &str) {
+    let mut bed = Testbed::new();
+    let project = Project::library();
+    project.write_env_file("");
+    smoker_testkit::write_file(
+        &project.recipe_dir(RECIPE).join("compose.yaml"),
+        format!(
+            "name: shop\nservices:\n  db:\n    image: {}\n    healthcheck:\n      test: [\"CMD\", \"/testsvc\", \"probe\", \"http://127.0.0.1:8080/health\"]\n      start_period: 30s\n      start_interval: 2s\n",
+            bed.image.reference
+        ),
+    );
+    smoker_testkit::write_file(
+        &project.recipe_dir(RECIPE).join("recipe.toml"),
+        "[env.prod.config]\n",
+    );
+    let lock = Lock {
+        version: 1,
+        images: vec![locked(&bed.image)],
+    };
+    smoker_testkit::write_file(&Lock::path(&project.recipes(), RECIPE), lock.to_toml());
+    let bundle = project.release(&Release::new(RECIPE, "1.0.0")).bundle;
+    let host = bed.host(Some(frontend));
+    let out = host
+        .cmd()
+        .args(["preflight", "--json", "--key"])
+        .arg(&project.public_key)
+        .arg("--env-file")
+        .arg(&project.env_file)
+        .arg(&bundle)
+        .output()
+        .expect("preflight");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("[{frontend}] preflight JSON: {e}: {}", text(&out)));
+    let capabilities = report["data"]["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "capabilities")
+        .unwrap_or_else(|| panic!("[{frontend}] no capabilities check: {report}"))
+        .clone();
+    let detail = capabilities["detail"].as_str().unwrap_or_default();
+    let engine = docker(&["version", "--format", "{{.Server.Version}}"]);
+    let old_engine = smoker_format::capability::engine_version(&engine)
+        .is_some_and(|v| v < smoker_format::capability::START_INTERVAL_ENGINE);
+    assert_eq!(
+        detail.contains("service `db`: healthcheck `start_interval` needs Docker Engine 25.0"),
+        old_engine,
+        "[{frontend}] engine {engine}: {detail}"
+    );
+    assert_eq!(
+        detail.contains("top-level `name:`"),
+        frontend == "v1",
+        "[{frontend}] {detail}"
+    );
+    assert_eq!(
+        capabilities["ok"] == true,
+        !old_engine && frontend == "v2",
+        "[{frontend}] {capabilities}"
+    );
+    if capabilities["ok"] == false {
+        assert!(!out.status.success(), "[{frontend}] {}", text(&out));
+        let apply = host.apply(&project, &bundle);
+        assert!(!apply.status.success(), "[{frontend}] apply must refuse too");
+        assert!(
+            !host.root().join("profiles").join(RECIPE).join("current").exists(),
+            "[{frontend}] nothing was switched"
+        );
+    }
+}
+
+/// A second host root (or profile) never takes over a compose project another one runs.
+fn a_second_root_is_refused_on_a_foreign_project(frontend: &str) {
+    let mut bed = Testbed::new();
+    let (image, port) = (bed.image.clone(), bed.port);
+    let project = Project::testsvc(&image, port, 20);
+    let v1 = project.release_svc("1.0.0", port, 20, &[("VERSION_TEXT", "v1")]);
+    let first = bed.host(Some(frontend));
+    let out = first.apply(&project, &v1);
+    assert!(out.status.success(), "[{frontend}] first root: {}", text(&out));
+    let before = container(&first.project, "web");
+
+    let second = bed.host(Some(frontend));
+    let out = second
+        .cmd()
+        .args(["apply", "--key"])
+        .arg(&project.public_key)
+        .arg("--env-file")
+        .arg(&project.env_file)
+        .arg("--project")
+        .arg(&first.project)
+        .arg(&v1)
+        .output()
+        .expect("apply");
+    assert!(!out.status.success(), "[{frontend}] {}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("compose project `{}` belongs to another installer", first.project))
+            && err.contains(&first.root().display().to_string())
+            && err.contains(&second.root().display().to_string()),
+        "[{frontend}] names both roots: {err}"
+    );
+    assert_eq!(container(&first.project, "web"), before, "[{frontend}] untouched");
+}
+
+per_frontend!(
+    preflight_names_what_this_host_cannot_run,
+    a_second_root_is_refused_on_a_foreign_project
+);

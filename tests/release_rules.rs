@@ -255,3 +255,50 @@ volumes:
     let json = String::from_utf8(p.manifest.to_canonical_json()).expect("utf8");
     assert!(!json.contains("host_access"), "{json}");
 }
+
+#[test]
+fn features_the_declared_hosts_cannot_run_are_refused_at_release_and_signed_otherwise() {
+    let compose = r#"name: shop
+services:
+  web:
+    image: reg.example/web:${TAG:-1}
+    platform: linux/amd64
+  db:
+    image: reg.example/db:7
+    healthcheck:
+      test: ["CMD", "true"]
+      start_period: 30s
+      start_interval: 2s
+"#;
+    let dir = project(compose, &[Arch::Amd64, Arch::Armv7]);
+    // No floor declared: the needs are signed, for the host to check.
+    let p = plan(dir.path(), Arch::Amd64).expect("plan");
+    let needs = &p.manifest.requires;
+    assert_eq!(needs.start_interval, ["db"]);
+    assert!(needs.project_name);
+    assert_eq!(needs.platforms["web"], "linux/amd64");
+    let json = String::from_utf8(p.manifest.to_canonical_json()).expect("utf8");
+    assert!(json.contains(r#""requires":{"#), "{json}");
+    // A platform that is not the bundle's architecture is refused for that architecture.
+    let err = plan(dir.path(), Arch::Armv7).expect_err("amd64 platform in an armv7 bundle");
+    assert!(err.contains("service `web`: `platform: linux/amd64`"), "{err}");
+    // The recipe declares its hosts: Engine 24 and compose v1 run neither `start_interval` nor a
+    // top-level `name:`; both are named with their fix.
+    write(
+        &dir.path().join("recipes/app/recipe.toml"),
+        "[hosts]\nengine = \"24.0\"\ncompose = \"v1\"\n\n[env.prod.config]\nTAG = \"2\"\n",
+    );
+    let err = plan(dir.path(), Arch::Amd64).expect_err("hosts cannot run it");
+    assert!(err.contains("uses what its hosts cannot run"), "{err}");
+    assert!(
+        err.contains("service `db`: healthcheck `start_interval` needs Docker Engine 25.0 or later, the host has 24.0; remove `start_interval`"),
+        "{err}"
+    );
+    assert!(err.contains("top-level `name:`"), "{err}");
+    // A stack without such features keeps manifests byte-for-byte as before: no `requires`.
+    let plain = project(COMPOSE, &[Arch::Amd64]);
+    with_files(plain.path());
+    let p = plan(plain.path(), Arch::Amd64).expect("plan");
+    let json = String::from_utf8(p.manifest.to_canonical_json()).expect("utf8");
+    assert!(!json.contains("requires"), "{json}");
+}

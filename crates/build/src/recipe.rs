@@ -66,6 +66,20 @@ pub struct RecipeFile {
     /// Per-environment configuration, keyed by environment name.
     #[serde(default)]
     pub env: BTreeMap<String, EnvSection>,
+    /// The oldest engine and compose front end the recipe's hosts run; release refuses a
+    /// compose file that needs more.
+    #[serde(default)]
+    pub hosts: HostsSection,
+}
+
+/// `[hosts]`: the floor of the hosts a recipe ships to.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostsSection {
+    /// Oldest Docker Engine version (`"24.0"`).
+    pub engine: Option<String>,
+    /// Compose front end (`"v1"` or `"v2"`).
+    pub compose: Option<String>,
 }
 
 fn default_compose() -> String {

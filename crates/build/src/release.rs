@@ -50,6 +50,14 @@ pub enum ReleaseError {
         /// What is wrong, naming the file and the service.
         message: String,
     },
+    /// The compose file needs what the recipe's declared hosts (`[hosts]`) do not have.
+    #[error("recipe `{recipe}`: the compose file uses what its hosts cannot run:\n  - {}", problems.join("\n  - "))]
+    Hosts {
+        /// Recipe name.
+        recipe: String,
+        /// Each problem with its fix.
+        problems: Vec<String>,
+    },
     /// Invalid request.
     #[error("{0}")]
     Invalid(String),
@@ -359,7 +367,44 @@ fn read_compose<'a>(i: &Inputs<'a>) -> Result<Compose<'a>, ReleaseError> {
         recipe: rname.clone(),
         source,
     })?;
+    check_hosts(i, &info)?;
     Ok(Compose { rel, info, config })
+}
+
+/// The compose file's needs against the recipe's `[hosts]` floor and the bundle's
+/// architecture ([`smoker_format::capability::problems`], the same rules the installer applies
+/// on the host).
+fn check_hosts(i: &Inputs<'_>, info: &compose::ComposeInfo) -> Result<(), ReleaseError> {
+    use smoker_format::capability::{self, Host};
+    let rname = &i.recipe.name;
+    let hosts = &i.recipe.file.hosts;
+    let engine = match &hosts.engine {
+        Some(v) => Some(capability::engine_version(v).ok_or_else(|| {
+            ReleaseError::Invalid(format!(
+                "recipe `{rname}`: [hosts] engine = \"{v}\" is not a version like \"24.0\""
+            ))
+        })?),
+        None => None,
+    };
+    let compose = match &hosts.compose {
+        Some(c) => Some(c.parse().map_err(|e| {
+            ReleaseError::Invalid(format!("recipe `{rname}`: [hosts] compose: {e}"))
+        })?),
+        None => None,
+    };
+    let host = Host {
+        engine,
+        compose,
+        arch: i.arch,
+    };
+    let problems = capability::problems(&info.requires, &host);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(ReleaseError::Hosts {
+        recipe: rname.clone(),
+        problems: problems.iter().map(ToString::to_string).collect(),
+    })
 }
 
 /// The compose file and every file it references by relative path (resolved against the

@@ -37,6 +37,7 @@ pub mod ports;
 pub mod project;
 pub mod registry;
 pub mod repo;
+pub mod stack;
 pub mod run;
 pub mod testbed;
 
