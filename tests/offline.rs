@@ -151,6 +151,17 @@ fn offline_apply_with_the_registry_stopped_the_images_removed_and_no_route_out(f
     assert_eq!(host.status()["current"], 2);
     assert_eq!(host.generation_status(3), "failed");
 
+    // A manual rollback with the registry stopped and no route out: everything it needs is on
+    // the host, and compose pulls nothing.
+    let mut c = host.offline_cmd();
+    let out = c
+        .args(["rollback", "--to", "1"])
+        .output()
+        .expect("rollback");
+    assert!(out.status.success(), "offline rollback: {}", text(&out));
+    wait_version(port, "v1");
+    assert_eq!(host.status()["current"], 1);
+
     // A second apply of v3 puts the right image back under its name and runs it; its gc keeps
     // one generation.
     let mut c = host.offline_cmd();
