@@ -53,8 +53,10 @@ fn entry(root: &Path, version: &str) -> PathBuf {
         .flatten()
         .map(|e| e.path())
         .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().ends_with(&format!("-shop-{version}-amd64")))
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy()
+                    .ends_with(&format!("-shop-{version}-amd64"))
+            })
         })
         .unwrap_or_else(|| panic!("no store entry of {version}"))
 }
@@ -169,12 +171,17 @@ fn bench(frontend: &str) {
         ms(plain_change),
         ms(plain_change_serving)
     );
-    println!("  broken backend: gate decided        {decided:>6} ms  after its new container started");
+    println!(
+        "  broken backend: gate decided        {decided:>6} ms  after its new container started"
+    );
     println!(
         "  failed apply + automatic rollback   {:>6} ms",
         ms(failed_apply)
     );
-    println!("  manual rollback (to 1.0.0)          {:>6} ms", ms(rollback));
+    println!(
+        "  manual rollback (to 1.0.0)          {:>6} ms",
+        ms(rollback)
+    );
     println!(
         "  plain compose up -d, previous files {:>6} ms  until it returned, {:>6} ms until serving",
         ms(plain_back),

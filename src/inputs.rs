@@ -365,3 +365,155 @@ pub fn collect(layout: &Layout, keep: &BTreeSet<String>) -> Result<Vec<String>> 
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoker_format::manifest::{Arch, Manifest};
+
+    /// A store entry under `root/store/<name>` holding `files` (path, content).
+    fn entry(root: &Path, name: &str, files: &[(&str, &str)]) -> StoreEntry {
+        let path = root.join("store").join(name);
+        let mut manifest = Manifest::skeleton("shop", "1.0.0", Arch::Amd64, "prod");
+        for (rel, text) in files {
+            let p = path.join(rel);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&p, text).expect("write");
+            manifest.files.push(FileEntry {
+                path: rel.to_string(),
+                size: text.len() as u64,
+                sha256: sha256_hex(text.as_bytes()),
+                mode: 0o644,
+            });
+        }
+        StoreEntry {
+            path,
+            name: name.to_string(),
+            manifest,
+            manifest_sha256: sha256_hex(name.as_bytes()),
+        }
+    }
+
+    /// `compose config` output of compose v1 mounting the entry's init directory into `db`.
+    fn resolved(e: &StoreEntry) -> Resolved {
+        Resolved::parse(&format!(
+            "version: '3.8'\nservices:\n  db:\n    image: x\n    volumes:\n    - {}/stack/init:/init:ro\n    - data:/data:rw\n  web:\n    image: y\n",
+            e.path.display()
+        ))
+        .expect("parse")
+    }
+
+    fn override_json(p: &Prepared) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&p.override_file).expect("override")).expect("json")
+    }
+
+    #[test]
+    fn same_content_same_path_other_content_other_path_and_label() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(dir.path());
+        let v1 = entry(
+            dir.path(),
+            "a-shop-1",
+            &[("stack/init/01.js", "one\n"), ("stack/compose.yaml", "a\n")],
+        );
+        // Another release: the compose file changed, the init directory did not.
+        let v2 = entry(
+            dir.path(),
+            "b-shop-2",
+            &[("stack/init/01.js", "one\n"), ("stack/compose.yaml", "b\n")],
+        );
+        let v3 = entry(
+            dir.path(),
+            "c-shop-3",
+            &[("stack/init/01.js", "two\n"), ("stack/compose.yaml", "b\n")],
+        );
+        let p1 = prepare(&layout, &v1, &resolved(&v1), "shop").expect("prepare 1");
+        let p2 = prepare(&layout, &v2, &resolved(&v2), "shop").expect("prepare 2");
+        let p3 = prepare(&layout, &v3, &resolved(&v3), "shop").expect("prepare 3");
+        let (o1, o2, o3) = (override_json(&p1), override_json(&p2), override_json(&p3));
+        let source = |o: &serde_json::Value| o["services"]["db"]["volumes"][0].clone();
+        assert_eq!(source(&o1), source(&o2), "unchanged content keeps its path");
+        assert_ne!(
+            source(&o1),
+            source(&o3),
+            "changed content gets another path"
+        );
+        let label = |o: &serde_json::Value| o["services"]["db"]["labels"][INPUTS_LABEL].clone();
+        assert_eq!(label(&o1), label(&o2));
+        assert_ne!(
+            label(&o1),
+            label(&o3),
+            "a content change recreates the service"
+        );
+        assert_eq!(
+            p1.override_file, p2.override_file,
+            "same override, byte for byte"
+        );
+        // The short form keeps its mode; the copy is the bundle's bytes, read-only.
+        let s = source(&o1);
+        let s = s.as_str().expect("short form");
+        assert!(s.ends_with(":/init:ro"), "{s}");
+        let copy = Path::new(s.trim_end_matches(":/init:ro")).join("01.js");
+        assert_eq!(std::fs::read_to_string(&copy).expect("copy"), "one\n");
+        assert!(
+            std::fs::metadata(&copy)
+                .expect("meta")
+                .permissions()
+                .readonly()
+        );
+        // Every service is labelled with its root and profile and never pulls; the named volume
+        // is left to the user's file; v1's version is repeated.
+        assert_eq!(o1["version"], "3.8");
+        for svc in ["db", "web"] {
+            assert_eq!(o1["services"][svc]["pull_policy"], "never");
+            assert_eq!(o1["services"][svc]["labels"][PROFILE_LABEL], "shop");
+            assert_eq!(
+                o1["services"][svc]["labels"][ROOT_LABEL],
+                dir.path().display().to_string()
+            );
+        }
+        assert_eq!(
+            o1["services"]["db"]["volumes"].as_array().map(Vec::len),
+            Some(1)
+        );
+        assert!(o1["services"]["web"].get("volumes").is_none());
+
+        // gc keeps what is named and removes the rest.
+        let keep: BTreeSet<String> = names(&p3).into_iter().collect();
+        let removed = collect(&layout, &keep).expect("collect");
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert!(p3.override_file.is_file() && !p1.override_file.exists());
+    }
+
+    #[test]
+    fn a_copy_something_wrote_into_is_kept_aside_and_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(dir.path());
+        let e = entry(dir.path(), "a-shop-1", &[("stack/init/01.js", "one\n")]);
+        let p = prepare(&layout, &e, &resolved(&e), "shop").expect("prepare");
+        let key = p.keys.iter().next().expect("a key").clone();
+        let copy = dir.path().join("inputs").join(&key).join("init");
+        crate::fsutil::make_writable(&copy).expect("writable");
+        std::fs::write(copy.join("pid"), "42").expect("a container writes");
+        let again = prepare(&layout, &e, &resolved(&e), "shop").expect("prepare again");
+        assert_eq!(again.keys, p.keys, "same content address");
+        assert_eq!(again.notes.len(), 1, "{:?}", again.notes);
+        assert!(
+            again.notes[0].contains("was changed on disk"),
+            "{:?}",
+            again.notes
+        );
+        assert!(!copy.join("pid").exists(), "fresh copy");
+        assert_eq!(
+            std::fs::read_to_string(copy.join("01.js")).expect("copy"),
+            "one\n"
+        );
+        let aside: Vec<_> = std::fs::read_dir(dir.path().join("inputs"))
+            .expect("inputs")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".changed-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "the changed copy is kept");
+        assert!(aside[0].path().join("init/pid").is_file());
+    }
+}

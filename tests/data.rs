@@ -2,8 +2,8 @@
 //! the data and the previous generation, rollback across migrations with `--restore-data`,
 //! backup retention, environments, preflight and deploy notifications.
 
-use smoker_testkit::per_frontend;
 use smoker_testkit::images::version_at;
+use smoker_testkit::per_frontend;
 use smoker_testkit::project::SVC;
 use smoker_testkit::{Project, Testbed, http, sha256_hex, text};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};

@@ -10,13 +10,13 @@ use smoker_build::release::{self, OfflineImages, SourceInfo};
 use smoker_format::image_archive::local_reference;
 use smoker_format::manifest::Arch;
 use smoker_format::signing::SecretKey;
-use smoker_testkit::per_frontend;
 use smoker_testkit::bundle::extract_from_bundle;
 use smoker_testkit::docker::{
     docker, image_inspect, require_docker, require_docker_compose, running_containers,
 };
 use smoker_testkit::host::assert_no_route_out;
 use smoker_testkit::images::{remove_image, unique_testsvc, wait_version};
+use smoker_testkit::per_frontend;
 use smoker_testkit::ports::free_port;
 use smoker_testkit::project::{WebService, docker_health_recipe, single_image_lock};
 use smoker_testkit::{Cleanup, Host, Project, Pushed, Registry, Release, http, stderr, text};

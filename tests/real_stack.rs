@@ -94,7 +94,8 @@ fn real_stack(frontend: &str) {
     );
     assert!(err.contains("503"), "[{frontend}] says what it saw: {err}");
     assert!(err.contains("rolled back"), "[{frontend}] {err}");
-    let decided: u64 = decided_ms(&err).unwrap_or_else(|| panic!("[{frontend}] the report says when it decided: {err}"));
+    let decided: u64 = decided_ms(&err)
+        .unwrap_or_else(|| panic!("[{frontend}] the report says when it decided: {err}"));
     assert!(
         decided <= 10_000,
         "[{frontend}] detected {decided} ms after the backend started (goal: 10 s): {err}"
@@ -201,9 +202,17 @@ fn preflight_names_what_this_host_cannot_run(frontend: &str) {
     if capabilities["ok"] == false {
         assert!(!out.status.success(), "[{frontend}] {}", text(&out));
         let apply = host.apply(&project, &bundle);
-        assert!(!apply.status.success(), "[{frontend}] apply must refuse too");
         assert!(
-            !host.root().join("profiles").join(RECIPE).join("current").exists(),
+            !apply.status.success(),
+            "[{frontend}] apply must refuse too"
+        );
+        assert!(
+            !host
+                .root()
+                .join("profiles")
+                .join(RECIPE)
+                .join("current")
+                .exists(),
             "[{frontend}] nothing was switched"
         );
     }
@@ -217,7 +226,11 @@ fn a_second_root_is_refused_on_a_foreign_project(frontend: &str) {
     let v1 = project.release_svc("1.0.0", port, 20, &[("VERSION_TEXT", "v1")]);
     let first = bed.host(Some(frontend));
     let out = first.apply(&project, &v1);
-    assert!(out.status.success(), "[{frontend}] first root: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "[{frontend}] first root: {}",
+        text(&out)
+    );
     let before = container(&first.project, "web");
 
     let second = bed.host(Some(frontend));
@@ -235,12 +248,18 @@ fn a_second_root_is_refused_on_a_foreign_project(frontend: &str) {
     assert!(!out.status.success(), "[{frontend}] {}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("compose project `{}` belongs to another installer", first.project))
-            && err.contains(&first.root().display().to_string())
+        err.contains(&format!(
+            "compose project `{}` belongs to another installer",
+            first.project
+        )) && err.contains(&first.root().display().to_string())
             && err.contains(&second.root().display().to_string()),
         "[{frontend}] names both roots: {err}"
     );
-    assert_eq!(container(&first.project, "web"), before, "[{frontend}] untouched");
+    assert_eq!(
+        container(&first.project, "web"),
+        before,
+        "[{frontend}] untouched"
+    );
 }
 
 per_frontend!(

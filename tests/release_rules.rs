@@ -281,7 +281,10 @@ services:
     assert!(json.contains(r#""requires":{"#), "{json}");
     // A platform that is not the bundle's architecture is refused for that architecture.
     let err = plan(dir.path(), Arch::Armv7).expect_err("amd64 platform in an armv7 bundle");
-    assert!(err.contains("service `web`: `platform: linux/amd64`"), "{err}");
+    assert!(
+        err.contains("service `web`: `platform: linux/amd64`"),
+        "{err}"
+    );
     // The recipe declares its hosts: Engine 24 and compose v1 run neither `start_interval` nor a
     // top-level `name:`; both are named with their fix.
     write(

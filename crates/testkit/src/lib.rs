@@ -37,8 +37,8 @@ pub mod ports;
 pub mod project;
 pub mod registry;
 pub mod repo;
-pub mod stack;
 pub mod run;
+pub mod stack;
 pub mod testbed;
 
 use std::path::{Path, PathBuf};
