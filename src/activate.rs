@@ -93,17 +93,28 @@ pub fn prepare(
     number: u32,
 ) -> Result<Prepared> {
     let storing = crate::gc::storing(t.layout)?;
-    let resolved = match resolved {
-        Some(r) => r,
-        None => runtime.config(&t.bare_stack())?,
-    };
-    let prepared = inputs::prepare(t.layout, t.entry, &resolved, t.profile)?;
+    let prepared = inputs_for(runtime, t, resolved)?;
     if let Some(g) = profile.generation_mut(number) {
         g.inputs = inputs::names(&prepared);
     }
     profile.save()?;
     drop(storing);
     Ok(prepared)
+}
+
+/// The generation's inputs put in place ([`inputs::prepare`]), from `resolved` or, when the
+/// caller has none, from one `compose config` of the bundle's files. The caller holds the gc
+/// lock (shared) until a generation records them.
+pub fn inputs_for(
+    runtime: &Runtime,
+    t: &Target<'_>,
+    resolved: Option<Resolved>,
+) -> Result<Prepared> {
+    let resolved = match resolved {
+        Some(r) => r,
+        None => runtime.config(&t.bare_stack())?,
+    };
+    inputs::prepare(t.layout, t.entry, &resolved, t.profile)
 }
 
 /// Starts generation `number` of `profile` (its entry, project and variables in `t`) and runs

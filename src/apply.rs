@@ -8,7 +8,7 @@
 //! `pending` from before the switch until the gate decides, so an interruption anywhere is
 //! finished by the next run ([`crate::rollback::recover_profile`]).
 
-use crate::activate::{Target, entry_env, env_file_for, gate, up_and_gate};
+use crate::activate::{Target, entry_env, env_file_for, gate, inputs_for, up_and_gate};
 use crate::backup;
 use crate::error::{Error, Result, io_at};
 use crate::fault;
@@ -411,14 +411,9 @@ impl Run<'_> {
             profile: self.name,
             env,
         };
-        let resolved = match resolved {
-            Some(r) => r,
-            None => runtime.config(&t.bare_stack())?,
-        };
-        let layout = self.layout;
-        let prepared = self.timer.time("inputs", || {
-            crate::inputs::prepare(layout, entry, &resolved, &t.profile.to_string())
-        })?;
+        let prepared = self
+            .timer
+            .time("inputs", || inputs_for(runtime, &t, resolved))?;
         for note in &prepared.notes {
             self.progress.info(&format!("warning: {note}"));
         }

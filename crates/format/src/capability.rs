@@ -8,34 +8,11 @@
 //! function, [`problems`], decides for both.
 
 use crate::manifest::Arch;
+pub use crate::manifest::Needs;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// Engine version from which healthcheck `start_interval` works (API 1.44).
 pub const START_INTERVAL_ENGINE: (u32, u32) = (25, 0);
-
-/// Features of a compose file that not every engine or compose front end runs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Needs {
-    /// Services whose healthcheck sets `start_interval` (Docker Engine 25 or later).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub start_interval: Vec<String>,
-    /// The file sets a top-level `name:` (compose v2 only; v1 rejects the file).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub project_name: bool,
-    /// Services with a `platform:`, and the platform.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub platforms: BTreeMap<String, String>,
-}
-
-impl Needs {
-    /// True when the stack needs nothing special (not serialized then, so manifests keep their
-    /// bytes).
-    pub fn is_empty(&self) -> bool {
-        self.start_interval.is_empty() && !self.project_name && self.platforms.is_empty()
-    }
-}
 
 /// A compose front end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -123,8 +123,32 @@ pub struct Manifest {
     pub host_access: std::collections::BTreeMap<String, crate::host_access::HostAccess>,
     /// Features of the compose file that not every engine or compose front end runs (see
     /// [`crate::capability`]); absent (and not serialized) when there are none.
-    #[serde(default, skip_serializing_if = "crate::capability::Needs::is_empty")]
-    pub requires: crate::capability::Needs,
+    #[serde(default, skip_serializing_if = "Needs::is_empty")]
+    pub requires: Needs,
+}
+
+/// Features of a compose file that not every engine or compose front end runs (the rules that
+/// judge them against a host are in [`crate::capability`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Needs {
+    /// Services whose healthcheck sets `start_interval` (Docker Engine 25 or later).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start_interval: Vec<String>,
+    /// The file sets a top-level `name:` (compose v2 only; v1 rejects the file).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub project_name: bool,
+    /// Services with a `platform:`, and the platform.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub platforms: std::collections::BTreeMap<String, String>,
+}
+
+impl Needs {
+    /// True when the stack needs nothing special (not serialized then, so manifests keep their
+    /// bytes).
+    pub fn is_empty(&self) -> bool {
+        self.start_interval.is_empty() && !self.project_name && self.platforms.is_empty()
+    }
 }
 
 /// Provenance of a bundle.
