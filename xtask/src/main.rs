@@ -240,12 +240,21 @@ fn cmd_lock(args: LockArgs) -> Result<()> {
     if names.is_empty() {
         bail!("no recipes found in {}", recipes_dir.display());
     }
-    let reg = registry::Registries::new()?;
+    let reg = registries(&recipes_dir)?;
     for name in &names {
         lock::lock_recipe(&reg, &recipes_dir, name, &args.arches)
             .with_context(|| format!("locking recipe `{name}`"))?;
     }
     Ok(())
+}
+
+/// A registry client using the project's mirrors (`recipes/registries.toml`, if present).
+fn registries(recipes_dir: &Path) -> Result<registry::Registries> {
+    let mirrors = smoker_build::mirrors::Mirrors::load(recipes_dir)?;
+    if let Some(path) = mirrors.path() {
+        eprintln!("registry mirrors from {}", path.display());
+    }
+    registry::Registries::with_mirrors(mirrors)
 }
 
 /// The default blob cache of a project.
@@ -283,7 +292,7 @@ fn cmd_release(args: ReleaseArgs) -> Result<()> {
     let project = args.project_dir.clone().unwrap_or_else(workspace_root);
     let recipes_dir = project.join("recipes");
     let reg = if args.offline {
-        Some(registry::Registries::new()?)
+        Some(registries(&recipes_dir)?)
     } else {
         None
     };
@@ -416,7 +425,7 @@ fn cmd_verify_rebuild(
     let version = semver::Version::parse(&m.version)?;
     // An offline bundle's image archive is rebuilt from the registry (or the blob cache).
     let reg = if m.images.iter().any(|i| i.archive.is_some()) {
-        Some(registry::Registries::new()?)
+        Some(registries(&recipes_dir)?)
     } else {
         None
     };

@@ -6,7 +6,7 @@
 //! file mtimes — which is what makes bundles reproducible. [`write_release`] signs and writes.
 
 use crate::compose::{self, PinnedService};
-use crate::lock::{Lock, LockError, repository_of};
+use crate::lock::{Lock, LockError, canonical_repository};
 use crate::recipe::Recipe;
 use smoker_format::bundle::write::{Payload, write_bundle};
 use smoker_format::digest::{sha256_file, sha256_hex};
@@ -419,12 +419,15 @@ fn pin_images(
             .lock
             .get(&svc.image, i.arch)
             .ok_or_else(|| LockError::NotLocked {
+                command: format!("cargo xtask lock --recipe {}", i.recipe.name),
                 reference: svc.image.clone(),
                 service: svc.name.clone(),
                 arch: i.arch,
                 path: i.lock_path.to_path_buf(),
             })?;
-        let repository = repository_of(&svc.image).to_string();
+        // The canonical repository (`docker.io/library/mongo`): the host's engine pulls it by
+        // digest through its own mirror settings, whichever mirror the lock was resolved from.
+        let repository = canonical_repository(&svc.image);
         let (pinned, config_digest, archive) = match offline {
             None => (
                 PinnedService {

@@ -11,8 +11,12 @@
 //! Each platform manifest is fetched to record its config digest (the image ID Docker will
 //! report), and the config itself to check it really is for that platform. A tag that has no
 //! image for a requested platform is an error naming the image and the platform.
+//!
+//! References are locked in canonical form (`docker.io/library/mongo:7.0`,
+//! [`crate::lock::canonical`]) and fetched through the project's mirrors
+//! ([`crate::mirrors`]); the mirror that answered is recorded with the image.
 
-use crate::lock::{LOCK_VERSION, Lock, LockedImage, PlatformPin};
+use crate::lock::{LOCK_VERSION, Lock, LockedImage, PlatformPin, canonical};
 use crate::recipe::Recipe;
 use crate::registry::{
     ANY_MANIFEST, Fetched, Fit, IMAGE_MANIFEST, ImageConfig, Platform, Registries, fit,
@@ -23,7 +27,8 @@ use smoker_format::manifest::Arch;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// Every image reference a recipe's compose file names, over all its environments.
+/// Every image reference a recipe's compose file names, over all its environments, in
+/// canonical form.
 pub fn references(recipe: &Recipe) -> Result<BTreeSet<String>> {
     let compose = recipe.dir.join(&recipe.file.compose);
     let text = std::fs::read_to_string(&compose)
@@ -38,7 +43,7 @@ pub fn references(recipe: &Recipe) -> Result<BTreeSet<String>> {
         let config = recipe.config(&env).unwrap_or(&empty);
         let info = crate::compose::analyze(&text, config)
             .with_context(|| format!("recipe `{}`, environment `{env}`", recipe.name))?;
-        out.extend(info.services.into_iter().map(|s| s.image));
+        out.extend(info.services.into_iter().map(|s| canonical(&s.image)));
     }
     Ok(out)
 }
@@ -116,7 +121,8 @@ pub fn resolve(reg: &Registries, reference: &str, arches: &[Arch]) -> Result<Loc
             );
         }
         Ok(LockedImage {
-            reference: reference.to_string(),
+            reference: canonical(reference),
+            mirror: top.mirror,
             index_digest: Some(top.digest),
             platforms,
         })
@@ -139,7 +145,8 @@ pub fn resolve(reg: &Registries, reference: &str, arches: &[Arch]) -> Result<Loc
             );
         }
         Ok(LockedImage {
-            reference: reference.to_string(),
+            reference: canonical(reference),
+            mirror: top.mirror.clone(),
             index_digest: None,
             platforms,
         })
@@ -182,29 +189,39 @@ pub fn diff(old: &Lock, new: &Lock) -> Vec<String> {
         let h = d.trim_start_matches("sha256:");
         format!("sha256:{}", &h[..h.len().min(12)])
     };
-    let old_by: BTreeMap<&str, &LockedImage> = old
+    // Keyed by canonical reference, so a lock written before references were canonical
+    // (`mongo:7.0`) compares with its canonical successor.
+    let old_by: BTreeMap<String, &LockedImage> = old
         .images
         .iter()
-        .map(|i| (i.reference.as_str(), i))
+        .map(|i| (canonical(&i.reference), i))
         .collect();
-    let new_by: BTreeMap<&str, &LockedImage> = new
+    let new_by: BTreeMap<String, &LockedImage> = new
         .images
         .iter()
-        .map(|i| (i.reference.as_str(), i))
+        .map(|i| (canonical(&i.reference), i))
         .collect();
     let mut lines = Vec::new();
     let mut unchanged = 0;
-    for (reference, n) in &new_by {
-        match old_by.get(reference) {
+    for (key, n) in &new_by {
+        let reference = &n.reference;
+        match old_by.get(key) {
             None => {
                 let pins: Vec<String> = n
                     .platforms
                     .iter()
                     .map(|(a, p)| format!("{a} {}", short(&p.digest)))
                     .collect();
-                lines.push(format!("  + {reference}  {}", pins.join("  ")));
+                let via = n
+                    .mirror
+                    .as_deref()
+                    .map(|m| format!("  (via {m})"))
+                    .unwrap_or_default();
+                lines.push(format!("  + {reference}  {}{via}", pins.join("  ")));
             }
-            Some(o) if o == n => unchanged += 1,
+            Some(o) if o.index_digest == n.index_digest && o.platforms == n.platforms => {
+                unchanged += 1
+            }
             Some(o) => {
                 let mut changes = Vec::new();
                 if o.index_digest != n.index_digest {
@@ -250,8 +267,9 @@ pub fn diff(old: &Lock, new: &Lock) -> Vec<String> {
             }
         }
     }
-    for reference in old_by.keys() {
-        if !new_by.contains_key(reference) {
+    for (key, o) in &old_by {
+        if !new_by.contains_key(key) {
+            let reference = &o.reference;
             lines.push(format!("  - {reference}  (no longer used by the recipe)"));
         }
     }
@@ -329,6 +347,7 @@ mod tests {
     fn img(reference: &str, index: Option<&str>, pins: &[(Arch, &str)]) -> LockedImage {
         LockedImage {
             reference: reference.into(),
+            mirror: None,
             index_digest: index.map(str::to_string),
             platforms: pins
                 .iter()
