@@ -74,6 +74,10 @@ struct LockArgs {
     /// Project directory holding `recipes/` (default: the workspace root).
     #[arg(long)]
     project_dir: Option<PathBuf>,
+    /// Release version for recipes with a `version_var`: lock the tags it yields (the lock
+    /// keeps those of other versions).
+    #[arg(long)]
+    version: Option<semver::Version>,
 }
 
 #[derive(clap::Args)]
@@ -107,6 +111,10 @@ struct ReleaseArgs {
     /// the project directory).
     #[arg(long, env = "SMOKER_BLOB_CACHE")]
     blob_cache: Option<PathBuf>,
+    /// Resolve images the lock lacks (e.g. this version's tags) from the registry first,
+    /// print the lock diff and write the lock; for CI pipelines.
+    #[arg(long)]
+    lock: bool,
 }
 
 fn main() {
@@ -242,7 +250,8 @@ fn cmd_lock(args: LockArgs) -> Result<()> {
     }
     let reg = registries(&recipes_dir)?;
     for name in &names {
-        lock::lock_recipe(&reg, &recipes_dir, name, &args.arches)
+        let version = args.version.as_ref().map(ToString::to_string);
+        lock::lock_recipe(&reg, &recipes_dir, name, &args.arches, version.as_deref())
             .with_context(|| format!("locking recipe `{name}`"))?;
     }
     Ok(())
@@ -280,7 +289,7 @@ fn plan_bundle(
         )?);
     };
     // The images first (no payload is read or hashed for this), then the bundle, planned once.
-    let pinned = release::pinned_images(recipe, lock, lock_path, arch, env)?;
+    let pinned = release::pinned_images(recipe, lock, lock_path, arch, env, version)?;
     let images = offline::build(reg, cache, arch, &pinned)
         .with_context(|| format!("building the {arch} image archive of `{}`", recipe.name))?;
     Ok(release::plan_offline(
@@ -291,7 +300,7 @@ fn plan_bundle(
 fn cmd_release(args: ReleaseArgs) -> Result<()> {
     let project = args.project_dir.clone().unwrap_or_else(workspace_root);
     let recipes_dir = project.join("recipes");
-    let reg = if args.offline {
+    let reg = if args.offline || args.lock {
         Some(registries(&recipes_dir)?)
     } else {
         None
@@ -300,7 +309,10 @@ fn cmd_release(args: ReleaseArgs) -> Result<()> {
         .blob_cache
         .clone()
         .unwrap_or_else(|| default_blob_cache(&project));
-    let offline = reg.as_ref().map(|r| (r, cache.as_path()));
+    let offline = reg
+        .as_ref()
+        .filter(|_| args.offline)
+        .map(|r| (r, cache.as_path()));
     let key = SecretKey::load(&args.secret_key, None)
         .with_context(|| format!("loading the signing key {}", args.secret_key.display()))?;
     let names = if args.recipes.is_empty() {
@@ -320,7 +332,13 @@ fn cmd_release(args: ReleaseArgs) -> Result<()> {
     for name in &names {
         let recipe = Recipe::load(&recipes_dir, name)?;
         let lock_path = Lock::path(&recipes_dir, name);
-        let lock = Lock::load(&lock_path, name)?;
+        let lock = match (&reg, args.lock) {
+            (Some(reg), true) => {
+                lock::lock_missing(reg, &recipes_dir, name, &arches, &args.version.to_string())
+                    .with_context(|| format!("locking the missing images of recipe `{name}`"))?
+            }
+            _ => Lock::load(&lock_path, name)?,
+        };
         let source = release::source_info(&recipe, &lock_path)?;
         if source.dirty {
             eprintln!(

@@ -173,6 +173,7 @@ struct Inputs<'a> {
     lock_path: &'a Path,
     arch: Arch,
     env: &'a str,
+    version: &'a semver::Version,
 }
 
 impl<'a> Inputs<'a> {
@@ -182,6 +183,7 @@ impl<'a> Inputs<'a> {
         lock_path: &'a Path,
         arch: Arch,
         env: &'a str,
+        version: &'a semver::Version,
     ) -> Inputs<'a> {
         Inputs {
             recipe,
@@ -189,16 +191,19 @@ impl<'a> Inputs<'a> {
             lock_path,
             arch,
             env,
+            version,
         }
     }
 }
 
 /// The compose file of a recipe, read for one environment.
-struct Compose<'a> {
+struct Compose {
     /// Path of the compose file inside the recipe.
     rel: String,
     info: compose::ComposeInfo,
-    config: &'a BTreeMap<String, String>,
+    /// The environment's configuration, plus the release version in the recipe's
+    /// `version_var`.
+    config: BTreeMap<String, String>,
 }
 
 /// Payload sources by path inside the bundle, with their modes.
@@ -214,8 +219,8 @@ pub fn plan(
     version: &semver::Version,
     source: &SourceInfo,
 ) -> Result<Plan, ReleaseError> {
-    let inputs = Inputs::new(recipe, lock, lock_path, arch, env);
-    plan_with(&inputs, version, source, None)
+    let inputs = Inputs::new(recipe, lock, lock_path, arch, env, version);
+    plan_with(&inputs, source, None)
 }
 
 /// Computes one offline bundle's manifest and payload: like [`plan`], plus the image archive
@@ -232,8 +237,8 @@ pub fn plan_offline(
     source: &SourceInfo,
     offline: &OfflineImages,
 ) -> Result<Plan, ReleaseError> {
-    let inputs = Inputs::new(recipe, lock, lock_path, arch, env);
-    plan_with(&inputs, version, source, Some(offline))
+    let inputs = Inputs::new(recipe, lock, lock_path, arch, env, version);
+    plan_with(&inputs, source, Some(offline))
 }
 
 /// The images one bundle pins, as its manifest will list them (online form), without reading
@@ -244,15 +249,15 @@ pub fn pinned_images(
     lock_path: &Path,
     arch: Arch,
     env: &str,
+    version: &semver::Version,
 ) -> Result<Vec<Image>, ReleaseError> {
-    let inputs = Inputs::new(recipe, lock, lock_path, arch, env);
+    let inputs = Inputs::new(recipe, lock, lock_path, arch, env, version);
     let compose = read_compose(&inputs)?;
     Ok(pin_images(&inputs, &compose, None)?.0)
 }
 
 fn plan_with(
     i: &Inputs<'_>,
-    version: &semver::Version,
     source: &SourceInfo,
     offline: Option<&OfflineImages>,
 ) -> Result<Plan, ReleaseError> {
@@ -279,7 +284,7 @@ fn plan_with(
     let env_file = format!("config/{}.env", i.env);
     files.insert(
         env_file.clone(),
-        (Payload::Bytes(env_text(i.env, compose.config)?), 0o644),
+        (Payload::Bytes(env_text(i.env, &compose.config)?), 0o644),
     );
     let migration_paths = add_migrations(i.recipe, &root, &mut files)?;
     let entries = hash_payload(files)?;
@@ -302,7 +307,7 @@ fn plan_with(
     let manifest = Manifest {
         format: FORMAT_VERSION,
         name: recipe.name.clone(),
-        version: version.to_string(),
+        version: i.version.to_string(),
         arch: i.arch,
         environment: i.env.to_string(),
         source: Source {
@@ -336,10 +341,11 @@ fn plan_with(
 }
 
 /// Reads the recipe's compose file with the environment's configuration.
-fn read_compose<'a>(i: &Inputs<'a>) -> Result<Compose<'a>, ReleaseError> {
+fn read_compose(i: &Inputs<'_>) -> Result<Compose, ReleaseError> {
     let (recipe, env) = (i.recipe, i.env);
     let rname = &recipe.name;
-    let config = recipe.config(env).ok_or_else(|| {
+    let version = i.version.to_string();
+    let config = recipe.interpolation(env, Some(&version)).ok_or_else(|| {
         ReleaseError::Invalid(format!(
             "recipe `{rname}` has no environment `{env}` (it has: {})",
             recipe.environments().join(", ")
@@ -354,7 +360,7 @@ fn read_compose<'a>(i: &Inputs<'a>) -> Result<Compose<'a>, ReleaseError> {
     })?;
     let path = recipe.dir.join(&rel);
     let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    let info = compose::analyze(&text, config).map_err(|source| ReleaseError::Compose {
+    let info = compose::analyze(&text, &config).map_err(|source| ReleaseError::Compose {
         recipe: rname.clone(),
         source,
     })?;
@@ -363,7 +369,7 @@ fn read_compose<'a>(i: &Inputs<'a>) -> Result<Compose<'a>, ReleaseError> {
 
 /// The compose file and every file it references by relative path (resolved against the
 /// compose file's directory), under `stack/`.
-fn stack_files(i: &Inputs<'_>, compose: &Compose<'_>, root: &Path) -> Result<Files, ReleaseError> {
+fn stack_files(i: &Inputs<'_>, compose: &Compose, root: &Path) -> Result<Files, ReleaseError> {
     let rname = &i.recipe.name;
     let mut files = Files::new();
     add_file(&mut files, root, &compose.rel, rname, "the recipe")?;
@@ -409,7 +415,7 @@ fn stack_files(i: &Inputs<'_>, compose: &Compose<'_>, root: &Path) -> Result<Fil
 /// (sorted by service) and the pin override's entries.
 fn pin_images(
     i: &Inputs<'_>,
-    compose: &Compose<'_>,
+    compose: &Compose,
     offline: Option<&OfflineImages>,
 ) -> Result<(Vec<Image>, BTreeMap<String, PinnedService>), ReleaseError> {
     let mut images = Vec::new();
@@ -419,7 +425,13 @@ fn pin_images(
             .lock
             .get(&svc.image, i.arch)
             .ok_or_else(|| LockError::NotLocked {
-                command: format!("cargo xtask lock --recipe {}", i.recipe.name),
+                command: match &i.recipe.file.version_var {
+                    Some(_) => format!(
+                        "cargo xtask lock --recipe {} --version {}",
+                        i.recipe.name, i.version
+                    ),
+                    None => format!("cargo xtask lock --recipe {}", i.recipe.name),
+                },
                 reference: svc.image.clone(),
                 service: svc.name.clone(),
                 arch: i.arch,

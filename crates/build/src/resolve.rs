@@ -28,8 +28,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Every image reference a recipe's compose file names, over all its environments, in
-/// canonical form.
-pub fn references(recipe: &Recipe) -> Result<BTreeSet<String>> {
+/// canonical form; `version` is the value of the recipe's `version_var`, if any.
+pub fn references(recipe: &Recipe, version: Option<&str>) -> Result<BTreeSet<String>> {
     let compose = recipe.dir.join(&recipe.file.compose);
     let text = std::fs::read_to_string(&compose)
         .with_context(|| format!("reading {}", compose.display()))?;
@@ -39,9 +39,8 @@ pub fn references(recipe: &Recipe) -> Result<BTreeSet<String>> {
     }
     let mut out = BTreeSet::new();
     for env in envs {
-        let empty = BTreeMap::new();
-        let config = recipe.config(&env).unwrap_or(&empty);
-        let info = crate::compose::analyze(&text, config)
+        let config = recipe.interpolation(&env, version).unwrap_or_default();
+        let info = crate::compose::analyze(&text, &config)
             .with_context(|| format!("recipe `{}`, environment `{env}`", recipe.name))?;
         out.extend(info.services.into_iter().map(|s| canonical(&s.image)));
     }
@@ -279,40 +278,42 @@ pub fn diff(old: &Lock, new: &Lock) -> Vec<String> {
     lines
 }
 
-/// Locks one recipe: resolves every reference, prints what changed, writes the lock file.
-/// `arches` empty means: the architectures of the previous lock, or amd64 and armv7.
-pub fn lock_recipe(
-    reg: &Registries,
-    recipes_dir: &Path,
-    name: &str,
-    arches: &[Arch],
-) -> Result<()> {
-    let recipe = Recipe::load(recipes_dir, name)?;
-    let path = Lock::path(recipes_dir, name);
-    let old = if path.exists() {
-        Lock::load(&path, name)?
+/// The lock of a recipe as it is on disk, or an empty one.
+fn previous_lock(path: &Path, name: &str) -> Result<Lock> {
+    Ok(if path.exists() {
+        Lock::load(path, name)?
     } else {
         Lock {
             version: LOCK_VERSION,
             images: Vec::new(),
         }
-    };
-    let arches: Vec<Arch> = if !arches.is_empty() {
-        arches.to_vec()
+    })
+}
+
+/// `arches`, or when empty: the architectures of `old`, or amd64 and armv7 for a new lock.
+fn lock_arches(old: &Lock, arches: &[Arch]) -> Vec<Arch> {
+    if !arches.is_empty() {
+        return arches.to_vec();
+    }
+    let previous: BTreeSet<Arch> = old
+        .images
+        .iter()
+        .flat_map(|i| i.platforms.keys().copied())
+        .collect();
+    if previous.is_empty() {
+        Arch::ALL.to_vec()
     } else {
-        let previous: BTreeSet<Arch> = old
-            .images
-            .iter()
-            .flat_map(|i| i.platforms.keys().copied())
-            .collect();
-        if previous.is_empty() {
-            Arch::ALL.to_vec()
-        } else {
-            previous.into_iter().collect()
-        }
-    };
+        previous.into_iter().collect()
+    }
+}
+
+fn resolve_all(
+    reg: &Registries,
+    refs: &BTreeSet<String>,
+    arches: &[Arch],
+) -> Result<Vec<LockedImage>> {
     let mut images = Vec::new();
-    for reference in references(&recipe)? {
+    for reference in refs {
         eprintln!(
             "resolving {reference} for {}",
             arches
@@ -321,13 +322,32 @@ pub fn lock_recipe(
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        images.push(resolve(reg, &reference, &arches)?);
+        images.push(resolve(reg, reference, arches)?);
     }
-    let new = Lock {
+    Ok(images)
+}
+
+/// `resolved` replacing the entries of `old` for the same images; the other entries of `old`
+/// are kept when `keep_others`. Sorted by canonical reference.
+fn merged(old: &Lock, resolved: Vec<LockedImage>, keep_others: bool) -> Lock {
+    let mut by: BTreeMap<String, LockedImage> = BTreeMap::new();
+    if keep_others {
+        for i in &old.images {
+            by.insert(canonical(&i.reference), i.clone());
+        }
+    }
+    for i in resolved {
+        by.insert(canonical(&i.reference), i);
+    }
+    Lock {
         version: LOCK_VERSION,
-        images,
-    };
-    let changes = diff(&old, &new);
+        images: by.into_values().collect(),
+    }
+}
+
+/// Prints the lock diff under the lock's path and writes the new lock.
+fn write_lock(path: &Path, old: &Lock, new: &Lock) -> Result<()> {
+    let changes = diff(old, new);
     println!("{}:", path.display());
     if changes.iter().all(|l| l.starts_with("  =")) && old.images.len() == new.images.len() {
         println!("  unchanged ({} image(s))", new.images.len());
@@ -336,8 +356,64 @@ pub fn lock_recipe(
             println!("{l}");
         }
     }
-    crate::release::write_atomic(&path, new.to_toml().as_bytes())?;
+    crate::release::write_atomic(path, new.to_toml().as_bytes())?;
     Ok(())
+}
+
+/// Locks one recipe: resolves every reference, prints what changed, writes the lock file.
+/// `arches` empty means: the architectures of the previous lock, or amd64 and armv7.
+///
+/// `version` sets the recipe's `version_var` for interpolation (without it, the compose
+/// file's default applies). A recipe with a `version_var` keeps the lock's entries of other
+/// versions (they are what earlier releases are rebuilt from); any other recipe's lock holds
+/// exactly the images its compose file names.
+pub fn lock_recipe(
+    reg: &Registries,
+    recipes_dir: &Path,
+    name: &str,
+    arches: &[Arch],
+    version: Option<&str>,
+) -> Result<()> {
+    let recipe = Recipe::load(recipes_dir, name)?;
+    let path = Lock::path(recipes_dir, name);
+    let old = previous_lock(&path, name)?;
+    let arches = lock_arches(&old, arches);
+    let images = resolve_all(reg, &references(&recipe, version)?, &arches)?;
+    let new = merged(&old, images, recipe.file.version_var.is_some());
+    write_lock(&path, &old, &new)
+}
+
+/// `release --lock`: resolves only the images of `version` that the lock lacks for one of
+/// `arches` (for those and the lock's other architectures), prints the lock diff, writes the
+/// lock and returns it. Nothing is asked of a registry when every image is locked.
+pub fn lock_missing(
+    reg: &Registries,
+    recipes_dir: &Path,
+    name: &str,
+    arches: &[Arch],
+    version: &str,
+) -> Result<Lock> {
+    let recipe = Recipe::load(recipes_dir, name)?;
+    let path = Lock::path(recipes_dir, name);
+    let old = previous_lock(&path, name)?;
+    let refs = references(&recipe, Some(version))?;
+    let missing: BTreeSet<String> = refs
+        .into_iter()
+        .filter(|r| arches.iter().any(|a| old.get(r, *a).is_none()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(old);
+    }
+    let mut all: BTreeSet<Arch> = arches.iter().copied().collect();
+    all.extend(lock_arches(&old, &[]));
+    if old.images.is_empty() {
+        all = arches.iter().copied().collect();
+    }
+    let all: Vec<Arch> = all.into_iter().collect();
+    let images = resolve_all(reg, &missing, &all)?;
+    let new = merged(&old, images, true);
+    write_lock(&path, &old, &new)?;
+    Ok(new)
 }
 
 #[cfg(test)]
