@@ -120,3 +120,111 @@ fn the_release_version_flows_into_image_tags_and_missing_tags_are_locked_on_dema
     assert!(out.status.success(), "{}", text(&out));
     assert!(!stderr(&out).contains("resolving"), "{}", text(&out));
 }
+
+/// A project whose recipe `app` runs `compose` with every image it names locked (placeholder
+/// digests: nothing is pulled).
+fn locked_project(compose: &str, images: &[&str]) -> Project {
+    let ws = Project::cli();
+    ws.write_recipe("app", compose, &docker_health_recipe(8080, "v1", "prod"));
+    let mut lock = Lock {
+        version: 1,
+        images: Vec::new(),
+    };
+    for (n, image) in images.iter().enumerate() {
+        let one = smoker_testkit::project::single_image_lock(
+            image,
+            Arch::Amd64,
+            &format!(
+                "sha256:{}",
+                format!("{n:x}").repeat(64).get(..64).unwrap_or("")
+            ),
+            &format!("sha256:{}", "c".repeat(64)),
+        );
+        lock.images.extend(one.images);
+    }
+    smoker_testkit::write_file(&Lock::path(&ws.recipes(), "app"), lock.to_toml());
+    ws
+}
+
+#[test]
+fn release_refuses_a_compose_file_the_compose_front_end_rejects() {
+    // Valid YAML with an image per service, so release's own reading accepts it; compose
+    // refuses a dependency on a service that does not exist.
+    let ws = locked_project(
+        "services:\n  app:\n    image: reg.example/app:1\n    depends_on:\n      - database\n",
+        &["reg.example/app:1"],
+    );
+    let out = release(&ws, "app", "1.0.0", &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("config` rejects the compose files of `app` (prod)")
+            && err.contains("database"),
+        "compose's own error is shown: {err}"
+    );
+    assert!(
+        !ws.bundle("out/1.0.0", "prod", "app", "1.0.0", "amd64")
+            .exists(),
+        "no bundle is written"
+    );
+
+    // The same project with the dependency defined releases.
+    let fixed = locked_project(
+        "services:\n  app:\n    image: reg.example/app:1\n    depends_on:\n      - database\n  database:\n    image: reg.example/db:1\n",
+        &["reg.example/app:1", "reg.example/db:1"],
+    );
+    let out = release(&fixed, "app", "1.0.0", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn release_warns_about_docker_socket_and_pull_always_and_explains_escaping_paths() {
+    let ws = locked_project(
+        "services:\n  app:\n    image: reg.example/app:1\n    pull_policy: always\n  watchtower:\n    image: containrrr/watchtower:1.7.1\n    volumes:\n      - /var/run/docker.sock:/var/run/docker.sock\n",
+        &["reg.example/app:1", "containrrr/watchtower:1.7.1"],
+    );
+    let out = release(&ws, "app", "1.0.0", &[]);
+    assert!(out.status.success(), "warnings do not fail: {}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: recipe `app` (prod): service `watchtower` mounts the Docker socket (/var/run/docker.sock)")
+            && err.contains("remove the service"),
+        "{err}"
+    );
+    assert!(
+        err.contains("service `app` has `pull_policy: always`") && err.contains("remove it"),
+        "{err}"
+    );
+    // The lock canonicalises Docker Hub names; the compose file's short form still finds it.
+    let m = smoker_format::bundle::read::inspect_file(&ws.bundle(
+        "out/1.0.0",
+        "prod",
+        "app",
+        "1.0.0",
+        "amd64",
+    ))
+    .expect("bundle verifies")
+    .manifest;
+    assert!(
+        m.images
+            .iter()
+            .any(|i| i.repository == "docker.io/containrrr/watchtower"),
+        "{:?}",
+        m.images
+    );
+
+    // A data directory outside the recipe: refused, with the ways out.
+    let escaping = locked_project(
+        "services:\n  app:\n    image: reg.example/app:1\n    volumes:\n      - ./../../../../database:/data/db\n",
+        &["reg.example/app:1"],
+    );
+    let out = release(&escaping, "app", "1.0.0", &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("escapes the recipe directory")
+            && err.contains("named volume")
+            && err.contains("bind_mounts"),
+        "{err}"
+    );
+}

@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's build and release tasks.
 //!
 //! - `lock`: resolve every image tag of a recipe to per-architecture digests.
-//! - `release`: recipes + lock → signed, reproducible bundles (`--offline`: with the images).
+//! - `release`: recipes + lock → signed, reproducible bundles (`--offline`: with the images;
+//!   `--lock`: lock missing tags first); each bundle's compose files are checked by the
+//!   compose front end's own `config` before it is written.
 //! - `keygen`: a minisign key pair for signing releases.
 //! - `verify-rebuild`: rebuild a bundle from its recorded source and compare.
 //! - `armv7`: cross-build the installer for the Pi and test it under qemu (see `armv7.rs`).
@@ -328,6 +330,7 @@ fn cmd_release(args: ReleaseArgs) -> Result<()> {
     } else {
         args.arches.clone()
     };
+    let frontend = smoker_build::composecheck::frontend()?;
     let mut written: std::collections::BTreeMap<PathBuf, Vec<PathBuf>> = Default::default();
     for name in &names {
         let recipe = Recipe::load(&recipes_dir, name)?;
@@ -359,6 +362,10 @@ fn cmd_release(args: ReleaseArgs) -> Result<()> {
             args.envs.clone()
         };
         for env in &envs {
+            let info = release::compose_info(&recipe, env, &args.version)?;
+            for w in smoker_build::composecheck::warnings(&info) {
+                eprintln!("warning: recipe `{name}` ({env}): {w}");
+            }
             for arch in &arches {
                 let plan = plan_bundle(
                     &recipe,
@@ -370,6 +377,7 @@ fn cmd_release(args: ReleaseArgs) -> Result<()> {
                     &source,
                     offline,
                 )?;
+                smoker_build::composecheck::check(&frontend, &plan)?;
                 let dir = args.out.join(env);
                 let w = release::write_release(&plan, &key, &dir)?;
                 println!("{}  {}  ({} bytes)", w.sha256, w.path.display(), w.size);

@@ -342,9 +342,26 @@ fn plan_with(
 
 /// Reads the recipe's compose file with the environment's configuration.
 fn read_compose(i: &Inputs<'_>) -> Result<Compose, ReleaseError> {
-    let (recipe, env) = (i.recipe, i.env);
+    read_compose_for(i.recipe, i.env, i.version)
+}
+
+/// The recipe's compose file as release reads it for `env` and `version` (images, references,
+/// host access), for checks outside a plan.
+pub fn compose_info(
+    recipe: &Recipe,
+    env: &str,
+    version: &semver::Version,
+) -> Result<compose::ComposeInfo, ReleaseError> {
+    Ok(read_compose_for(recipe, env, version)?.info)
+}
+
+fn read_compose_for(
+    recipe: &Recipe,
+    env: &str,
+    version: &semver::Version,
+) -> Result<Compose, ReleaseError> {
     let rname = &recipe.name;
-    let version = i.version.to_string();
+    let version = version.to_string();
     let config = recipe.interpolation(env, Some(&version)).ok_or_else(|| {
         ReleaseError::Invalid(format!(
             "recipe `{rname}` has no environment `{env}` (it has: {})",
@@ -382,7 +399,7 @@ fn stack_files(i: &Inputs<'_>, compose: &Compose, root: &Path) -> Result<Files, 
         let rel = normalize(&joined.to_string_lossy()).ok_or_else(|| ReleaseError::Reference {
             recipe: rname.clone(),
             message: format!(
-                "{} refers to `{}` ({}), which escapes the recipe directory",
+                "{} refers to `{}` ({}), which escapes the recipe directory; a bundle carries only the recipe's files. For data (a database directory), use a named volume (`- dbdata:/data/db` plus `volumes: {{dbdata: {{}}}}`); for a directory that lives on the host, write its absolute path (e.g. `/srv/app/database`), which release signs as host access and the host must allow under `[policy.<profile>]` `bind_mounts`; for a file the stack needs, move it into the recipe directory",
                 r.owner, r.path, r.kind
             ),
         })?;
