@@ -24,6 +24,7 @@ pub mod hostlock;
 pub mod images;
 pub mod inspect;
 pub mod layout;
+pub mod lifecycle;
 pub mod migrate;
 pub mod notify;
 pub mod ops;

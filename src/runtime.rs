@@ -536,3 +536,13 @@ impl Runtime {
         Ok((value, lines))
     }
 }
+
+/// Lifecycle of a running stack (`smoker-install stop`, see [`crate::lifecycle`]).
+impl Runtime {
+    /// `compose stop` for a generation: its containers stopped and kept, so `compose up`
+    /// starts the same containers again.
+    pub fn stop(&self, stack: &Stack<'_>) -> Result<()> {
+        self.compose(stack, &["stop"], "stopping the containers")
+            .map(|_| ())
+    }
+}

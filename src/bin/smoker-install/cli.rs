@@ -207,6 +207,36 @@ pub enum Cmd {
         /// The stick's mount point.
         dir: PathBuf,
     },
+    /// Stop a profile's containers (kept, not removed); its generation stays current and
+    /// `status` says stopped until `start`, `apply` or `rollback`.
+    Stop {
+        /// Profile.
+        profile: String,
+        /// Wait for the profile lock instead of failing.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Start a stopped profile's current generation again, health gate included.
+    Start {
+        /// Profile.
+        profile: String,
+        /// Wait for the profile lock instead of failing.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Take a profile's stack down (`compose down`; named volumes kept) and forget the
+    /// profile; store entries and images go at the next `gc`, backups stay unless
+    /// --purge-backups.
+    Remove {
+        /// Profile.
+        profile: String,
+        /// Delete the profile's backups too.
+        #[arg(long)]
+        purge_backups: bool,
+        /// Wait for the profile lock instead of failing.
+        #[arg(long)]
+        wait: bool,
+    },
     /// The audit log.
     Audit {
         /// What to do with it.
@@ -253,6 +283,9 @@ impl Cmd {
             Cmd::Gc { .. } => "gc",
             Cmd::Unlock { .. } => "unlock",
             Cmd::UsbLog { .. } => "usb-log",
+            Cmd::Stop { .. } => "stop",
+            Cmd::Start { .. } => "start",
+            Cmd::Remove { .. } => "remove",
             Cmd::Audit {
                 cmd: AuditCmd::Verify,
             } => "audit verify",
