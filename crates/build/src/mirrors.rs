@@ -259,6 +259,23 @@ impl Mirrors {
     }
 }
 
+/// True for registries reached over loopback (`127.0.0.0/8`, `::1`, `localhost`): the only
+/// ones spoken to over plain HTTP without being declared.
+pub fn is_loopback(registry: &str) -> bool {
+    let host = if let Some(rest) = registry.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        registry
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(registry)
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Parses one mirror URL.
 fn parse_mirror(url: &str, plain_http_declared: bool) -> Result<Mirror, String> {
     let (plain, rest) = if let Some(rest) = url.strip_prefix("https://") {
@@ -291,7 +308,7 @@ fn parse_mirror(url: &str, plain_http_declared: bool) -> Result<Mirror, String> 
             "the path `{prefix}` is not a repository prefix (lowercase letters, digits, `.`, `_`, `-`, separated by `/`)"
         ));
     }
-    let loopback = crate::registry::is_loopback(host);
+    let loopback = is_loopback(host);
     if plain && !loopback && !plain_http_declared {
         return Err(format!(
             "plain HTTP to {host}, which is not on loopback, must be declared: add `plain_http = true` to this registry's section (anyone on the path can then change what a tag resolves to), or use https://"

@@ -252,21 +252,7 @@ fn credential_note(registry: &str) -> (RegistryAuth, String) {
     (RegistryAuth::Anonymous, note)
 }
 
-/// True for registries reached over loopback (the only ones allowed plain HTTP).
-pub fn is_loopback(registry: &str) -> bool {
-    let host = if let Some(rest) = registry.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
-    } else {
-        registry
-            .rsplit_once(':')
-            .map(|(h, _)| h)
-            .unwrap_or(registry)
-    };
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
+pub use crate::mirrors::is_loopback;
 
 /// Parses an image reference (Docker's normalisation: `mongo:7` is `docker.io/library/mongo:7`).
 pub fn parse_reference(reference: &str) -> Result<Reference> {
@@ -480,9 +466,8 @@ impl Registries {
     /// Fetches a blob into the file `dest` (written under a temporary name, checked against
     /// its digest and size, then renamed into place), through `r`'s mirrors when it has some.
     pub fn blob_to_file(&self, r: &Reference, desc: &Descriptor, dest: &Path) -> Result<()> {
-        Ok(self
-            .through_sources(r, |s| self.blob_to_file_from(s, desc, dest))?
-            .0)
+        self.through_sources(r, |s| self.blob_to_file_from(s, desc, dest))?;
+        Ok(())
     }
 
     fn blob_to_file_from(&self, r: &Reference, desc: &Descriptor, dest: &Path) -> Result<()> {
