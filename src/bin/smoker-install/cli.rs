@@ -207,8 +207,10 @@ pub enum Cmd {
         /// The stick's mount point.
         dir: PathBuf,
     },
-    /// Stop a profile's containers (kept, not removed); its generation stays current and
-    /// `status` says stopped until `start`, `apply` or `rollback`.
+    /// Stop a profile's containers; its generation stays current (`start` starts it again).
+    ///
+    /// The containers are kept, not removed; `status` says the profile is stopped until
+    /// `start`, `apply` or `rollback` starts a generation again.
     Stop {
         /// Profile.
         profile: String,
@@ -216,7 +218,7 @@ pub enum Cmd {
         #[arg(long)]
         wait: bool,
     },
-    /// Start a stopped profile's current generation again, health gate included.
+    /// Start a stopped profile's current generation again, through the health gate.
     Start {
         /// Profile.
         profile: String,
@@ -224,9 +226,11 @@ pub enum Cmd {
         #[arg(long)]
         wait: bool,
     },
-    /// Take a profile's stack down (`compose down`; named volumes kept) and forget the
-    /// profile; store entries and images go at the next `gc`, backups stay unless
-    /// --purge-backups.
+    /// Take a profile's stack down and forget the profile (named volumes and backups kept).
+    ///
+    /// `compose down` removes its containers and networks; named volumes stay. Store entries
+    /// and images go at the next `gc`; backups stay unless --purge-backups; the profile's
+    /// anti-rollback floor stays too.
     Remove {
         /// Profile.
         profile: String,
