@@ -228,3 +228,51 @@ fn release_warns_about_docker_socket_and_pull_always_and_explains_escaping_paths
         "{err}"
     );
 }
+
+#[test]
+fn release_without_a_compose_front_end_fails_and_says_what_to_install() {
+    let ws = locked_project(
+        "services:\n  app:\n    image: reg.example/app:1\n",
+        &["reg.example/app:1"],
+    );
+    // Neither `docker` nor `docker-compose` can be found.
+    let empty = smoker_testkit::tempdir("smoker-test-empty-path-");
+    let path = empty.path().display().to_string();
+    let dir = ws.path().display().to_string();
+    let key = ws.key.display().to_string();
+    let out_dir = ws.path().join("out").display().to_string();
+    let args = [
+        "release",
+        "--project-dir",
+        &dir,
+        "--recipe",
+        "app",
+        "--arch",
+        "amd64",
+        "--env",
+        "prod",
+        "--secret-key",
+        &key,
+        "--version",
+        "1.0.0",
+        "--out",
+        &out_dir,
+    ];
+    let out = ws.xtask(&args, &[("PATH", &path), ("SMOKER_COMPOSE", "")]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("neither `docker compose` (v2) nor `docker-compose` (v1) is installed")
+            && err.contains("docker-compose-plugin"),
+        "{err}"
+    );
+    // A front end named that does not exist is refused too.
+    let out = ws.xtask(&args, &[("SMOKER_COMPOSE", "v3")]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("SMOKER_COMPOSE=`v3`"),
+        "{}",
+        text(&out)
+    );
+    assert!(!ws.path().join("out").join("prod").exists(), "no bundle");
+}
