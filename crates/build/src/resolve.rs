@@ -375,6 +375,11 @@ pub fn lock_recipe(
     version: Option<&str>,
 ) -> Result<()> {
     let recipe = Recipe::load(recipes_dir, name)?;
+    if let (Some(var), None) = (&recipe.file.version_var, version) {
+        eprintln!(
+            "note: recipe `{name}` takes the release version in ${{{var}}}; without --version the compose file's default applies (lock a release's tags with `cargo xtask lock --recipe {name} --version V`)"
+        );
+    }
     let path = Lock::path(recipes_dir, name);
     let old = previous_lock(&path, name)?;
     let arches = lock_arches(&old, arches);
