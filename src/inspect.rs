@@ -122,6 +122,8 @@ pub struct ProfileStatus {
     pub holder: Option<Holder>,
     /// The pending generations explained (in progress or interrupted).
     pub unfinished: Vec<Unfinished>,
+    /// When `smoker-install stop` stopped the profile's containers, while it is stopped.
+    pub stopped_since: Option<String>,
 }
 
 /// One profile as `smoker-install history` shows it.
@@ -177,6 +179,7 @@ pub fn status(layout: &Layout, name: &str) -> Result<ProfileStatus> {
         unfinished: unfinished(&p, &lock),
         locked: lock.locked,
         holder: lock.holder,
+        stopped_since: p.stopped_since(),
     })
 }
 

@@ -25,6 +25,7 @@ pub mod images;
 pub mod inputs;
 pub mod inspect;
 pub mod layout;
+pub mod lifecycle;
 pub mod migrate;
 pub mod notify;
 pub mod ops;

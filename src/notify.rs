@@ -19,6 +19,12 @@ pub enum Event {
     Failed,
     /// An apply failed and the previous generation was restored.
     RolledBack,
+    /// `smoker-install stop` stopped a profile's containers.
+    Stopped,
+    /// `smoker-install start` started a stopped profile again.
+    Resumed,
+    /// `smoker-install remove` took a profile's stack down and forgot the profile.
+    Removed,
 }
 
 impl Event {
@@ -28,6 +34,9 @@ impl Event {
             Event::Succeeded => "succeeded",
             Event::Failed => "failed",
             Event::RolledBack => "rolled-back",
+            Event::Stopped => "stopped",
+            Event::Resumed => "resumed",
+            Event::Removed => "removed",
         }
     }
 }

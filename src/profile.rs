@@ -87,6 +87,10 @@ pub struct Profile {
     pub state: State,
 }
 
+/// The file in a profile directory that says its containers were stopped on purpose
+/// (`smoker-install stop`), holding the time.
+const STOPPED_MARK: &str = "stopped";
+
 /// The current time as RFC 3339.
 pub fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
@@ -197,7 +201,32 @@ impl Profile {
                 link.display()
             )));
         }
-        fsutil::symlink_atomic(Path::new(&format!("{n}-link")), &self.dir.join("current"))
+        fsutil::symlink_atomic(Path::new(&format!("{n}-link")), &self.dir.join("current"))?;
+        // Switching starts a generation (apply, rollback): the profile is no longer stopped.
+        self.clear_stopped()
+    }
+
+    /// When `smoker-install stop` stopped this profile's containers (RFC 3339), if it is
+    /// stopped: `start`, `apply` and `rollback` end that.
+    pub fn stopped_since(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join(STOPPED_MARK))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    /// Records that the profile's containers were stopped on purpose.
+    pub fn mark_stopped(&self) -> Result<()> {
+        fsutil::write_atomic(&self.dir.join(STOPPED_MARK), now().as_bytes(), 0o644)
+    }
+
+    /// Forgets that the profile was stopped.
+    pub fn clear_stopped(&self) -> Result<()> {
+        let path = self.dir.join(STOPPED_MARK);
+        match std::fs::remove_file(&path) {
+            Ok(()) => fsutil::fsync_dir(&self.dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_at(&path)(e)),
+        }
     }
 
     /// Sets a generation's status (and reason) and saves.

@@ -876,6 +876,16 @@ fn yaml_to_json(y: &yaml_rust2::Yaml) -> serde_json::Value {
     }
 }
 
+/// Lifecycle of a running stack (`smoker-install stop`, see [`crate::lifecycle`]).
+impl Runtime {
+    /// `compose stop` for a generation: its containers stopped and kept, so `compose up`
+    /// starts the same containers again.
+    pub fn stop(&self, stack: &Stack<'_>) -> Result<()> {
+        self.compose(stack, &["stop"], "stopping the containers")
+            .map(|_| ())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,11 +44,13 @@ fn project(compose: &str, arches: &[Arch]) -> tempfile::TempDir {
         images: vec![
             LockedImage {
                 reference: "reg.example/web:2".into(),
+                mirror: None,
                 index_digest: None,
                 platforms: platforms(DIGEST_A),
             },
             LockedImage {
                 reference: "reg.example/db:7".into(),
+                mirror: None,
                 index_digest: None,
                 platforms: platforms(DIGEST_B),
             },

@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's build and release tasks.
 //!
 //! - `lock`: resolve every image tag of a recipe to per-architecture digests.
-//! - `release`: recipes + lock → signed, reproducible bundles (`--offline`: with the images).
+//! - `release`: recipes + lock → signed, reproducible bundles (`--offline`: with the images;
+//!   `--lock`: lock missing tags first); each bundle's compose files are checked by the
+//!   compose front end's own `config` before it is written.
 //! - `keygen`: a minisign key pair for signing releases.
 //! - `verify-rebuild`: rebuild a bundle from its recorded source and compare.
 //! - `armv7`: cross-build the installer for the Pi and test it under qemu (see `armv7.rs`).
@@ -74,6 +76,10 @@ struct LockArgs {
     /// Project directory holding `recipes/` (default: the workspace root).
     #[arg(long)]
     project_dir: Option<PathBuf>,
+    /// Release version for recipes with a `version_var`: lock the tags it yields (the lock
+    /// keeps those of other versions).
+    #[arg(long)]
+    version: Option<semver::Version>,
 }
 
 #[derive(clap::Args)]
@@ -107,6 +113,10 @@ struct ReleaseArgs {
     /// the project directory).
     #[arg(long, env = "SMOKER_BLOB_CACHE")]
     blob_cache: Option<PathBuf>,
+    /// Resolve images the lock lacks (e.g. this version's tags) from the registry first,
+    /// print the lock diff and write the lock; for CI pipelines.
+    #[arg(long)]
+    lock: bool,
 }
 
 fn main() {
@@ -240,12 +250,22 @@ fn cmd_lock(args: LockArgs) -> Result<()> {
     if names.is_empty() {
         bail!("no recipes found in {}", recipes_dir.display());
     }
-    let reg = registry::Registries::new()?;
+    let reg = registries(&recipes_dir)?;
     for name in &names {
-        lock::lock_recipe(&reg, &recipes_dir, name, &args.arches)
+        let version = args.version.as_ref().map(ToString::to_string);
+        lock::lock_recipe(&reg, &recipes_dir, name, &args.arches, version.as_deref())
             .with_context(|| format!("locking recipe `{name}`"))?;
     }
     Ok(())
+}
+
+/// A registry client using the project's mirrors (`recipes/registries.toml`, if present).
+fn registries(recipes_dir: &Path) -> Result<registry::Registries> {
+    let mirrors = smoker_build::mirrors::Mirrors::load(recipes_dir)?;
+    if let Some(path) = mirrors.path() {
+        eprintln!("registry mirrors from {}", path.display());
+    }
+    registry::Registries::with_mirrors(mirrors)
 }
 
 /// The default blob cache of a project.
@@ -271,7 +291,7 @@ fn plan_bundle(
         )?);
     };
     // The images first (no payload is read or hashed for this), then the bundle, planned once.
-    let pinned = release::pinned_images(recipe, lock, lock_path, arch, env)?;
+    let pinned = release::pinned_images(recipe, lock, lock_path, arch, env, version)?;
     let images = offline::build(reg, cache, arch, &pinned)
         .with_context(|| format!("building the {arch} image archive of `{}`", recipe.name))?;
     Ok(release::plan_offline(
@@ -282,8 +302,8 @@ fn plan_bundle(
 fn cmd_release(args: ReleaseArgs) -> Result<()> {
     let project = args.project_dir.clone().unwrap_or_else(workspace_root);
     let recipes_dir = project.join("recipes");
-    let reg = if args.offline {
-        Some(registry::Registries::new()?)
+    let reg = if args.offline || args.lock {
+        Some(registries(&recipes_dir)?)
     } else {
         None
     };
@@ -291,7 +311,10 @@ fn cmd_release(args: ReleaseArgs) -> Result<()> {
         .blob_cache
         .clone()
         .unwrap_or_else(|| default_blob_cache(&project));
-    let offline = reg.as_ref().map(|r| (r, cache.as_path()));
+    let offline = reg
+        .as_ref()
+        .filter(|_| args.offline)
+        .map(|r| (r, cache.as_path()));
     let key = SecretKey::load(&args.secret_key, None)
         .with_context(|| format!("loading the signing key {}", args.secret_key.display()))?;
     let names = if args.recipes.is_empty() {
@@ -307,11 +330,18 @@ fn cmd_release(args: ReleaseArgs) -> Result<()> {
     } else {
         args.arches.clone()
     };
+    let frontend = smoker_build::composecheck::frontend()?;
     let mut written: std::collections::BTreeMap<PathBuf, Vec<PathBuf>> = Default::default();
     for name in &names {
         let recipe = Recipe::load(&recipes_dir, name)?;
         let lock_path = Lock::path(&recipes_dir, name);
-        let lock = Lock::load(&lock_path, name)?;
+        let lock = match (&reg, args.lock) {
+            (Some(reg), true) => {
+                lock::lock_missing(reg, &recipes_dir, name, &arches, &args.version.to_string())
+                    .with_context(|| format!("locking the missing images of recipe `{name}`"))?
+            }
+            _ => Lock::load(&lock_path, name)?,
+        };
         let source = release::source_info(&recipe, &lock_path)?;
         if source.dirty {
             eprintln!(
@@ -332,7 +362,11 @@ fn cmd_release(args: ReleaseArgs) -> Result<()> {
             args.envs.clone()
         };
         for env in &envs {
-            for arch in &arches {
+            let info = release::compose_info(&recipe, env, &args.version)?;
+            for w in smoker_build::composecheck::warnings(&info) {
+                eprintln!("warning: recipe `{name}` ({env}): {w}");
+            }
+            for (n, arch) in arches.iter().enumerate() {
                 let plan = plan_bundle(
                     &recipe,
                     &lock,
@@ -343,6 +377,11 @@ fn cmd_release(args: ReleaseArgs) -> Result<()> {
                     &source,
                     offline,
                 )?;
+                // The bundles of one environment differ only in the pinned digests, which
+                // compose does not judge: one check per environment.
+                if n == 0 {
+                    smoker_build::composecheck::check(&frontend, &plan)?;
+                }
                 let dir = args.out.join(env);
                 let w = release::write_release(&plan, &key, &dir)?;
                 println!("{}  {}  ({} bytes)", w.sha256, w.path.display(), w.size);
@@ -416,7 +455,7 @@ fn cmd_verify_rebuild(
     let version = semver::Version::parse(&m.version)?;
     // An offline bundle's image archive is rebuilt from the registry (or the blob cache).
     let reg = if m.images.iter().any(|i| i.archive.is_some()) {
-        Some(registry::Registries::new()?)
+        Some(registries(&recipes_dir)?)
     } else {
         None
     };

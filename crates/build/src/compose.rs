@@ -33,6 +33,8 @@ pub struct Service {
     pub name: String,
     /// Image reference after interpolation.
     pub image: String,
+    /// `pull_policy`, as written (after interpolation).
+    pub pull_policy: Option<String>,
 }
 
 /// A file or directory the compose file refers to by relative path.
@@ -170,7 +172,15 @@ pub fn analyze(text: &str, vars: &BTreeMap<String, String>) -> Result<ComposeInf
         if !access.is_empty() {
             out.host_access.insert(name.clone(), access);
         }
-        out.services.push(Service { name, image });
+        let pull_policy = match body.get("pull_policy").and_then(scalar) {
+            Some(p) => Some(interpolate(&p, vars, &owner)?),
+            None => None,
+        };
+        out.services.push(Service {
+            name,
+            image,
+            pull_policy,
+        });
     }
     for (section, kind) in [("configs", "config"), ("secrets", "secret")] {
         if let Some(Yaml::Hash(items)) = top.get(&key(section)) {

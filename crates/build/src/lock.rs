@@ -3,6 +3,11 @@
 //! `recipes/<name>.lock` is TOML. `cargo xtask lock` fills it from a registry; it may also be
 //! written by hand. Release refuses any image reference that is not locked for a requested
 //! architecture.
+//!
+//! References are compared in Docker's canonical form ([`canonical`]): `mongo:7.0`,
+//! `docker.io/mongo:7.0` and `docker.io/library/mongo:7.0` are one image. `cargo xtask lock`
+//! writes the canonical form, and records the mirror that answered (`mirror`) when the image
+//! was resolved through one.
 
 use serde::{Deserialize, Serialize};
 use smoker_format::manifest::Arch;
@@ -43,9 +48,11 @@ pub enum LockError {
     },
     /// An image is not locked for an architecture.
     #[error(
-        "image `{reference}` of service `{service}` is not locked for {arch} in {path}; run `cargo xtask lock` or add it"
+        "image `{reference}` of service `{service}` is not locked for {arch} in {path}; run `{command}` (or `cargo xtask release --lock …` to lock missing tags while releasing)"
     )]
     NotLocked {
+        /// The command that locks it.
+        command: String,
         /// Image reference.
         reference: String,
         /// Service using it.
@@ -72,8 +79,12 @@ pub struct Lock {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockedImage {
-    /// The reference as the compose file writes it (after interpolation), e.g. `mongo:7`.
+    /// The reference in canonical form (`docker.io/library/mongo:7`); older locks may hold it
+    /// as the compose file writes it (`mongo:7`), which means the same image.
     pub reference: String,
+    /// The mirror that answered when the tag was resolved (its URL), if not the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
     /// Digest of the multi-platform index the tag pointed to, when it was one.
     pub index_digest: Option<String>,
     /// Per-architecture pins.
@@ -147,11 +158,38 @@ impl Lock {
     }
 
     /// The pin of `reference` for `arch`.
+    /// References are compared in canonical form.
     pub fn get(&self, reference: &str, arch: Arch) -> Option<(&LockedImage, &PlatformPin)> {
+        self.find(reference)
+            .and_then(|i| i.platforms.get(&arch).map(|p| (i, p)))
+    }
+
+    /// The entry of `reference` (compared in canonical form).
+    pub fn find(&self, reference: &str) -> Option<&LockedImage> {
+        let want = canonical(reference);
         self.images
             .iter()
-            .find(|i| i.reference == reference)
-            .and_then(|i| i.platforms.get(&arch).map(|p| (i, p)))
+            .find(|i| i.reference == reference || canonical(&i.reference) == want)
+    }
+}
+
+/// Docker's canonical form of an image reference: registry host explicit (`docker.io` for
+/// Docker Hub, whose `index.docker.io` is the same), Docker Hub's official images under
+/// `library/`, and `:latest` when neither tag nor digest is given. A string that is not a
+/// reference is returned as it is (release reports it where it is used).
+pub fn canonical(reference: &str) -> String {
+    match reference.parse::<oci_client::Reference>() {
+        Ok(r) => r.whole(),
+        Err(_) => reference.to_string(),
+    }
+}
+
+/// The canonical repository (`docker.io/library/mongo`) of a reference: what online bundles
+/// pin by digest, so that the host's engine pulls the same image through its own mirrors.
+pub fn canonical_repository(reference: &str) -> String {
+    match reference.parse::<oci_client::Reference>() {
+        Ok(r) => format!("{}/{}", r.registry(), r.repository()),
+        Err(_) => repository_of(reference).to_string(),
     }
 }
 
@@ -180,5 +218,34 @@ mod tests {
         );
         assert_eq!(repository_of("127.0.0.1:5000/a/b"), "127.0.0.1:5000/a/b");
         assert_eq!(repository_of("x/y@sha256:00"), "x/y");
+    }
+
+    #[test]
+    fn canonical_names_are_dockers() {
+        assert_eq!(canonical("mongo:7.0"), "docker.io/library/mongo:7.0");
+        assert_eq!(canonical("mongo"), "docker.io/library/mongo:latest");
+        assert_eq!(
+            canonical("index.docker.io/mongo:7.0"),
+            "docker.io/library/mongo:7.0"
+        );
+        assert_eq!(canonical("someorg/app:1"), "docker.io/someorg/app:1");
+        assert_eq!(canonical("127.0.0.1:5000/a/b:1"), "127.0.0.1:5000/a/b:1");
+        assert_eq!(canonical("localhost/a:1"), "localhost/a:1");
+        assert_eq!(canonical_repository("mongo:7.0"), "docker.io/library/mongo");
+        assert_eq!(
+            canonical_repository("127.0.0.1:5000/a/b:1"),
+            "127.0.0.1:5000/a/b"
+        );
+        let lock = Lock {
+            version: 1,
+            images: vec![LockedImage {
+                reference: "mongo:7.0".into(),
+                mirror: None,
+                index_digest: None,
+                platforms: BTreeMap::new(),
+            }],
+        };
+        assert!(lock.find("docker.io/library/mongo:7.0").is_some());
+        assert!(lock.find("mongo:7.1").is_none());
     }
 }

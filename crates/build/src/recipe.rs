@@ -53,6 +53,10 @@ pub struct RecipeFile {
     /// Compose file, relative to the recipe directory.
     #[serde(default = "default_compose")]
     pub compose: String,
+    /// The variable that carries the release version into compose interpolation (e.g.
+    /// `VERSION` for `image: someorg/app:${VERSION}`): `release --version V` sets it, and
+    /// `lock --version V` resolves the tags it yields.
+    pub version_var: Option<String>,
     /// Health gate.
     #[serde(default)]
     pub health: HealthSection,
@@ -262,6 +266,18 @@ impl Recipe {
                 }
             }
         }
+        if let Some(v) = &file.version_var {
+            if !is_var_name(v) {
+                return Err(parse(format!("version_var `{v}` is not a variable name")));
+            }
+            for (env, section) in &file.env {
+                if section.config.contains_key(v) {
+                    return Err(parse(format!(
+                        "`{v}` is the version_var, so the release version sets it; remove it from [env.{env}.config]"
+                    )));
+                }
+            }
+        }
         for s in &file.secrets.required {
             if !is_var_name(s) {
                 return Err(parse(format!("secret `{s}` is not a variable name")));
@@ -297,6 +313,20 @@ impl Recipe {
     /// Configuration values of one environment.
     pub fn config(&self, env: &str) -> Option<&BTreeMap<String, String>> {
         self.file.env.get(env).map(|e| &e.config)
+    }
+
+    /// The variables compose interpolation sees for `env`: its configuration, plus the
+    /// `version_var` set to `version` when both are given.
+    pub fn interpolation(
+        &self,
+        env: &str,
+        version: Option<&str>,
+    ) -> Option<BTreeMap<String, String>> {
+        let mut vars = self.config(env)?.clone();
+        if let (Some(var), Some(v)) = (&self.file.version_var, version) {
+            vars.insert(var.clone(), v.to_string());
+        }
+        Some(vars)
     }
 
     /// Secret names required in `env` (global plus per-environment), sorted and unique.
@@ -358,4 +388,35 @@ pub fn is_var_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         && !s.as_bytes()[0].is_ascii_digit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(recipe: &str) -> Result<Recipe, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let d = dir.path().join("app");
+        std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+        std::fs::write(d.join(RECIPE_FILE), recipe).map_err(|e| e.to_string())?;
+        Recipe::load_dir(&d).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_version_var_is_set_by_the_release_version_only() {
+        let r = load("version_var = \"VERSION\"\n[env.prod.config]\nA = \"1\"\n").expect("valid");
+        let vars = r.interpolation("prod", Some("1.2.0")).expect("prod");
+        assert_eq!(vars.get("VERSION").map(String::as_str), Some("1.2.0"));
+        assert_eq!(vars.get("A").map(String::as_str), Some("1"));
+        assert!(
+            !r.interpolation("prod", None)
+                .expect("prod")
+                .contains_key("VERSION")
+        );
+        let err = load("version_var = \"VERSION\"\n[env.prod.config]\nVERSION = \"1\"\n")
+            .expect_err("set twice");
+        assert!(err.contains("remove it from [env.prod.config]"), "{err}");
+        let err = load("version_var = \"1X\"\n[env.prod.config]\n").expect_err("bad name");
+        assert!(err.contains("not a variable name"), "{err}");
+    }
 }

@@ -6,8 +6,12 @@
 //!   `~/.docker/config.json`): `auths` entries, `credHelpers` and `credsStore` helpers; none
 //!   means anonymous. A Bearer challenge is answered by asking the registry's token service
 //!   (with those credentials, if any); a Basic challenge by sending them;
-//! - plain HTTP only for registries on loopback (`127.0.0.0/8`, `::1`, `localhost`);
-//!   everything else is HTTPS (TLS through rustls with the *ring* provider);
+//! - plain HTTP only for registries on loopback (`127.0.0.0/8`, `::1`, `localhost`) and for
+//!   mirrors declared `http://` in `registries.toml`; everything else is HTTPS (TLS through
+//!   rustls with the *ring* provider);
+//! - mirrors ([`crate::mirrors`]): every fetch tries the image registry's mirrors in order,
+//!   then the registry itself; the source that answered is remembered per repository and
+//!   asked first next time, and reported with each manifest;
 //! - a blocking interface (one small tokio runtime inside) and error messages that say which
 //!   image, which registry and what to do.
 
@@ -22,6 +26,8 @@ use smoker_format::manifest::Arch;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Mutex;
+
+use crate::mirrors::{Mirrors, Source};
 
 /// Docker image manifest list (multi-platform).
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -177,6 +183,8 @@ pub struct Fetched {
     pub digest: String,
     /// The parsed document.
     pub doc: ManifestDoc,
+    /// The mirror that served it (its URL), `None` for the image's own registry.
+    pub mirror: Option<String>,
 }
 
 /// A blocking registry client for the release tasks.
@@ -184,6 +192,10 @@ pub struct Registries {
     rt: tokio::runtime::Runtime,
     clients: Mutex<BTreeMap<String, std::sync::Arc<Client>>>,
     authed: Mutex<BTreeSet<(String, String)>>,
+    mirrors: Mirrors,
+    plain_http: BTreeSet<String>,
+    /// Per canonical `registry/repository`: the index (into its sources) that answered last.
+    answered: Mutex<BTreeMap<String, usize>>,
 }
 
 /// Where a registry's credentials came from (for messages; never the secret).
@@ -240,21 +252,7 @@ fn credential_note(registry: &str) -> (RegistryAuth, String) {
     (RegistryAuth::Anonymous, note)
 }
 
-/// True for registries reached over loopback (the only ones allowed plain HTTP).
-pub fn is_loopback(registry: &str) -> bool {
-    let host = if let Some(rest) = registry.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
-    } else {
-        registry
-            .rsplit_once(':')
-            .map(|(h, _)| h)
-            .unwrap_or(registry)
-    };
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
+pub use crate::mirrors::is_loopback;
 
 /// Parses an image reference (Docker's normalisation: `mongo:7` is `docker.io/library/mongo:7`).
 pub fn parse_reference(reference: &str) -> Result<Reference> {
@@ -264,8 +262,13 @@ pub fn parse_reference(reference: &str) -> Result<Reference> {
 }
 
 impl Registries {
-    /// A client. TLS uses rustls with the ring provider.
+    /// A client without mirrors. TLS uses rustls with the ring provider.
     pub fn new() -> Result<Registries> {
+        Registries::with_mirrors(Mirrors::none())
+    }
+
+    /// A client that fetches through `mirrors` (see [`crate::mirrors`]).
+    pub fn with_mirrors(mirrors: Mirrors) -> Result<Registries> {
         // Several clients may race to install it; any one winning is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -276,7 +279,58 @@ impl Registries {
             rt,
             clients: Mutex::new(BTreeMap::new()),
             authed: Mutex::new(BTreeSet::new()),
+            plain_http: mirrors.plain_http_hosts(),
+            mirrors,
+            answered: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Runs `f` against each source of `r` in order (the one that answered last for this
+    /// repository first) until one succeeds; returns its result and the mirror that gave it.
+    /// When every source fails, the error names each source and what it said.
+    fn through_sources<T>(
+        &self,
+        r: &Reference,
+        f: impl Fn(&Reference) -> Result<T>,
+    ) -> Result<(T, Option<String>)> {
+        let sources: Vec<Source> = self.mirrors.sources(r);
+        if sources.len() == 1 && sources[0].mirror.is_none() {
+            return f(r).map(|t| (t, None));
+        }
+        let key = format!("{}/{}", r.registry(), r.repository());
+        let first = self
+            .answered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied()
+            .unwrap_or(0);
+        let order = std::iter::once(first).chain((0..sources.len()).filter(|i| *i != first));
+        let mut failures = Vec::new();
+        for i in order {
+            let Some(source) = sources.get(i) else {
+                continue;
+            };
+            match f(&source.reference) {
+                Ok(t) => {
+                    self.answered
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key, i);
+                    return Ok((t, source.mirror.clone()));
+                }
+                Err(e) => failures.push(format!("{}: {e:#}", source.label())),
+            }
+        }
+        bail!(
+            "no source could serve {} (tried in the order of {}):\n  {}",
+            r.whole(),
+            self.mirrors
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "the mirrors configuration".into()),
+            failures.join("\n  ")
+        )
     }
 
     fn client(&self, registry: &str) -> std::sync::Arc<Client> {
@@ -284,7 +338,7 @@ impl Registries {
         clients
             .entry(registry.to_string())
             .or_insert_with(|| {
-                let protocol = if is_loopback(registry) {
+                let protocol = if is_loopback(registry) || self.plain_http.contains(registry) {
                     ClientProtocol::HttpsExcept(vec![registry.to_string()])
                 } else {
                     ClientProtocol::Https
@@ -324,9 +378,19 @@ impl Registries {
         Ok(client)
     }
 
-    /// Fetches the manifest `r` names (by tag or digest), accepting `accept` media types.
-    /// The bytes are checked against the digest the registry reports and the one `r` names.
+    /// Fetches the manifest `r` names (by tag or digest), accepting `accept` media types,
+    /// through `r`'s mirrors when it has some. The bytes are checked against the digest the
+    /// source reports and the one `r` names.
     pub fn manifest(&self, r: &Reference, accept: &[&str]) -> Result<Fetched> {
+        let ((digest, doc), mirror) = self.through_sources(r, |s| self.manifest_from(s, accept))?;
+        Ok(Fetched {
+            digest,
+            doc,
+            mirror,
+        })
+    }
+
+    fn manifest_from(&self, r: &Reference, accept: &[&str]) -> Result<(String, ManifestDoc)> {
         let client = self.auth(r)?;
         let (auth, note) = credential_note(r.registry());
         let (bytes, digest) = self
@@ -356,11 +420,23 @@ impl Registries {
                 doc.schema_version
             );
         }
-        Ok(Fetched { digest, doc })
+        if let Some(want) = r.digest()
+            && want != digest
+        {
+            bail!("asked {} for {want}, it served {digest}", r.registry());
+        }
+        Ok((digest, doc))
     }
 
-    /// Fetches a small blob (an image config) into memory, checked against its digest.
+    /// Fetches a small blob (an image config) into memory, checked against its digest,
+    /// through `r`'s mirrors when it has some.
     pub fn small_blob(&self, r: &Reference, desc: &Descriptor) -> Result<Vec<u8>> {
+        Ok(self
+            .through_sources(r, |s| self.small_blob_from(s, desc))?
+            .0)
+    }
+
+    fn small_blob_from(&self, r: &Reference, desc: &Descriptor) -> Result<Vec<u8>> {
         if desc.size as usize > MAX_SMALL_BLOB {
             bail!(
                 "blob {} of {} is {} bytes; refusing more than 4 MiB in memory",
@@ -388,8 +464,13 @@ impl Registries {
     }
 
     /// Fetches a blob into the file `dest` (written under a temporary name, checked against
-    /// its digest and size, then renamed into place).
+    /// its digest and size, then renamed into place), through `r`'s mirrors when it has some.
     pub fn blob_to_file(&self, r: &Reference, desc: &Descriptor, dest: &Path) -> Result<()> {
+        self.through_sources(r, |s| self.blob_to_file_from(s, desc, dest))?;
+        Ok(())
+    }
+
+    fn blob_to_file_from(&self, r: &Reference, desc: &Descriptor, dest: &Path) -> Result<()> {
         let client = self.auth(r)?;
         let dir = dest.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -6,7 +6,7 @@
 //! file mtimes — which is what makes bundles reproducible. [`write_release`] signs and writes.
 
 use crate::compose::{self, PinnedService};
-use crate::lock::{Lock, LockError, repository_of};
+use crate::lock::{Lock, LockError, canonical_repository};
 use crate::recipe::Recipe;
 use smoker_format::bundle::write::{Payload, write_bundle};
 use smoker_format::digest::{sha256_file, sha256_hex};
@@ -181,6 +181,7 @@ struct Inputs<'a> {
     lock_path: &'a Path,
     arch: Arch,
     env: &'a str,
+    version: &'a semver::Version,
 }
 
 impl<'a> Inputs<'a> {
@@ -190,6 +191,7 @@ impl<'a> Inputs<'a> {
         lock_path: &'a Path,
         arch: Arch,
         env: &'a str,
+        version: &'a semver::Version,
     ) -> Inputs<'a> {
         Inputs {
             recipe,
@@ -197,16 +199,19 @@ impl<'a> Inputs<'a> {
             lock_path,
             arch,
             env,
+            version,
         }
     }
 }
 
 /// The compose file of a recipe, read for one environment.
-struct Compose<'a> {
+struct Compose {
     /// Path of the compose file inside the recipe.
     rel: String,
     info: compose::ComposeInfo,
-    config: &'a BTreeMap<String, String>,
+    /// The environment's configuration, plus the release version in the recipe's
+    /// `version_var`.
+    config: BTreeMap<String, String>,
 }
 
 /// Payload sources by path inside the bundle, with their modes.
@@ -222,8 +227,8 @@ pub fn plan(
     version: &semver::Version,
     source: &SourceInfo,
 ) -> Result<Plan, ReleaseError> {
-    let inputs = Inputs::new(recipe, lock, lock_path, arch, env);
-    plan_with(&inputs, version, source, None)
+    let inputs = Inputs::new(recipe, lock, lock_path, arch, env, version);
+    plan_with(&inputs, source, None)
 }
 
 /// Computes one offline bundle's manifest and payload: like [`plan`], plus the image archive
@@ -240,8 +245,8 @@ pub fn plan_offline(
     source: &SourceInfo,
     offline: &OfflineImages,
 ) -> Result<Plan, ReleaseError> {
-    let inputs = Inputs::new(recipe, lock, lock_path, arch, env);
-    plan_with(&inputs, version, source, Some(offline))
+    let inputs = Inputs::new(recipe, lock, lock_path, arch, env, version);
+    plan_with(&inputs, source, Some(offline))
 }
 
 /// The images one bundle pins, as its manifest will list them (online form), without reading
@@ -252,15 +257,15 @@ pub fn pinned_images(
     lock_path: &Path,
     arch: Arch,
     env: &str,
+    version: &semver::Version,
 ) -> Result<Vec<Image>, ReleaseError> {
-    let inputs = Inputs::new(recipe, lock, lock_path, arch, env);
+    let inputs = Inputs::new(recipe, lock, lock_path, arch, env, version);
     let compose = read_compose(&inputs)?;
     Ok(pin_images(&inputs, &compose, None)?.0)
 }
 
 fn plan_with(
     i: &Inputs<'_>,
-    version: &semver::Version,
     source: &SourceInfo,
     offline: Option<&OfflineImages>,
 ) -> Result<Plan, ReleaseError> {
@@ -287,7 +292,7 @@ fn plan_with(
     let env_file = format!("config/{}.env", i.env);
     files.insert(
         env_file.clone(),
-        (Payload::Bytes(env_text(i.env, compose.config)?), 0o644),
+        (Payload::Bytes(env_text(i.env, &compose.config)?), 0o644),
     );
     let migration_paths = add_migrations(i.recipe, &root, &mut files)?;
     let entries = hash_payload(files)?;
@@ -310,7 +315,7 @@ fn plan_with(
     let manifest = Manifest {
         format: FORMAT_VERSION,
         name: recipe.name.clone(),
-        version: version.to_string(),
+        version: i.version.to_string(),
         arch: i.arch,
         environment: i.env.to_string(),
         source: Source {
@@ -345,10 +350,30 @@ fn plan_with(
 }
 
 /// Reads the recipe's compose file with the environment's configuration.
-fn read_compose<'a>(i: &Inputs<'a>) -> Result<Compose<'a>, ReleaseError> {
-    let (recipe, env) = (i.recipe, i.env);
+fn read_compose(i: &Inputs<'_>) -> Result<Compose, ReleaseError> {
+    let compose = read_compose_for(i.recipe, i.env, i.version)?;
+    check_hosts(i, &compose.info)?;
+    Ok(compose)
+}
+
+/// The recipe's compose file as release reads it for `env` and `version` (images, references,
+/// host access), for checks outside a plan.
+pub fn compose_info(
+    recipe: &Recipe,
+    env: &str,
+    version: &semver::Version,
+) -> Result<compose::ComposeInfo, ReleaseError> {
+    Ok(read_compose_for(recipe, env, version)?.info)
+}
+
+fn read_compose_for(
+    recipe: &Recipe,
+    env: &str,
+    version: &semver::Version,
+) -> Result<Compose, ReleaseError> {
     let rname = &recipe.name;
-    let config = recipe.config(env).ok_or_else(|| {
+    let version = version.to_string();
+    let config = recipe.interpolation(env, Some(&version)).ok_or_else(|| {
         ReleaseError::Invalid(format!(
             "recipe `{rname}` has no environment `{env}` (it has: {})",
             recipe.environments().join(", ")
@@ -363,11 +388,10 @@ fn read_compose<'a>(i: &Inputs<'a>) -> Result<Compose<'a>, ReleaseError> {
     })?;
     let path = recipe.dir.join(&rel);
     let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    let info = compose::analyze(&text, config).map_err(|source| ReleaseError::Compose {
+    let info = compose::analyze(&text, &config).map_err(|source| ReleaseError::Compose {
         recipe: rname.clone(),
         source,
     })?;
-    check_hosts(i, &info)?;
     Ok(Compose { rel, info, config })
 }
 
@@ -409,7 +433,7 @@ fn check_hosts(i: &Inputs<'_>, info: &compose::ComposeInfo) -> Result<(), Releas
 
 /// The compose file and every file it references by relative path (resolved against the
 /// compose file's directory), under `stack/`.
-fn stack_files(i: &Inputs<'_>, compose: &Compose<'_>, root: &Path) -> Result<Files, ReleaseError> {
+fn stack_files(i: &Inputs<'_>, compose: &Compose, root: &Path) -> Result<Files, ReleaseError> {
     let rname = &i.recipe.name;
     let mut files = Files::new();
     add_file(&mut files, root, &compose.rel, rname, "the recipe")?;
@@ -422,7 +446,7 @@ fn stack_files(i: &Inputs<'_>, compose: &Compose<'_>, root: &Path) -> Result<Fil
         let rel = normalize(&joined.to_string_lossy()).ok_or_else(|| ReleaseError::Reference {
             recipe: rname.clone(),
             message: format!(
-                "{} refers to `{}` ({}), which escapes the recipe directory",
+                "{} refers to `{}` ({}), which escapes the recipe directory; a bundle carries only the recipe's files. For data (a database directory), use a named volume (`- dbdata:/data/db` plus `volumes: {{dbdata: {{}}}}`); for a directory that lives on the host, write its absolute path (e.g. `/srv/app/database`), which release signs as host access and the host must allow under `[policy.<profile>]` `bind_mounts`; for a file the stack needs, move it into the recipe directory",
                 r.owner, r.path, r.kind
             ),
         })?;
@@ -455,7 +479,7 @@ fn stack_files(i: &Inputs<'_>, compose: &Compose<'_>, root: &Path) -> Result<Fil
 /// (sorted by service) and the pin override's entries.
 fn pin_images(
     i: &Inputs<'_>,
-    compose: &Compose<'_>,
+    compose: &Compose,
     offline: Option<&OfflineImages>,
 ) -> Result<(Vec<Image>, BTreeMap<String, PinnedService>), ReleaseError> {
     let mut images = Vec::new();
@@ -465,12 +489,21 @@ fn pin_images(
             .lock
             .get(&svc.image, i.arch)
             .ok_or_else(|| LockError::NotLocked {
+                command: match &i.recipe.file.version_var {
+                    Some(_) => format!(
+                        "cargo xtask lock --recipe {} --version {}",
+                        i.recipe.name, i.version
+                    ),
+                    None => format!("cargo xtask lock --recipe {}", i.recipe.name),
+                },
                 reference: svc.image.clone(),
                 service: svc.name.clone(),
                 arch: i.arch,
                 path: i.lock_path.to_path_buf(),
             })?;
-        let repository = repository_of(&svc.image).to_string();
+        // The canonical repository (`docker.io/library/mongo`): the host's engine pulls it by
+        // digest through its own mirror settings, whichever mirror the lock was resolved from.
+        let repository = canonical_repository(&svc.image);
         let (pinned, config_digest, archive) = match offline {
             None => (
                 PinnedService {

@@ -11,8 +11,12 @@
 //! Each platform manifest is fetched to record its config digest (the image ID Docker will
 //! report), and the config itself to check it really is for that platform. A tag that has no
 //! image for a requested platform is an error naming the image and the platform.
+//!
+//! References are locked in canonical form (`docker.io/library/mongo:7.0`,
+//! [`crate::lock::canonical`]) and fetched through the project's mirrors
+//! ([`crate::mirrors`]); the mirror that answered is recorded with the image.
 
-use crate::lock::{LOCK_VERSION, Lock, LockedImage, PlatformPin};
+use crate::lock::{LOCK_VERSION, Lock, LockedImage, PlatformPin, canonical};
 use crate::recipe::Recipe;
 use crate::registry::{
     ANY_MANIFEST, Fetched, Fit, IMAGE_MANIFEST, ImageConfig, Platform, Registries, fit,
@@ -23,8 +27,9 @@ use smoker_format::manifest::Arch;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// Every image reference a recipe's compose file names, over all its environments.
-pub fn references(recipe: &Recipe) -> Result<BTreeSet<String>> {
+/// Every image reference a recipe's compose file names, over all its environments, in
+/// canonical form; `version` is the value of the recipe's `version_var`, if any.
+pub fn references(recipe: &Recipe, version: Option<&str>) -> Result<BTreeSet<String>> {
     let compose = recipe.dir.join(&recipe.file.compose);
     let text = std::fs::read_to_string(&compose)
         .with_context(|| format!("reading {}", compose.display()))?;
@@ -34,11 +39,10 @@ pub fn references(recipe: &Recipe) -> Result<BTreeSet<String>> {
     }
     let mut out = BTreeSet::new();
     for env in envs {
-        let empty = BTreeMap::new();
-        let config = recipe.config(&env).unwrap_or(&empty);
-        let info = crate::compose::analyze(&text, config)
+        let config = recipe.interpolation(&env, version).unwrap_or_default();
+        let info = crate::compose::analyze(&text, &config)
             .with_context(|| format!("recipe `{}`, environment `{env}`", recipe.name))?;
-        out.extend(info.services.into_iter().map(|s| s.image));
+        out.extend(info.services.into_iter().map(|s| canonical(&s.image)));
     }
     Ok(out)
 }
@@ -116,7 +120,8 @@ pub fn resolve(reg: &Registries, reference: &str, arches: &[Arch]) -> Result<Loc
             );
         }
         Ok(LockedImage {
-            reference: reference.to_string(),
+            reference: canonical(reference),
+            mirror: top.mirror,
             index_digest: Some(top.digest),
             platforms,
         })
@@ -139,7 +144,8 @@ pub fn resolve(reg: &Registries, reference: &str, arches: &[Arch]) -> Result<Loc
             );
         }
         Ok(LockedImage {
-            reference: reference.to_string(),
+            reference: canonical(reference),
+            mirror: top.mirror.clone(),
             index_digest: None,
             platforms,
         })
@@ -182,29 +188,39 @@ pub fn diff(old: &Lock, new: &Lock) -> Vec<String> {
         let h = d.trim_start_matches("sha256:");
         format!("sha256:{}", &h[..h.len().min(12)])
     };
-    let old_by: BTreeMap<&str, &LockedImage> = old
+    // Keyed by canonical reference, so a lock written before references were canonical
+    // (`mongo:7.0`) compares with its canonical successor.
+    let old_by: BTreeMap<String, &LockedImage> = old
         .images
         .iter()
-        .map(|i| (i.reference.as_str(), i))
+        .map(|i| (canonical(&i.reference), i))
         .collect();
-    let new_by: BTreeMap<&str, &LockedImage> = new
+    let new_by: BTreeMap<String, &LockedImage> = new
         .images
         .iter()
-        .map(|i| (i.reference.as_str(), i))
+        .map(|i| (canonical(&i.reference), i))
         .collect();
     let mut lines = Vec::new();
     let mut unchanged = 0;
-    for (reference, n) in &new_by {
-        match old_by.get(reference) {
+    for (key, n) in &new_by {
+        let reference = &n.reference;
+        match old_by.get(key) {
             None => {
                 let pins: Vec<String> = n
                     .platforms
                     .iter()
                     .map(|(a, p)| format!("{a} {}", short(&p.digest)))
                     .collect();
-                lines.push(format!("  + {reference}  {}", pins.join("  ")));
+                let via = n
+                    .mirror
+                    .as_deref()
+                    .map(|m| format!("  (via {m})"))
+                    .unwrap_or_default();
+                lines.push(format!("  + {reference}  {}{via}", pins.join("  ")));
             }
-            Some(o) if o == n => unchanged += 1,
+            Some(o) if o.index_digest == n.index_digest && o.platforms == n.platforms => {
+                unchanged += 1
+            }
             Some(o) => {
                 let mut changes = Vec::new();
                 if o.index_digest != n.index_digest {
@@ -250,8 +266,9 @@ pub fn diff(old: &Lock, new: &Lock) -> Vec<String> {
             }
         }
     }
-    for reference in old_by.keys() {
-        if !new_by.contains_key(reference) {
+    for (key, o) in &old_by {
+        if !new_by.contains_key(key) {
+            let reference = &o.reference;
             lines.push(format!("  - {reference}  (no longer used by the recipe)"));
         }
     }
@@ -261,40 +278,42 @@ pub fn diff(old: &Lock, new: &Lock) -> Vec<String> {
     lines
 }
 
-/// Locks one recipe: resolves every reference, prints what changed, writes the lock file.
-/// `arches` empty means: the architectures of the previous lock, or amd64 and armv7.
-pub fn lock_recipe(
-    reg: &Registries,
-    recipes_dir: &Path,
-    name: &str,
-    arches: &[Arch],
-) -> Result<()> {
-    let recipe = Recipe::load(recipes_dir, name)?;
-    let path = Lock::path(recipes_dir, name);
-    let old = if path.exists() {
-        Lock::load(&path, name)?
+/// The lock of a recipe as it is on disk, or an empty one.
+fn previous_lock(path: &Path, name: &str) -> Result<Lock> {
+    Ok(if path.exists() {
+        Lock::load(path, name)?
     } else {
         Lock {
             version: LOCK_VERSION,
             images: Vec::new(),
         }
-    };
-    let arches: Vec<Arch> = if !arches.is_empty() {
-        arches.to_vec()
+    })
+}
+
+/// `arches`, or when empty: the architectures of `old`, or amd64 and armv7 for a new lock.
+fn lock_arches(old: &Lock, arches: &[Arch]) -> Vec<Arch> {
+    if !arches.is_empty() {
+        return arches.to_vec();
+    }
+    let previous: BTreeSet<Arch> = old
+        .images
+        .iter()
+        .flat_map(|i| i.platforms.keys().copied())
+        .collect();
+    if previous.is_empty() {
+        Arch::ALL.to_vec()
     } else {
-        let previous: BTreeSet<Arch> = old
-            .images
-            .iter()
-            .flat_map(|i| i.platforms.keys().copied())
-            .collect();
-        if previous.is_empty() {
-            Arch::ALL.to_vec()
-        } else {
-            previous.into_iter().collect()
-        }
-    };
+        previous.into_iter().collect()
+    }
+}
+
+fn resolve_all(
+    reg: &Registries,
+    refs: &BTreeSet<String>,
+    arches: &[Arch],
+) -> Result<Vec<LockedImage>> {
     let mut images = Vec::new();
-    for reference in references(&recipe)? {
+    for reference in refs {
         eprintln!(
             "resolving {reference} for {}",
             arches
@@ -303,13 +322,32 @@ pub fn lock_recipe(
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        images.push(resolve(reg, &reference, &arches)?);
+        images.push(resolve(reg, reference, arches)?);
     }
-    let new = Lock {
+    Ok(images)
+}
+
+/// `resolved` replacing the entries of `old` for the same images; the other entries of `old`
+/// are kept when `keep_others`. Sorted by canonical reference.
+fn merged(old: &Lock, resolved: Vec<LockedImage>, keep_others: bool) -> Lock {
+    let mut by: BTreeMap<String, LockedImage> = BTreeMap::new();
+    if keep_others {
+        for i in &old.images {
+            by.insert(canonical(&i.reference), i.clone());
+        }
+    }
+    for i in resolved {
+        by.insert(canonical(&i.reference), i);
+    }
+    Lock {
         version: LOCK_VERSION,
-        images,
-    };
-    let changes = diff(&old, &new);
+        images: by.into_values().collect(),
+    }
+}
+
+/// Prints the lock diff under the lock's path and writes the new lock.
+fn write_lock(path: &Path, old: &Lock, new: &Lock) -> Result<()> {
+    let changes = diff(old, new);
     println!("{}:", path.display());
     if changes.iter().all(|l| l.starts_with("  =")) && old.images.len() == new.images.len() {
         println!("  unchanged ({} image(s))", new.images.len());
@@ -318,8 +356,69 @@ pub fn lock_recipe(
             println!("{l}");
         }
     }
-    crate::release::write_atomic(&path, new.to_toml().as_bytes())?;
+    crate::release::write_atomic(path, new.to_toml().as_bytes())?;
     Ok(())
+}
+
+/// Locks one recipe: resolves every reference, prints what changed, writes the lock file.
+/// `arches` empty means: the architectures of the previous lock, or amd64 and armv7.
+///
+/// `version` sets the recipe's `version_var` for interpolation (without it, the compose
+/// file's default applies). A recipe with a `version_var` keeps the lock's entries of other
+/// versions (they are what earlier releases are rebuilt from); any other recipe's lock holds
+/// exactly the images its compose file names.
+pub fn lock_recipe(
+    reg: &Registries,
+    recipes_dir: &Path,
+    name: &str,
+    arches: &[Arch],
+    version: Option<&str>,
+) -> Result<()> {
+    let recipe = Recipe::load(recipes_dir, name)?;
+    if let (Some(var), None) = (&recipe.file.version_var, version) {
+        eprintln!(
+            "note: recipe `{name}` takes the release version in ${{{var}}}; without --version the compose file's default applies (lock a release's tags with `cargo xtask lock --recipe {name} --version V`)"
+        );
+    }
+    let path = Lock::path(recipes_dir, name);
+    let old = previous_lock(&path, name)?;
+    let arches = lock_arches(&old, arches);
+    let images = resolve_all(reg, &references(&recipe, version)?, &arches)?;
+    let new = merged(&old, images, recipe.file.version_var.is_some());
+    write_lock(&path, &old, &new)
+}
+
+/// `release --lock`: resolves only the images of `version` that the lock lacks for one of
+/// `arches` (for those and the lock's other architectures), prints the lock diff, writes the
+/// lock and returns it. Nothing is asked of a registry when every image is locked.
+pub fn lock_missing(
+    reg: &Registries,
+    recipes_dir: &Path,
+    name: &str,
+    arches: &[Arch],
+    version: &str,
+) -> Result<Lock> {
+    let recipe = Recipe::load(recipes_dir, name)?;
+    let path = Lock::path(recipes_dir, name);
+    let old = previous_lock(&path, name)?;
+    let refs = references(&recipe, Some(version))?;
+    let missing: BTreeSet<String> = refs
+        .into_iter()
+        .filter(|r| arches.iter().any(|a| old.get(r, *a).is_none()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(old);
+    }
+    let mut all: BTreeSet<Arch> = arches.iter().copied().collect();
+    all.extend(lock_arches(&old, &[]));
+    if old.images.is_empty() {
+        all = arches.iter().copied().collect();
+    }
+    let all: Vec<Arch> = all.into_iter().collect();
+    let images = resolve_all(reg, &missing, &all)?;
+    let new = merged(&old, images, true);
+    write_lock(&path, &old, &new)?;
+    Ok(new)
 }
 
 #[cfg(test)]
@@ -329,6 +428,7 @@ mod tests {
     fn img(reference: &str, index: Option<&str>, pins: &[(Arch, &str)]) -> LockedImage {
         LockedImage {
             reference: reference.into(),
+            mirror: None,
             index_digest: index.map(str::to_string),
             platforms: pins
                 .iter()

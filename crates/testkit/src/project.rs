@@ -428,6 +428,7 @@ pub fn single_image_lock(reference: &str, arch: Arch, digest: &str, config_diges
     Lock {
         version: 1,
         images: vec![LockedImage {
+            mirror: None,
             reference: reference.to_string(),
             index_digest: None,
             platforms: BTreeMap::from([(

@@ -105,6 +105,7 @@ pub fn locked(image: &Pushed) -> LockedImage {
     LockedImage {
         reference: image.reference.clone(),
         index_digest: None,
+        mirror: None,
         platforms: BTreeMap::from([(
             Arch::Amd64,
             PlatformPin {

@@ -207,6 +207,40 @@ pub enum Cmd {
         /// The stick's mount point.
         dir: PathBuf,
     },
+    /// Stop a profile's containers; its generation stays current (`start` starts it again).
+    ///
+    /// The containers are kept, not removed; `status` says the profile is stopped until
+    /// `start`, `apply` or `rollback` starts a generation again.
+    Stop {
+        /// Profile.
+        profile: String,
+        /// Wait for the profile lock instead of failing.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Start a stopped profile's current generation again, through the health gate.
+    Start {
+        /// Profile.
+        profile: String,
+        /// Wait for the profile lock instead of failing.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Take a profile's stack down and forget the profile (named volumes and backups kept).
+    ///
+    /// `compose down` removes its containers and networks; named volumes stay. Store entries
+    /// and images go at the next `gc`; backups stay unless --purge-backups; the profile's
+    /// anti-rollback floor stays too.
+    Remove {
+        /// Profile.
+        profile: String,
+        /// Delete the profile's backups too.
+        #[arg(long)]
+        purge_backups: bool,
+        /// Wait for the profile lock instead of failing.
+        #[arg(long)]
+        wait: bool,
+    },
     /// The audit log.
     Audit {
         /// What to do with it.
@@ -253,6 +287,9 @@ impl Cmd {
             Cmd::Gc { .. } => "gc",
             Cmd::Unlock { .. } => "unlock",
             Cmd::UsbLog { .. } => "usb-log",
+            Cmd::Stop { .. } => "stop",
+            Cmd::Start { .. } => "start",
+            Cmd::Remove { .. } => "remove",
             Cmd::Audit {
                 cmd: AuditCmd::Verify,
             } => "audit verify",

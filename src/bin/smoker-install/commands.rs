@@ -3,7 +3,7 @@
 
 use crate::cli::{ApplyArgs, KeyArgs};
 use crate::output::{
-    Applied, AuditChecked, BackedUp, Backups, Collected, Failure, History, MediaLog,
+    Applied, AuditChecked, BackedUp, Backups, Collected, Failure, History, LifecycleDone, MediaLog,
     PolicySuggested, Preflighted, RecoveredFirst, Restored, RolledBack, Status, StoreVerified,
     Unlocked, Verified,
 };
@@ -362,6 +362,44 @@ pub fn unlock(ctx: &Ctx, profile: Option<String>, force: bool) -> Result<Unlocke
         holder: lock.holder,
         message,
     })
+}
+
+/// Which lifecycle command.
+pub enum Lifecycle {
+    /// `stop`.
+    Stop,
+    /// `start`.
+    Start,
+    /// `remove`.
+    Remove {
+        /// `--purge-backups`.
+        purge_backups: bool,
+    },
+}
+
+/// `stop`, `start`, `remove`.
+pub fn lifecycle(
+    ctx: &Ctx,
+    profile: &str,
+    wait: bool,
+    what: Lifecycle,
+) -> Result<LifecycleDone, Failure> {
+    use smoker::lifecycle;
+    let host = ctx.host()?;
+    let reporter = Reporter::new(false);
+    let o = match what {
+        Lifecycle::Stop => lifecycle::stop(&ctx.layout, &host, profile, wait, &reporter)?,
+        Lifecycle::Start => lifecycle::start(&ctx.layout, &host, profile, wait, &reporter)?,
+        Lifecycle::Remove { purge_backups } => lifecycle::remove(
+            &ctx.layout,
+            &host,
+            profile,
+            lifecycle::RemoveOptions { purge_backups },
+            wait,
+            &reporter,
+        )?,
+    };
+    Ok(LifecycleDone(o))
 }
 
 /// `audit verify`.

@@ -10,7 +10,7 @@ mod output;
 
 use clap::FromArgMatches as _;
 use cli::{AuditCmd, Cli, Cmd, PolicyCmd};
-use commands::Ctx;
+use commands::{Ctx, Lifecycle};
 use output::Output;
 use smoker::envelope::Envelope;
 use smoker::error::Kind;
@@ -105,6 +105,22 @@ fn main() -> ExitCode {
             out.finish(command, commands::unlock(&ctx, profile, force))
         }
         Cmd::UsbLog { dir } => out.finish(command, commands::usb_log(&dir)),
+        Cmd::Stop { profile, wait } => out.finish(
+            command,
+            commands::lifecycle(&ctx, &profile, wait, Lifecycle::Stop),
+        ),
+        Cmd::Start { profile, wait } => out.finish(
+            command,
+            commands::lifecycle(&ctx, &profile, wait, Lifecycle::Start),
+        ),
+        Cmd::Remove {
+            profile,
+            purge_backups,
+            wait,
+        } => out.finish(
+            command,
+            commands::lifecycle(&ctx, &profile, wait, Lifecycle::Remove { purge_backups }),
+        ),
         Cmd::Audit {
             cmd: AuditCmd::Verify,
         } => out.finish(command, commands::audit_verify(&ctx)),

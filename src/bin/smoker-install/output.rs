@@ -523,6 +523,12 @@ impl Report for Status {
                 list("pending", &s.pending),
                 list("failed", &s.failed),
             ));
+            if let Some(since) = &s.stopped_since {
+                out.push_str(&format!(
+                    "  stopped since {since} (`smoker-install start {}` starts it again)\n",
+                    s.profile
+                ));
+            }
             if let Some(l) = lock_line(s.locked, s.holder.as_ref()) {
                 out.push_str(&l);
                 out.push('\n');
@@ -668,6 +674,19 @@ impl Report for Unlocked {
 
     fn text(&self) -> String {
         self.message.clone()
+    }
+}
+
+/// `stop`, `start`, `remove`: what was done to the profile.
+pub struct LifecycleDone(pub smoker::lifecycle::Outcome);
+
+impl Report for LifecycleDone {
+    fn data(&self) -> serde_json::Value {
+        to_data(&self.0)
+    }
+
+    fn text(&self) -> String {
+        self.0.message.clone()
     }
 }
 
