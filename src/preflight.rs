@@ -143,6 +143,7 @@ pub fn find(i: &Inputs<'_>) -> Result<Found> {
             None => r.add("disk (docker)", false, "cannot read Docker's data root"),
         }
         check_capabilities(m, rt, &mut r);
+        check_registries(m, rt, &mut r);
         check_owner(i, rt, &mut r);
         if missing.is_empty() {
             let env = hostenv::stack_env(i.payload_dir, m.compose.env_file.as_deref(), &host_vars)?;
@@ -188,6 +189,102 @@ fn check_capabilities(m: &Manifest, rt: &Runtime, r: &mut Report) {
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         r.add("capabilities", false, text.join("; "));
     }
+}
+
+/// Images an online bundle still has to pull: their registry (or, for Docker Hub, one of the
+/// engine's mirrors) answers from this host. A registry that does not makes the images step
+/// fail after the switch would have been prepared; better to say so now.
+fn check_registries(m: &Manifest, rt: &Runtime, r: &mut Report) {
+    let missing: Vec<&smoker_format::manifest::Image> = m
+        .images
+        .iter()
+        .filter(|i| i.archive.is_none())
+        .filter(|i| match &i.config_digest {
+            Some(id) => !rt.has_image(id),
+            None => !rt.has_image(&i.pinned_ref()),
+        })
+        .collect();
+    if missing.is_empty() {
+        return r.add(
+            "registries",
+            true,
+            "no image needs a pull (all present, or carried by the bundle)",
+        );
+    }
+    let mut hosts: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for i in &missing {
+        hosts
+            .entry(registry_host(&i.repository))
+            .or_default()
+            .push(i.service.clone());
+    }
+    let mut unreachable = Vec::new();
+    for (host, services) in &hosts {
+        let mut candidates: Vec<String> = Vec::new();
+        if host == "docker.io" {
+            candidates.extend(rt.registry_mirrors());
+            candidates.push("https://registry-1.docker.io".into());
+        } else {
+            candidates.push(format!("https://{host}"));
+        }
+        if !candidates.iter().any(|c| answers(c)) {
+            unreachable.push(format!(
+                "{host} (for {}; tried {})",
+                services.join(", "),
+                candidates.join(", ")
+            ));
+        }
+    }
+    if unreachable.is_empty() {
+        r.add(
+            "registries",
+            true,
+            format!("{} image(s) to pull; every registry answers", missing.len()),
+        );
+    } else {
+        r.add(
+            "registries",
+            false,
+            format!(
+                "images must be pulled, but no route to: {} — restore the network, give the engine a reachable mirror (`registry-mirrors` in /etc/docker/daemon.json), or use an offline bundle (`release --offline`)",
+                unreachable.join("; ")
+            ),
+        );
+    }
+}
+
+/// The registry host of a repository, as Docker reads it (`docker.io` when the first part is
+/// not a host name).
+fn registry_host(repository: &str) -> String {
+    match repository.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first.to_string(),
+        _ => "docker.io".to_string(),
+    }
+}
+
+/// True when a TCP connection to the URL's host and port opens within 3 s.
+fn answers(url: &str) -> bool {
+    use std::net::ToSocketAddrs as _;
+    let (default_port, rest) = match url.split_once("://") {
+        Some(("http", rest)) => (80, rest),
+        Some((_, rest)) => (443, rest),
+        None => (443, url),
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    let Ok(addrs) = with_port.to_socket_addrs() else {
+        return false;
+    };
+    addrs.into_iter().any(|a| {
+        std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(3)).is_ok()
+    })
 }
 
 /// Device nodes and absolute bind-mount sources the stack names exist on this host.
@@ -432,5 +529,30 @@ pub fn require(i: &Inputs<'_>) -> Result<(Runtime, Option<Resolved>)> {
     match f.runtime {
         Some(rt) if problems.is_empty() => Ok((rt, f.resolved)),
         _ => Err(Error::Preflight(problems)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_hosts_are_read_as_docker_reads_them() {
+        assert_eq!(registry_host("docker.io/library/mongo"), "docker.io");
+        assert_eq!(registry_host("library/mongo"), "docker.io");
+        assert_eq!(registry_host("someorg/app"), "docker.io");
+        assert_eq!(registry_host("127.0.0.1:5000/app"), "127.0.0.1:5000");
+        assert_eq!(registry_host("localhost/app"), "localhost");
+        assert_eq!(registry_host("ghcr.io/o/app"), "ghcr.io");
+    }
+
+    #[test]
+    fn a_registry_answers_when_its_port_accepts() {
+        let open = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = open.local_addr().expect("addr").port();
+        assert!(answers(&format!("https://127.0.0.1:{port}")));
+        assert!(answers(&format!("http://127.0.0.1:{port}/v2/")));
+        drop(open);
+        assert!(!answers(&format!("https://127.0.0.1:{port}")));
     }
 }

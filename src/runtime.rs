@@ -394,6 +394,25 @@ impl Runtime {
             .then(|| PathBuf::from(text(&out.stdout)))
             .filter(|p| !p.as_os_str().is_empty())
     }
+
+    /// The registry mirrors the engine pulls Docker Hub images through (`registry-mirrors` of
+    /// the daemon's configuration), as URLs.
+    pub fn registry_mirrors(&self) -> Vec<String> {
+        let Ok(out) = run(Command::new("docker").args([
+            "info",
+            "--format",
+            "{{json .RegistryConfig.Mirrors}}",
+        ])) else {
+            return Vec::new();
+        };
+        if !out.status.success() {
+            return Vec::new();
+        }
+        serde_json::from_slice::<Option<Vec<String>>>(&out.stdout)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
 }
 
 /// Data operations inside a generation's containers (backups, restores, migrations).

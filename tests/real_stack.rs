@@ -266,3 +266,47 @@ per_frontend!(
     preflight_names_what_this_host_cannot_run,
     a_second_root_is_refused_on_a_foreign_project
 );
+
+/// An online bundle whose image is not on the host and whose registry does not answer is
+/// refused by preflight, naming the registry and the way out, before anything switches.
+#[test]
+fn preflight_says_when_a_pull_needs_a_registry_that_does_not_answer() {
+    let mut bed = Testbed::new();
+    let (image, port) = (bed.image.clone(), bed.port);
+    let project = Project::testsvc(&image, port, 20);
+    let v1 = project.release_svc("1.0.0", port, 20, &[("VERSION_TEXT", "v1")]);
+    let host = bed.host(None);
+    smoker_testkit::images::remove_image(&image.id);
+    let registry = bed.registry.host();
+    bed.registry.stop();
+    let out = host
+        .cmd()
+        .args(["preflight", "--json", "--key"])
+        .arg(&project.public_key)
+        .arg("--env-file")
+        .arg(&project.env_file)
+        .arg(&v1)
+        .output()
+        .expect("preflight");
+    assert!(!out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let check = report["data"]["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "registries")
+        .unwrap_or_else(|| panic!("no registries check: {report}"))
+        .clone();
+    assert_eq!(check["ok"], false, "{check}");
+    let detail = check["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&registry) && detail.contains("web") && detail.contains("offline bundle"),
+        "{detail}"
+    );
+    let out = host.apply(&project, &v1);
+    assert!(!out.status.success());
+    assert!(
+        !host.root().join("profiles/svc/current").exists(),
+        "nothing was switched"
+    );
+}
