@@ -294,6 +294,41 @@ fn start_locked(layout: &Layout, mut p: Profile) -> Result<Outcome> {
     })
 }
 
+/// The migration ledger stays when a profile is removed: the named volumes (the data those
+/// migrations changed) stay too, so a later install of the profile must not run them again.
+const KEPT_ON_REMOVE: &str = "migrations.json";
+
+/// Removes everything of a profile's directory (state, generation links, markers) but the
+/// migration ledger; the directory goes too when nothing is left.
+fn forget_profile(dir: &std::path::Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(crate::error::io_at(dir)(e)),
+    };
+    let mut kept = false;
+    for e in entries {
+        let e = e.map_err(crate::error::io_at(dir))?;
+        let path = e.path();
+        if e.file_name() == KEPT_ON_REMOVE {
+            kept = true;
+            continue;
+        }
+        let is_dir = std::fs::symlink_metadata(&path)
+            .map(|m| m.is_dir())
+            .unwrap_or(false);
+        if is_dir {
+            crate::fsutil::remove_tree(&path)?;
+        } else {
+            std::fs::remove_file(&path).map_err(crate::error::io_at(&path))?;
+        }
+    }
+    if !kept {
+        std::fs::remove_dir(dir).map_err(crate::error::io_at(dir))?;
+    }
+    crate::fsutil::fsync_dir(dir.parent().unwrap_or(dir))
+}
+
 fn remove_locked(layout: &Layout, p: Profile, opts: RemoveOptions) -> Result<Outcome> {
     let name = p.state.name.clone();
     let project = p.state.project.clone();
@@ -309,7 +344,7 @@ fn remove_locked(layout: &Layout, p: Profile, opts: RemoveOptions) -> Result<Out
             overrides: &[],
         })?;
     }
-    crate::fsutil::remove_tree(p.dir())?;
+    forget_profile(p.dir())?;
     crate::fsutil::fsync_dir(&layout.profiles())?;
     if opts.purge_backups {
         crate::fsutil::remove_tree(&layout.root().join("backups").join(&name))?;
@@ -327,7 +362,8 @@ fn remove_locked(layout: &Layout, p: Profile, opts: RemoveOptions) -> Result<Out
         health: None,
         purged_backups: opts.purge_backups,
         message: format!(
-            "removed profile `{name}`: compose project `{project}` taken down (named volumes kept: `docker volume ls --filter label=com.docker.compose.project={project}`), generations forgotten; store entries and images go at the next `smoker-install gc`; {}",
+            "removed profile `{name}`: compose project `{project}` taken down (named volumes kept: `docker volume ls --filter label=com.docker.compose.project={project}`), generations forgotten (the migration ledger stays with the volumes: delete `{}` too if you delete them); store entries and images go at the next `smoker-install gc`; {}",
+            p.dir().join(KEPT_ON_REMOVE).display(),
             if opts.purge_backups {
                 "its backups were deleted"
             } else {
@@ -335,4 +371,32 @@ fn remove_locked(layout: &Layout, p: Profile, opts: RemoveOptions) -> Result<Out
             }
         ),
     })
+}
+
+#[cfg(test)]
+mod forget_tests {
+    use super::*;
+
+    #[test]
+    fn a_removed_profile_keeps_only_its_migration_ledger() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("shop");
+        std::fs::create_dir_all(p.join("sub")).expect("mkdir");
+        for f in ["state.json", "current", "1-link", "stopped", KEPT_ON_REMOVE] {
+            std::fs::write(p.join(f), "x").expect("write");
+        }
+        forget_profile(&p).expect("forget");
+        let left: Vec<String> = std::fs::read_dir(&p)
+            .expect("dir stays")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, [KEPT_ON_REMOVE]);
+        // Without a ledger, nothing of the profile is left.
+        let q = dir.path().join("web");
+        std::fs::create_dir_all(&q).expect("mkdir");
+        std::fs::write(q.join("state.json"), "{}").expect("write");
+        forget_profile(&q).expect("forget");
+        assert!(!q.exists());
+    }
 }
