@@ -36,6 +36,7 @@ pub mod recovery;
 pub mod redact;
 pub mod rollback;
 pub mod runtime;
+pub mod stage;
 pub mod store;
 pub mod sys;
 pub mod usb;

@@ -73,7 +73,11 @@ pub struct ApplyArgs {
     /// Where removable media are mounted (repeatable; default /media and /mnt).
     #[arg(long = "media-root", requires = "usb")]
     pub media_roots: Vec<PathBuf>,
-    /// The bundle file (or --usb).
+    /// Switch to the bundle staged for this profile (`smoker-install stage`) instead of
+    /// reading a bundle file.
+    #[arg(long, value_name = "PROFILE", conflicts_with_all = ["bundle", "usb"])]
+    pub staged: Option<String>,
+    /// The bundle file (or --usb, or --staged).
     pub bundle: Option<PathBuf>,
 }
 
@@ -101,6 +105,30 @@ pub enum Cmd {
     /// Verify a bundle, install it as a new generation, switch, health-check, and roll back by
     /// itself when it is not healthy.
     Apply(ApplyArgs),
+    /// Verify a bundle and commit it to the store without switching to it; a later `apply` of
+    /// the same bundle (or `apply --staged PROFILE`) switches without reading it again.
+    Stage {
+        /// Trusted keys.
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// Wait for the profile lock instead of failing.
+        #[arg(long)]
+        wait: bool,
+        /// Accept a version older than the newest good generation (as `apply`).
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Accept a bundle of another environment (as `apply`).
+        #[arg(long)]
+        allow_env_change: bool,
+        /// This host's environment when its config declares none (as `apply --environment`).
+        #[arg(long)]
+        environment: Option<String>,
+        /// Maintenance window `HH:MM-HH:MM` (host time) recorded with it, for the pull agent.
+        #[arg(long)]
+        window: Option<String>,
+        /// The bundle file.
+        bundle: PathBuf,
+    },
     /// Switch back to a kept generation (default: the previous good one). Needs no network and
     /// no bundle file.
     Rollback {
@@ -242,6 +270,7 @@ impl Cmd {
         match self {
             Cmd::Verify { .. } => "verify",
             Cmd::Apply(_) => "apply",
+            Cmd::Stage { .. } => "stage",
             Cmd::Rollback { .. } => "rollback",
             Cmd::Preflight { .. } => "preflight",
             Cmd::Backup { .. } => "backup",

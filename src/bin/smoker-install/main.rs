@@ -54,6 +54,29 @@ fn main() -> ExitCode {
             out.finish(command, commands::verify(&keys, bundle.unwrap_or_default()))
         }
         Cmd::Apply(args) => out.finish(command, commands::apply(&ctx, args)),
+        Cmd::Stage {
+            keys,
+            wait,
+            allow_downgrade,
+            allow_env_change,
+            environment,
+            window,
+            bundle,
+        } => out.finish(
+            command,
+            commands::stage(
+                &ctx,
+                commands::StageArgs {
+                    keys,
+                    wait,
+                    allow_downgrade,
+                    allow_env_change,
+                    environment,
+                    window,
+                },
+                bundle,
+            ),
+        ),
         Cmd::Rollback {
             profile,
             to,
@@ -150,6 +173,21 @@ fn trust_gate(cli: &Cli) -> smoker::error::Result<()> {
     };
     match &cli.cmd {
         Cmd::Verify { keys, .. } => choices.keys = keys_of(keys),
+        Cmd::Stage {
+            keys,
+            allow_downgrade,
+            allow_env_change,
+            environment,
+            ..
+        } => {
+            choices.keys = keys_of(keys);
+            choices.exceptions = exceptions(
+                *allow_downgrade,
+                *allow_env_change,
+                environment.is_some(),
+                false,
+            );
+        }
         Cmd::Apply(a) => {
             choices.keys = keys_of(&a.keys);
             choices.env_file = a.env_file.as_deref();

@@ -261,6 +261,32 @@ impl Report for StoreVerified {
 /// `apply`: what the apply did.
 pub struct Applied(pub smoker::apply::Outcome);
 
+/// `stage`'s result.
+pub struct Staged(pub smoker::stage::Outcome);
+
+impl Report for Staged {
+    fn data(&self) -> serde_json::Value {
+        to_data(&self.0)
+    }
+
+    fn text(&self) -> String {
+        let r = &self.0.record;
+        format!(
+            "{} {} {}: {} as {} (not switched; `smoker-install apply --staged {}` switches to it){}\n",
+            r.profile,
+            r.version,
+            r.arch,
+            self.0.result,
+            r.store,
+            r.profile,
+            r.window
+                .as_ref()
+                .map(|w| format!("; window {w}"))
+                .unwrap_or_default()
+        )
+    }
+}
+
 impl Report for Applied {
     fn data(&self) -> serde_json::Value {
         to_data(&self.0)
