@@ -4,6 +4,7 @@
 //! - `release`: recipes + lock → signed, reproducible bundles (`--offline`: with the images).
 //! - `keygen`: a minisign key pair for signing releases.
 //! - `verify-rebuild`: rebuild a bundle from its recorded source and compare.
+//! - `publish`: the signed channel (`channel.json` + `.minisig`) over a release directory.
 //! - `armv7`: cross-build the installer for the Pi and test it under qemu (see `armv7.rs`).
 
 mod armv7;
@@ -50,6 +51,9 @@ enum Cmd {
         #[arg(long)]
         no_password: bool,
     },
+    /// Write the signed channel (channel.json + channel.json.minisig) listing the newest bundle
+    /// per profile, architecture and environment, for `smoker-install pull`.
+    Publish(PublishArgs),
     /// Rebuild a bundle from the source it records and compare everything but signatures.
     VerifyRebuild {
         /// The bundle to check.
@@ -61,6 +65,42 @@ enum Cmd {
         #[arg(long, env = "SMOKER_BLOB_CACHE")]
         blob_cache: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct PublishArgs {
+    /// Channel name (e.g. stable).
+    #[arg(long)]
+    channel: String,
+    /// The channel directory to write (served as static files); bundles are copied into
+    /// `<out>/<environment>/`.
+    #[arg(long)]
+    out: PathBuf,
+    /// Where the bundles are.
+    #[arg(long, default_value = "bundles")]
+    from: PathBuf,
+    /// Secret key that signs the channel (minisign format).
+    #[arg(long, env = "SMOKER_SECRET_KEY")]
+    secret_key: PathBuf,
+    /// Public key, or directory of public keys, the bundles must verify with (default: the
+    /// public half of --secret-key).
+    #[arg(long)]
+    keys: Option<PathBuf>,
+    /// Seconds until hosts refuse the channel as stale (default 7 days).
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    expires_in: u64,
+    /// Explicit sequence number (must exceed the current channel's).
+    #[arg(long)]
+    sequence: Option<u64>,
+    /// Hosts apply nothing before this time (Unix seconds).
+    #[arg(long)]
+    not_before: Option<u64>,
+    /// Percentage of hosts (by hash of their id) that take this publication.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    cohort: Option<u8>,
+    /// Maintenance window HH:MM-HH:MM (host time) in which hosts apply.
+    #[arg(long)]
+    window: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -121,6 +161,7 @@ fn run() -> Result<()> {
         Cmd::Armv7(args) => armv7::run(&args, &workspace_root()),
         Cmd::Lock(args) => cmd_lock(args),
         Cmd::Release(args) => cmd_release(args),
+        Cmd::Publish(args) => cmd_publish(&args),
         Cmd::Keygen {
             secret_key,
             public_key,
@@ -359,6 +400,54 @@ fn cmd_release(args: ReleaseArgs) -> Result<()> {
         let sums = release::write_sums(dir, files)?;
         println!("wrote {}", sums.display());
     }
+    Ok(())
+}
+
+fn cmd_publish(args: &PublishArgs) -> Result<()> {
+    let key = SecretKey::load(&args.secret_key, None)
+        .with_context(|| format!("loading the signing key {}", args.secret_key.display()))?;
+    let keys = match &args.keys {
+        Some(p) if p.is_dir() => signing::TrustedKeys::from_dir(p)?,
+        Some(p) => signing::TrustedKeys::from_file(p)?,
+        None => {
+            let dir = tempfile::tempdir()?;
+            let p = dir.path().join("channel.pub");
+            std::fs::write(&p, key.public_key_file())?;
+            signing::TrustedKeys::from_file(&p)?
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let channel = smoker_build::publish::publish(&smoker_build::publish::Request {
+        name: &args.channel,
+        release_dir: &args.from,
+        out: &args.out,
+        keys: &keys,
+        key: &key,
+        now,
+        expires_in: args.expires_in,
+        sequence: args.sequence,
+        not_before: args.not_before,
+        cohort: args.cohort,
+        window: args.window.clone(),
+    })?;
+    for e in &channel.bundles {
+        println!(
+            "{}  {} {} {} {}  {}",
+            e.sha256, e.profile, e.arch, e.environment, e.version, e.file
+        );
+    }
+    println!(
+        "channel {} sequence {} expires {} written to {}",
+        channel.name,
+        channel.sequence,
+        channel.expires,
+        args.out
+            .join(smoker_format::channel::CHANNEL_FILE)
+            .display()
+    );
     Ok(())
 }
 

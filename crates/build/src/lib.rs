@@ -3,12 +3,14 @@
 //! [`recipe`] and [`lock`] read the project's declarations, [`compose`] reads the user's compose
 //! file (images, relative references, interpolation) and writes the pin override, [`registry`]
 //! and [`resolve`] turn tags into per-architecture digests, [`offline`] fetches images into a
-//! blob cache for offline bundles, and [`release`] plans and writes bundles in the format of
+//! blob cache for offline bundles, [`publish`] writes the signed channel over a release
+//! directory, and [`release`] plans and writes bundles in the format of
 //! `smoker_format`. The installer does not depend on this crate.
 
 pub mod compose;
 pub mod lock;
 pub mod offline;
+pub mod publish;
 pub mod recipe;
 pub mod registry;
 pub mod release;
