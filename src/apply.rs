@@ -107,7 +107,7 @@ pub fn apply_staged(
     opts: &Options,
     progress: &dyn Progress,
 ) -> Result<Outcome> {
-    let Some(record) = crate::stage::load(layout, profile)? else {
+    let Some(record) = crate::staged::load(layout, profile)? else {
         return Err(Error::State(format!(
             "nothing is staged for profile `{profile}`; stage a bundle first (smoker-install stage BUNDLE)"
         )));
@@ -125,7 +125,7 @@ struct Head {
     manifest_sha256: String,
 }
 
-fn record_head(r: &crate::stage::Record) -> Head {
+fn record_head(r: &crate::staged::Record) -> Head {
     Head {
         name: r.profile.clone(),
         version: r.version.clone(),
@@ -139,7 +139,7 @@ enum Source {
     /// The bundle file, verified and stored in one pass.
     File(std::fs::File),
     /// An entry staged earlier for the same signed manifest.
-    Staged(crate::stage::Record, StoreEntry, String),
+    Staged(Box<(crate::staged::Record, StoreEntry, String)>),
 }
 
 /// Applies an open bundle file; `bundle` names it in messages and the audit log.
@@ -180,14 +180,14 @@ fn run_locked(
     fault::point("apply:locked");
     // Finish whatever an interrupted run left behind before starting anew.
     crate::rollback::recover_profile(layout, &name, progress)?;
-    let staged = crate::stage::usable(layout, &name, Some(&peek.manifest_sha256), &opts.keys)?;
+    let staged = crate::staged::usable(layout, &name, Some(&peek.manifest_sha256), &opts.keys)?;
     let source = match (staged, file) {
         (Some((record, entry, key_id)), _) => {
             progress.info(&format!(
                 "{} {} was staged as {}: switching without reading the bundle again",
                 record.profile, record.version, record.store
             ));
-            Source::Staged(record, entry, key_id)
+            Source::Staged(Box::new((record, entry, key_id)))
         }
         (None, Some(file)) => Source::File(file),
         (None, None) => {
@@ -223,7 +223,7 @@ fn run_locked(
     };
     let result = run.apply_locked(source);
     if matches!(&result, Ok(_) | Err(Error::RolledBack(_))) {
-        crate::stage::clear_if(layout, &name, &peek.manifest_sha256)?;
+        crate::staged::clear_if(layout, &name, &peek.manifest_sha256)?;
     }
     let end = match &result {
         Ok(o) if o.result == "unchanged" => None,
@@ -285,12 +285,13 @@ impl Run<'_> {
         let existing = Profile::open(self.layout, self.name)?;
         let bundle_bytes = match &source {
             Source::File(file) => file.metadata().map(|m| m.len()).unwrap_or(0),
-            Source::Staged(record, ..) => record.bundle_bytes,
+            Source::Staged(staged) => staged.0.bundle_bytes,
         };
         // Held until generation N links the entry, so no gc removes it in between.
         let (entry, bundle_sha256, storing) = match source {
             Source::File(file) => self.verify_and_store(file, existing.as_ref())?,
-            Source::Staged(record, entry, key_id) => {
+            Source::Staged(staged) => {
+                let (record, entry, key_id) = *staged;
                 self.check_staged(record, entry, &key_id, existing.as_ref())?
             }
         };
@@ -411,10 +412,10 @@ impl Run<'_> {
     }
 
     /// A staged entry (already verified and stored, its journal and manifest signature checked
-    /// by [`crate::stage::usable`]): the host's policy is decided again, as now.
+    /// by [`crate::staged::usable`]): the host's policy is decided again, as now.
     fn check_staged(
         &mut self,
-        record: crate::stage::Record,
+        record: crate::staged::Record,
         entry: StoreEntry,
         key_id: &str,
         existing: Option<&Profile>,

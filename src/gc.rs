@@ -264,7 +264,7 @@ pub fn gc<R: ImageRemover + ?Sized>(
         });
         profiles.insert(name, profile);
     }
-    let staged: BTreeSet<String> = crate::stage::staged_entries(layout).into_iter().collect();
+    let staged: BTreeSet<String> = crate::staged::staged_entries(layout).into_iter().collect();
     let entries: Vec<EntryView> = store::list(layout)
         .into_iter()
         .map(|name| match store::open(layout, &name) {

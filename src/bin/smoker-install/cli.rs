@@ -129,6 +129,38 @@ pub enum Cmd {
         /// The bundle file.
         bundle: PathBuf,
     },
+    /// Poll a signed channel once: fetch it (conditional GET), and for each followed profile
+    /// download its newest bundle (resumable), verify, and apply it inside the channel's
+    /// window (else stage it). For the pull timer and boot.
+    Pull {
+        /// Trusted keys (the channel's and the bundles').
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// URL of the channel directory (or of its channel.json).
+        #[arg(long)]
+        channel: String,
+        /// Profile to follow (repeatable; default: every profile installed here).
+        #[arg(long = "profile")]
+        profiles: Vec<String>,
+        /// This host's id for phased rollouts (default: the host name).
+        #[arg(long)]
+        host_id: Option<String>,
+        /// Attempts while the server is unreachable.
+        #[arg(long, default_value_t = 4)]
+        attempts: u32,
+        /// First retry delay in milliseconds (doubled each time, plus random jitter).
+        #[arg(long, default_value_t = 2000)]
+        backoff_ms: u64,
+        /// Host env file for a profile installed for the first time (as `apply`).
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        /// Compose project name for a profile installed for the first time (as `apply`).
+        #[arg(long)]
+        project: Option<String>,
+        /// Generations to keep.
+        #[arg(long, default_value_t = 5)]
+        keep: usize,
+    },
     /// Switch back to a kept generation (default: the previous good one). Needs no network and
     /// no bundle file.
     Rollback {
@@ -271,6 +303,7 @@ impl Cmd {
             Cmd::Verify { .. } => "verify",
             Cmd::Apply(_) => "apply",
             Cmd::Stage { .. } => "stage",
+            Cmd::Pull { .. } => "pull",
             Cmd::Rollback { .. } => "rollback",
             Cmd::Preflight { .. } => "preflight",
             Cmd::Backup { .. } => "backup",

@@ -4,7 +4,7 @@
 use crate::cli::{ApplyArgs, KeyArgs};
 use crate::output::{
     Applied, AuditChecked, BackedUp, Backups, Collected, Failure, History, MediaLog,
-    PolicySuggested, Preflighted, RecoveredFirst, Restored, RolledBack, Staged, Status,
+    PolicySuggested, Preflighted, Pulled, RecoveredFirst, Restored, RolledBack, Staged, Status,
     StoreVerified, Unlocked, Verified,
 };
 use smoker::apply::{self, Progress};
@@ -240,6 +240,52 @@ pub fn stage(ctx: &Ctx, a: StageArgs, bundle: PathBuf) -> Result<Staged, Failure
     let outcome =
         smoker::stage::stage(&ctx.layout, &bundle, &opts, a.window, &Reporter::new(false))?;
     Ok(Staged(outcome))
+}
+
+/// What `pull` is asked to do.
+pub struct PullArgs {
+    /// Trusted keys.
+    pub keys: KeyArgs,
+    /// Channel URL.
+    pub channel: String,
+    /// Profiles to follow.
+    pub profiles: Vec<String>,
+    /// Host id.
+    pub host_id: Option<String>,
+    /// Attempts.
+    pub attempts: u32,
+    /// First backoff.
+    pub backoff_ms: u64,
+    /// Env file.
+    pub env_file: Option<PathBuf>,
+    /// Project.
+    pub project: Option<String>,
+    /// Generations kept.
+    pub keep: usize,
+}
+
+/// `pull`: one poll of a channel.
+pub fn pull(ctx: &Ctx, a: PullArgs) -> Result<Pulled, Failure> {
+    let opts = apply::Options {
+        keys: a.keys.load()?,
+        env_file: a.env_file,
+        keep: a.keep,
+        wait: true,
+        allow_downgrade: false,
+        project: a.project,
+        host: ctx.host()?,
+        allow_env_change: false,
+    };
+    let request = smoker::pull::Request {
+        url: &a.channel,
+        profiles: a.profiles,
+        host_id: a.host_id.unwrap_or_else(smoker::sys::hostname),
+        attempts: a.attempts,
+        backoff: std::time::Duration::from_millis(a.backoff_ms),
+        opts: &opts,
+    };
+    let outcome = smoker::pull::pull(&ctx.layout, &request, &Reporter::new(false))?;
+    Ok(Pulled(outcome))
 }
 
 /// `rollback`.

@@ -54,6 +54,33 @@ fn main() -> ExitCode {
             out.finish(command, commands::verify(&keys, bundle.unwrap_or_default()))
         }
         Cmd::Apply(args) => out.finish(command, commands::apply(&ctx, args)),
+        Cmd::Pull {
+            keys,
+            channel,
+            profiles,
+            host_id,
+            attempts,
+            backoff_ms,
+            env_file,
+            project,
+            keep,
+        } => out.finish(
+            command,
+            commands::pull(
+                &ctx,
+                commands::PullArgs {
+                    keys,
+                    channel,
+                    profiles,
+                    host_id,
+                    attempts,
+                    backoff_ms,
+                    env_file,
+                    project,
+                    keep,
+                },
+            ),
+        ),
         Cmd::Stage {
             keys,
             wait,
@@ -214,6 +241,16 @@ fn trust_gate(cli: &Cli) -> smoker::error::Result<()> {
                 environment.is_some(),
                 false,
             );
+        }
+        Cmd::Pull {
+            keys,
+            env_file,
+            project,
+            ..
+        } => {
+            choices.keys = keys_of(keys);
+            choices.env_file = env_file.as_deref();
+            choices.exceptions = exceptions(false, false, false, project.is_some());
         }
         Cmd::UsbLog { .. } => {
             return Err(smoker::error::Error::Policy(

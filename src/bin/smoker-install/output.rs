@@ -261,6 +261,38 @@ impl Report for StoreVerified {
 /// `apply`: what the apply did.
 pub struct Applied(pub smoker::apply::Outcome);
 
+/// `pull`'s result.
+pub struct Pulled(pub smoker::pull::Outcome);
+
+impl Report for Pulled {
+    fn data(&self) -> serde_json::Value {
+        to_data(&self.0)
+    }
+
+    fn text(&self) -> String {
+        let o = &self.0;
+        let mut s = format!(
+            "channel {} sequence {}{} ({} requests, {} bytes)\n",
+            o.channel,
+            o.sequence,
+            if o.not_modified { ", not modified" } else { "" },
+            o.requests,
+            o.bytes_received
+        );
+        for p in &o.profiles {
+            s.push_str(&format!("  {}: {} — {}\n", p.profile, p.action, p.message));
+        }
+        s
+    }
+
+    fn failure(&self) -> Option<Failure> {
+        self.0.profiles.iter().find_map(|p| {
+            p.kind
+                .map(|k| Failure::new(k, format!("{}: {}", p.profile, p.message)))
+        })
+    }
+}
+
 /// `stage`'s result.
 pub struct Staged(pub smoker::stage::Outcome);
 
