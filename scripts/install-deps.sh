@@ -14,8 +14,9 @@ fi
 
 # Debian packages: minisign (signature interop), zstd + GNU tar (bundle inspection), the
 # loopback registry, curl, GNU time (benchmarks), git, iproute2 (offline tests bring up loopback
-# in a network namespace of their own), and Docker with a compose front end.
-pkgs=(minisign zstd tar docker-registry curl time git ca-certificates iproute2)
+# in a network namespace of their own), OpenSSH client and server (the fleet tests run one sshd
+# per host on loopback), and Docker with a compose front end.
+pkgs=(minisign zstd tar docker-registry curl time git ca-certificates iproute2 openssh-client openssh-server)
 command -v docker >/dev/null || pkgs+=(docker.io)
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
   pkgs+=(docker-compose)
@@ -58,7 +59,7 @@ if ! rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-g
   [ "$(uname -m)" = x86_64 ] || die "tests build a static x86_64 test service; run them on x86_64"
 fi
 
-for c in minisign zstd docker-registry curl git; do
+for c in minisign zstd docker-registry curl git ssh scp; do
   command -v "$c" >/dev/null || die "$c is still missing after installation"
 done
 if docker compose version >/dev/null 2>&1; then
@@ -67,4 +68,5 @@ fi
 if command -v docker-compose >/dev/null; then
   say "compose: docker-compose $(docker-compose version --short)"
 fi
+[ -x /usr/sbin/sshd ] || die "/usr/sbin/sshd is still missing after installation (openssh-server)"
 say "docker $(docker version --format '{{.Server.Version}}'), minisign $(minisign -v 2>&1 | head -1)"

@@ -4,6 +4,7 @@
 //! - `release`: recipes + lock → signed, reproducible bundles (`--offline`: with the images).
 //! - `keygen`: a minisign key pair for signing releases.
 //! - `verify-rebuild`: rebuild a bundle from its recorded source and compare.
+//! - `rollout`: push bundles to a fleet over SSH (`crates/fleet`).
 //! - `publish`: the signed channel (`channel.json` + `.minisig`) over a release directory.
 //! - `armv7`: cross-build the installer for the Pi and test it under qemu (see `armv7.rs`).
 
@@ -54,6 +55,9 @@ enum Cmd {
     /// Write the signed channel (channel.json + channel.json.minisig) listing the newest bundle
     /// per profile, architecture and environment, for `smoker-install pull`.
     Publish(PublishArgs),
+    /// Roll bundles out to the hosts of an inventory over SSH (rolling, immediate or
+    /// scheduled), and print a table (and a JSON report).
+    Rollout(RolloutArgs),
     /// Rebuild a bundle from the source it records and compare everything but signatures.
     VerifyRebuild {
         /// The bundle to check.
@@ -101,6 +105,62 @@ struct PublishArgs {
     /// Maintenance window HH:MM-HH:MM (host time) in which hosts apply.
     #[arg(long)]
     window: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StrategyName {
+    Rolling,
+    Immediate,
+    Scheduled,
+}
+
+#[derive(clap::Args)]
+struct RolloutArgs {
+    /// The inventory.
+    #[arg(long, default_value = "fleet.toml")]
+    inventory: PathBuf,
+    /// Where the bundles are (the newest per profile, architecture and environment is used).
+    #[arg(long, default_value = "bundles")]
+    from: PathBuf,
+    /// Public key file or directory the bundles must verify with (default: keys/).
+    #[arg(long)]
+    keys: Option<PathBuf>,
+    /// Strategy.
+    #[arg(long, value_enum, default_value = "rolling")]
+    strategy: StrategyName,
+    /// rolling: hosts per batch.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// rolling: seconds to wait between batches.
+    #[arg(long, default_value_t = 0)]
+    pause: u64,
+    /// rolling: failures tolerated before the rollout stops.
+    #[arg(long, default_value_t = 0)]
+    max_failures: usize,
+    /// immediate, scheduled: hosts at a time.
+    #[arg(long, default_value_t = 8)]
+    parallel: usize,
+    /// scheduled: the maintenance window HH:MM-HH:MM (host time).
+    #[arg(long, required_if_eq("strategy", "scheduled"))]
+    window: Option<String>,
+    /// An unreachable host fails the rollout (default: reported offline).
+    #[arg(long)]
+    require_all: bool,
+    /// Only hosts of this group (repeatable).
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    /// Only this host (repeatable).
+    #[arg(long = "host")]
+    hosts: Vec<String>,
+    /// SSH connect timeout, seconds.
+    #[arg(long, default_value_t = 5)]
+    connect_timeout: u32,
+    /// Write the JSON report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Print the JSON report on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -162,6 +222,7 @@ fn run() -> Result<()> {
         Cmd::Lock(args) => cmd_lock(args),
         Cmd::Release(args) => cmd_release(args),
         Cmd::Publish(args) => cmd_publish(&args),
+        Cmd::Rollout(args) => cmd_rollout(&args),
         Cmd::Keygen {
             secret_key,
             public_key,
@@ -403,12 +464,96 @@ fn cmd_release(args: ReleaseArgs) -> Result<()> {
     Ok(())
 }
 
+fn load_keys(path: &Path) -> Result<signing::TrustedKeys> {
+    Ok(if path.is_dir() {
+        signing::TrustedKeys::from_dir(path)?
+    } else {
+        signing::TrustedKeys::from_file(path)?
+    })
+}
+
+fn cmd_rollout(args: &RolloutArgs) -> Result<()> {
+    use smoker_fleet::rollout::{self, Strategy};
+    let inv = smoker_fleet::inventory::InventoryFile::load(&args.inventory)?;
+    let hosts: Vec<_> = inv
+        .hosts()?
+        .into_iter()
+        .filter(|h| args.hosts.is_empty() || args.hosts.contains(&h.name))
+        .filter(|h| args.groups.is_empty() || h.groups.iter().any(|g| args.groups.contains(g)))
+        .collect();
+    if hosts.is_empty() {
+        bail!(
+            "no host of {} matches the --host/--group filters",
+            args.inventory.display()
+        );
+    }
+    let keys_path = args
+        .keys
+        .clone()
+        .unwrap_or_else(|| workspace_root().join("keys"));
+    let keys = load_keys(&keys_path)
+        .with_context(|| format!("loading the trusted keys {}", keys_path.display()))?;
+    let newest = smoker_build::publish::newest_bundles(&args.from, &keys)?;
+    let strategy = match args.strategy {
+        StrategyName::Rolling => Strategy::Rolling {
+            batch: args.batch,
+            pause: std::time::Duration::from_secs(args.pause),
+            max_failures: args.max_failures,
+        },
+        StrategyName::Immediate => Strategy::Immediate {
+            parallel: args.parallel,
+        },
+        StrategyName::Scheduled => {
+            let window = args.window.clone().unwrap_or_default();
+            smoker_format::channel::Window::parse(&window).map_err(anyhow::Error::msg)?;
+            Strategy::Scheduled {
+                window,
+                parallel: args.parallel,
+            }
+        }
+    };
+    let plan = rollout::pick(&hosts, &newest);
+    let control = tempfile::Builder::new().prefix("smk-ssh-").tempdir()?;
+    let progress = |host: &str, state: &str| eprintln!("[{host}] {state}");
+    let report = rollout::run(
+        &plan,
+        &rollout::Options {
+            strategy,
+            require_all: args.require_all,
+            connect_timeout: args.connect_timeout,
+            progress: &progress,
+        },
+        control.path(),
+    );
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(p) = &args.report {
+        std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{}", rollout::table(&report));
+    }
+    if std::env::var_os("GITHUB_ACTIONS").is_some() {
+        print!("{}", rollout::annotations(&report));
+    }
+    if !report.ok {
+        let failed: Vec<&str> = report
+            .hosts
+            .iter()
+            .filter(|h| h.result.is_failure(args.require_all))
+            .map(|h| h.host.as_str())
+            .collect();
+        bail!("rollout failed on: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
 fn cmd_publish(args: &PublishArgs) -> Result<()> {
     let key = SecretKey::load(&args.secret_key, None)
         .with_context(|| format!("loading the signing key {}", args.secret_key.display()))?;
     let keys = match &args.keys {
-        Some(p) if p.is_dir() => signing::TrustedKeys::from_dir(p)?,
-        Some(p) => signing::TrustedKeys::from_file(p)?,
+        Some(p) => load_keys(p)?,
         None => {
             let dir = tempfile::tempdir()?;
             let p = dir.path().join("channel.pub");

@@ -100,16 +100,16 @@ pub fn current(out: &Path) -> Option<Channel> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Publishes the channel; returns it as written.
-pub fn publish(r: &Request<'_>) -> Result<Channel, PublishError> {
+/// The newest bundle per (profile, architecture, environment) among the `*.tar.zst` files
+/// under `release_dir` (three levels deep), each judged by its signed manifest: a file whose
+/// manifest does not verify with `keys` is an error, not skipped.
+pub fn newest_bundles(release_dir: &Path, keys: &TrustedKeys) -> Result<Newest, PublishError> {
     let mut files = Vec::new();
-    bundle_files(r.release_dir, 3, &mut files)?;
-    std::fs::create_dir_all(r.out).map_err(io_at(r.out))?;
-    let mut newest: BTreeMap<(String, String, String), (semver::Version, PathBuf)> =
-        BTreeMap::new();
+    bundle_files(release_dir, 3, &mut files)?;
+    let mut newest: Newest = BTreeMap::new();
     for path in files {
         let f = std::fs::File::open(&path).map_err(io_at(&path))?;
-        let head = smoker_format::bundle::read::peek_signed_head(f, r.keys).map_err(|source| {
+        let head = smoker_format::bundle::read::peek_signed_head(f, keys).map_err(|source| {
             PublishError::Bundle {
                 path: path.clone(),
                 source,
@@ -124,6 +124,16 @@ pub fn publish(r: &Request<'_>) -> Result<Channel, PublishError> {
             newest.insert(key, (version, path));
         }
     }
+    Ok(newest)
+}
+
+/// (profile, architecture, environment) → (version, bundle file).
+pub type Newest = BTreeMap<(String, String, String), (semver::Version, PathBuf)>;
+
+/// Publishes the channel; returns it as written.
+pub fn publish(r: &Request<'_>) -> Result<Channel, PublishError> {
+    std::fs::create_dir_all(r.out).map_err(io_at(r.out))?;
+    let newest = newest_bundles(r.release_dir, r.keys)?;
     if newest.is_empty() {
         return Err(PublishError::Refused(format!(
             "no bundle (*.tar.zst) under {}; run `cargo xtask release` first",
