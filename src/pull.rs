@@ -147,19 +147,6 @@ struct Wire {
     requests: u32,
 }
 
-/// The minute of the day in the host's local time zone.
-pub fn local_minute_of_day() -> u32 {
-    let t = libc::time_t::try_from(crate::sys::now_secs()).unwrap_or(0);
-    // SAFETY: localtime_r writes only into `tm`, which lives on this stack frame.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
-    if ok {
-        u32::try_from(tm.tm_hour * 60 + tm.tm_min).unwrap_or(0)
-    } else {
-        0
-    }
-}
-
 /// A jittered delay: `base * 2^attempt`, plus up to half of it again.
 fn backoff_delay(base: Duration, attempt: u32) -> Duration {
     let d = base.saturating_mul(2u32.saturating_pow(attempt.min(16)));
@@ -404,7 +391,7 @@ fn follow(
         Ok(w) => w,
         Err(e) => return fail(o, Error::Policy(e)),
     };
-    let in_window = window.is_none_or(|w| w.contains(local_minute_of_day()));
+    let in_window = window.is_none_or(|w| w.contains(crate::stage::local_minute_of_day()));
     let existing = Profile::open(layout, name).ok().flatten();
     if let Some(p) = &existing {
         let current = p.current().and_then(|n| p.generation(n));
@@ -498,7 +485,7 @@ fn staged_note(name: &str, version: &str, window: Option<Window>) -> String {
     match window {
         Some(w) => format!(
             "{name} {version} is staged; it is applied by the first poll inside the window {w} (opens in {} min)",
-            w.minutes_until_open(local_minute_of_day())
+            w.minutes_until_open(crate::stage::local_minute_of_day())
         ),
         None => format!("{name} {version} is staged"),
     }

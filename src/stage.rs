@@ -112,3 +112,115 @@ pub fn stage(
         result: "staged".into(),
     })
 }
+
+/// The minute of the day in the host's local time zone.
+pub fn local_minute_of_day() -> u32 {
+    let t = libc::time_t::try_from(crate::sys::now_secs()).unwrap_or(0);
+    // SAFETY: localtime_r writes only into `tm`, which lives on this stack frame.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    if ok {
+        u32::try_from(tm.tm_hour * 60 + tm.tm_min).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// What [`apply_due`] did with one staged bundle.
+#[derive(Debug, Clone, Serialize)]
+pub struct Due {
+    /// Profile.
+    pub profile: String,
+    /// Version staged.
+    pub version: String,
+    /// Its window, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// `applied`, `waiting`, `listed`, `rolled-back` or `failed`.
+    pub action: String,
+    /// In a sentence.
+    pub message: String,
+    /// The apply's outcome, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apply: Option<crate::apply::Outcome>,
+    /// The failure's kind, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<crate::error::Kind>,
+}
+
+/// Every staged bundle; with `apply`, those whose window is open now (or that have none) are
+/// applied (`smoker-install staged --apply-due`, run by a timer: the host applies a bundle a
+/// scheduled rollout staged, inside its window, by itself).
+pub fn apply_due(
+    layout: &Layout,
+    opts: &Options,
+    apply: bool,
+    progress: &dyn Progress,
+) -> Result<Vec<Due>> {
+    let mut names: Vec<String> = std::fs::read_dir(crate::staged::records_dir(layout))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(".json"))
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let minute = local_minute_of_day();
+    let mut out = Vec::new();
+    for name in names {
+        let Some(rec) = crate::staged::load(layout, &name)? else {
+            continue;
+        };
+        let window = rec
+            .window
+            .as_deref()
+            .map(smoker_format::channel::Window::parse)
+            .transpose()
+            .map_err(crate::error::Error::State)?;
+        let mut d = Due {
+            profile: rec.profile.clone(),
+            version: rec.version.clone(),
+            window: rec.window.clone(),
+            action: "listed".into(),
+            message: format!("{} {} is staged as {}", rec.profile, rec.version, rec.store),
+            apply: None,
+            kind: None,
+        };
+        if apply {
+            match window {
+                Some(w) if !w.contains(minute) => {
+                    d.action = "waiting".into();
+                    d.message = format!(
+                        "{} {} waits for its window {w} (opens in {} min)",
+                        rec.profile,
+                        rec.version,
+                        w.minutes_until_open(minute)
+                    );
+                }
+                _ => match crate::apply::apply_staged(layout, &name, opts, progress) {
+                    Ok(a) => {
+                        d.action = "applied".into();
+                        d.message = format!("{} {}: {}", a.profile, a.version, a.result);
+                        d.apply = Some(a);
+                    }
+                    Err(e) => {
+                        d.action = if matches!(e, crate::error::Error::RolledBack(_)) {
+                            "rolled-back".into()
+                        } else {
+                            "failed".into()
+                        };
+                        d.kind = Some(e.kind());
+                        d.message = e.to_string();
+                    }
+                },
+            }
+        }
+        out.push(d);
+    }
+    Ok(out)
+}

@@ -202,7 +202,7 @@ fn outside_the_window_pull_stages_and_a_channel_signed_by_another_key_is_refused
     let (releases, chan) = (work.path().join("releases"), work.path().join("channel"));
     collect(&v1, &releases);
     // A window that closed a minute ago (local time) and opens again in ~23 h.
-    let m = smoker::pull::local_minute_of_day();
+    let m = smoker::stage::local_minute_of_day();
     let (start, end) = ((m + 1440 - 120) % 1440, (m + 1440 - 1) % 1440);
     let window = format!(
         "{:02}:{:02}-{:02}:{:02}",

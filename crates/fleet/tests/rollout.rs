@@ -247,3 +247,114 @@ fn immediate_then_rolling_stops_at_the_unhealthy_third_host_and_a_stopped_sshd_i
     assert_eq!(version_at(hosts[3].port).as_deref(), Some("v1"));
     drop(hosts);
 }
+
+/// Seconds into the current local minute, and the local minute of the day (as `date` sees
+/// the host's time zone, like the installer).
+fn clock() -> (u64, u32) {
+    let out = std::process::Command::new("date")
+        .arg("+%H %M %S")
+        .output()
+        .expect("date");
+    let t: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    assert_eq!(t.len(), 3, "date printed {:?}", out);
+    (u64::from(t[2]), t[0] * 60 + t[1])
+}
+
+/// `smoker-install staged --apply-due --json` on a host, as its timer runs it.
+fn apply_due(h: &FleetHost, project: &Project) -> serde_json::Value {
+    let out = h
+        .host
+        .cmd()
+        .args(["staged", "--apply-due", "--json", "--key"])
+        .arg(&project.public_key)
+        .output()
+        .expect("run smoker-install staged");
+    assert!(out.status.success(), "staged --apply-due: {}", text(&out));
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+#[test]
+fn scheduled_stages_now_and_each_host_applies_by_itself_once_its_window_opens() {
+    let mut bed = Testbed::new();
+    let image = bed.image.clone();
+    let project = Project::library();
+    let work = smoker_testkit::tempdir("smoker-fleet-");
+    let from = work.path().join("release");
+    release(&project, &image, &from);
+    let client = ClientKey::new();
+    let hosts: Vec<FleetHost> = (1..=2)
+        .map(|i| {
+            let host = bed.host(None);
+            let port = if i == 1 { bed.port } else { free_port() };
+            let env_file = host.root().join("host.env");
+            write_env(&env_file, port, "");
+            FleetHost {
+                name: format!("s{i}"),
+                sshd: Sshd::start(&client),
+                host,
+                port,
+                env_file,
+            }
+        })
+        .collect();
+    let inv = inventory(work.path(), &hosts, &project, &client);
+    let report = work.path().join("report.json");
+    let v2_file = from.join("prod").join(format!("{SVC}-2.0.0-amd64.tar.zst"));
+    let aside = work.path().join("v2-aside.tar.zst");
+    std::fs::rename(&v2_file, &aside).expect("set v2 aside");
+    let (ok, r, err) = rollout(&inv, &from, &project, &report, &["--strategy", "immediate"]);
+    assert!(ok, "immediate v1: {err}\n{r:#}");
+    std::fs::rename(&aside, &v2_file).expect("v2 back");
+
+    // A window that opens at the next minute (with time left to stage before it does).
+    if clock().0 > 40 {
+        std::thread::sleep(std::time::Duration::from_secs(61 - clock().0));
+    }
+    let m = (clock().1 + 1) % 1440;
+    let end = (m + 10) % 1440;
+    let window = format!(
+        "{:02}:{:02}-{:02}:{:02}",
+        m / 60,
+        m % 60,
+        end / 60,
+        end % 60
+    );
+    let (ok, r, err) = rollout(
+        &inv,
+        &from,
+        &project,
+        &report,
+        &["--strategy", "scheduled", "--window", &window],
+    );
+    assert!(ok, "scheduled: {err}\n{r:#}");
+    assert_eq!(results(&r), ["staged", "staged"], "{r:#}");
+    assert!(
+        r["hosts"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&window),
+        "the report says when: {r:#}"
+    );
+    for h in &hosts {
+        assert_eq!(
+            version_at(h.port).as_deref(),
+            Some("v1"),
+            "nothing switched yet"
+        );
+        let d = apply_due(h, &project);
+        assert_eq!(d["data"]["staged"][0]["action"], "waiting", "{d:#}");
+    }
+    // The window opens: each host's timer run applies the staged bundle.
+    let wait = 60 - clock().0 + 1;
+    std::thread::sleep(std::time::Duration::from_secs(wait));
+    for h in &hosts {
+        let d = apply_due(h, &project);
+        assert_eq!(d["data"]["staged"][0]["action"], "applied", "{d:#}");
+        assert_eq!(version_at(h.port).as_deref(), Some("v2"), "{}", h.name);
+        let steps = &d["data"]["staged"][0]["apply"]["durations_us"];
+        assert!(steps.get("verify+stage").is_none(), "re-verified: {steps}");
+    }
+}

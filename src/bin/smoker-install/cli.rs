@@ -129,6 +129,20 @@ pub enum Cmd {
         /// The bundle file.
         bundle: PathBuf,
     },
+    /// List the bundles staged on this host; with --apply-due, apply those whose window is
+    /// open now (or that have none). For the staged timer: a scheduled rollout stages, the
+    /// host applies inside the window by itself.
+    Staged {
+        /// Trusted keys (the staged manifests' signatures are checked again).
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// Apply every staged bundle whose window is open now.
+        #[arg(long)]
+        apply_due: bool,
+        /// Generations to keep.
+        #[arg(long, default_value_t = 5)]
+        keep: usize,
+    },
     /// Poll a signed channel once: fetch it (conditional GET), and for each followed profile
     /// download its newest bundle (resumable), verify, and apply it inside the channel's
     /// window (else stage it). For the pull timer and boot.
@@ -304,6 +318,7 @@ impl Cmd {
             Cmd::Apply(_) => "apply",
             Cmd::Stage { .. } => "stage",
             Cmd::Pull { .. } => "pull",
+            Cmd::Staged { .. } => "staged",
             Cmd::Rollback { .. } => "rollback",
             Cmd::Preflight { .. } => "preflight",
             Cmd::Backup { .. } => "backup",

@@ -4,8 +4,8 @@
 use crate::cli::{ApplyArgs, KeyArgs};
 use crate::output::{
     Applied, AuditChecked, BackedUp, Backups, Collected, Failure, History, MediaLog,
-    PolicySuggested, Preflighted, Pulled, RecoveredFirst, Restored, RolledBack, Staged, Status,
-    StoreVerified, Unlocked, Verified,
+    PolicySuggested, Preflighted, Pulled, RecoveredFirst, Restored, RolledBack, Staged, StagedList,
+    Status, StoreVerified, Unlocked, Verified,
 };
 use smoker::apply::{self, Progress};
 use smoker::error::Kind;
@@ -240,6 +240,27 @@ pub fn stage(ctx: &Ctx, a: StageArgs, bundle: PathBuf) -> Result<Staged, Failure
     let outcome =
         smoker::stage::stage(&ctx.layout, &bundle, &opts, a.window, &Reporter::new(false))?;
     Ok(Staged(outcome))
+}
+
+/// `staged [--apply-due]`.
+pub fn staged(
+    ctx: &Ctx,
+    keys: &KeyArgs,
+    apply_due: bool,
+    keep: usize,
+) -> Result<StagedList, Failure> {
+    let opts = apply::Options {
+        keys: keys.load()?,
+        env_file: None,
+        keep,
+        wait: true,
+        allow_downgrade: false,
+        project: None,
+        host: ctx.host()?,
+        allow_env_change: false,
+    };
+    let due = smoker::stage::apply_due(&ctx.layout, &opts, apply_due, &Reporter::new(false))?;
+    Ok(StagedList(due))
 }
 
 /// What `pull` is asked to do.

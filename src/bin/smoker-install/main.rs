@@ -54,6 +54,11 @@ fn main() -> ExitCode {
             out.finish(command, commands::verify(&keys, bundle.unwrap_or_default()))
         }
         Cmd::Apply(args) => out.finish(command, commands::apply(&ctx, args)),
+        Cmd::Staged {
+            keys,
+            apply_due,
+            keep,
+        } => out.finish(command, commands::staged(&ctx, &keys, apply_due, keep)),
         Cmd::Pull {
             keys,
             channel,
@@ -242,6 +247,7 @@ fn trust_gate(cli: &Cli) -> smoker::error::Result<()> {
                 false,
             );
         }
+        Cmd::Staged { keys, .. } => choices.keys = keys_of(keys),
         Cmd::Pull {
             keys,
             env_file,

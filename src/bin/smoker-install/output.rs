@@ -293,6 +293,37 @@ impl Report for Pulled {
     }
 }
 
+/// `staged`'s result.
+pub struct StagedList(pub Vec<smoker::stage::Due>);
+
+impl Report for StagedList {
+    fn data(&self) -> serde_json::Value {
+        serde_json::json!({ "staged": to_data(&self.0) })
+    }
+
+    fn text(&self) -> String {
+        if self.0.is_empty() {
+            return "nothing is staged\n".into();
+        }
+        self.0
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} {}: {} — {}\n",
+                    d.profile, d.version, d.action, d.message
+                )
+            })
+            .collect()
+    }
+
+    fn failure(&self) -> Option<Failure> {
+        self.0.iter().find_map(|d| {
+            d.kind
+                .map(|k| Failure::new(k, format!("{}: {}", d.profile, d.message)))
+        })
+    }
+}
+
 /// `stage`'s result.
 pub struct Staged(pub smoker::stage::Outcome);
 
