@@ -180,7 +180,18 @@ fn run_locked(
     fault::point("apply:locked");
     // Finish whatever an interrupted run left behind before starting anew.
     crate::rollback::recover_profile(layout, &name, progress)?;
-    let staged = crate::staged::usable(layout, &name, Some(&peek.manifest_sha256), &opts.keys)?;
+    let staged = match crate::staged::usable(layout, &name, Some(&peek.manifest_sha256), &opts.keys)
+    {
+        // A bundle file is at hand: an unusable staged entry only means verifying it again
+        // (the commit to the store replaces a damaged entry).
+        Err(e) if file.is_some() => {
+            progress.info(&format!(
+                "the staged entry cannot be used ({e}); verifying the bundle file instead"
+            ));
+            None
+        }
+        other => other?,
+    };
     let source = match (staged, file) {
         (Some((record, entry, key_id)), _) => {
             progress.info(&format!(

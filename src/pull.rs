@@ -198,6 +198,20 @@ fn read_small(
     Ok(buf)
 }
 
+/// Why a fetch of the channel failed.
+enum Fetch {
+    /// The request failed (unreachable, or an HTTP error status).
+    Net(reqwest::Error),
+    /// The answer is unusable.
+    Other(Error),
+}
+
+impl From<reqwest::Error> for Fetch {
+    fn from(e: reqwest::Error) -> Fetch {
+        Fetch::Net(e)
+    }
+}
+
 /// Fetches the channel: `Some((bytes, signature, etag, last_modified))` when it changed, `None`
 /// on 304.
 #[allow(clippy::type_complexity)]
@@ -206,8 +220,7 @@ fn fetch_channel(
     url: &str,
     known: Option<&Remembered>,
     wire: &mut Wire,
-) -> std::result::Result<Option<(Vec<u8>, String, Option<String>, Option<String>)>, reqwest::Error>
-{
+) -> std::result::Result<Option<(Vec<u8>, String, Option<String>, Option<String>)>, Fetch> {
     let chan_url = join_url(url, CHANNEL_FILE);
     let mut req = http.get(&chan_url);
     if let Some(k) = known.filter(|k| !k.channel.is_empty()) {
@@ -232,11 +245,11 @@ fn fetch_channel(
     };
     let etag = header(&resp, reqwest::header::ETAG);
     let modified = header(&resp, reqwest::header::LAST_MODIFIED);
-    let bytes = read_small(resp, MAX_CHANNEL_BYTES, &chan_url, wire).unwrap_or_default();
+    let bytes = read_small(resp, MAX_CHANNEL_BYTES, &chan_url, wire).map_err(Fetch::Other)?;
     let sig_url = join_url(url, CHANNEL_SIG_FILE);
     wire.requests += 1;
     let sresp = http.get(&sig_url).send()?.error_for_status()?;
-    let sig = read_small(sresp, 64 * 1024, &sig_url, wire).unwrap_or_default();
+    let sig = read_small(sresp, 64 * 1024, &sig_url, wire).map_err(Fetch::Other)?;
     Ok(Some((
         bytes,
         String::from_utf8_lossy(&sig).into_owned(),
@@ -255,7 +268,8 @@ pub fn pull(layout: &Layout, r: &Request<'_>, progress: &dyn Progress) -> Result
     let fetched = loop {
         match fetch_channel(&http, r.url, known.as_ref(), &mut wire) {
             Ok(f) => break f,
-            Err(e) if unreachable(&e) && attempt + 1 < r.attempts.max(1) => {
+            Err(Fetch::Other(e)) => return Err(e),
+            Err(Fetch::Net(e)) if unreachable(&e) && attempt + 1 < r.attempts.max(1) => {
                 let d = backoff_delay(r.backoff, attempt);
                 progress.info(&format!(
                     "channel unreachable ({e}); retrying in {} ms",
@@ -264,14 +278,14 @@ pub fn pull(layout: &Layout, r: &Request<'_>, progress: &dyn Progress) -> Result
                 std::thread::sleep(d);
                 attempt += 1;
             }
-            Err(e) if e.status().is_some() => {
+            Err(Fetch::Net(e)) if e.status().is_some() => {
                 return Err(Error::Runtime(format!(
                     "the channel server answered {} for {}; check the channel URL",
                     e.status().map(|s| s.to_string()).unwrap_or_default(),
                     r.url
                 )));
             }
-            Err(e) => return Err(net_err(r.url, &e)),
+            Err(Fetch::Net(e)) => return Err(net_err(r.url, &e)),
         }
     };
     let now = crate::sys::now_secs();
@@ -512,6 +526,13 @@ fn download(
         .map(|m| m.len())
         .unwrap_or(0);
     let have = if have > entry.size { 0 } else { have };
+    if have == entry.size
+        && smoker_format::digest::sha256_file(&part).is_ok_and(|(sha, _)| sha == entry.sha256)
+    {
+        // An earlier poll downloaded it all but stopped before the rename.
+        std::fs::rename(&part, &done).map_err(io_at(&done))?;
+        return Ok(done);
+    }
     progress.step(&format!("downloading {url}"));
     let mut req = http.get(url);
     if have > 0 && have < entry.size {
