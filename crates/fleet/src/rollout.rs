@@ -118,6 +118,9 @@ pub struct HostReport {
     pub apply_ms: Option<u64>,
     /// The copy.
     pub copy: Option<crate::ssh::Copied>,
+    /// Milliseconds per step on this host (`connect`, `status`, `copy`, `apply` or `stage`,
+    /// `close`).
+    pub steps_ms: std::collections::BTreeMap<String, u64>,
     /// The installer's exit status.
     pub exit_code: Option<i32>,
     /// What happened, in a sentence.
@@ -194,8 +197,10 @@ pub fn run(plan: &[(&Host, Option<PathBuf>)], o: &Options<'_>, control_dir: &Pat
             }
             reports[i] = Some(r);
         }
+        let last = (n + 1) * chunk >= plan.len();
         if let Some(max) = max_failures
             && failures > max
+            && !last
         {
             stopped = Some(format!(
                 "stopped after {failures} failure(s) (--max-failures {max}); later hosts were left untouched"
@@ -218,6 +223,7 @@ pub fn run(plan: &[(&Host, Option<PathBuf>)], o: &Options<'_>, control_dir: &Pat
                     duration_ms: 0,
                     apply_ms: None,
                     copy: None,
+                    steps_ms: Default::default(),
                     exit_code: None,
                     message: "not started: the rollout stopped before this host".into(),
                     envelope: None,
@@ -262,24 +268,37 @@ fn deploy(
         duration_ms: 0,
         apply_ms: None,
         copy: None,
+        steps_ms: Default::default(),
         exit_code: None,
         message: String::new(),
         envelope: None,
     };
+    let mut clock = Instant::now();
+    let mut lap = |r: &mut HostReport, step: &str| {
+        r.steps_ms
+            .insert(step.to_string(), clock.elapsed().as_millis() as u64);
+        clock = Instant::now();
+    };
     let progress = |s: &str| (o.progress)(&host.name, s);
     let finish = |mut r: HostReport, ssh: &Ssh<'_>| {
+        let tc = Instant::now();
         ssh.close();
+        r.steps_ms
+            .insert("close".into(), tc.elapsed().as_millis() as u64);
         r.duration_ms = t0.elapsed().as_millis() as u64;
         (o.progress)(&r.host, &format!("{:?}: {}", r.result, r.message));
         r
     };
     progress("connecting");
-    if let Err(e) = ssh.reachable() {
+    let reached = ssh.reachable();
+    lap(&mut r, "connect");
+    if let Err(e) = reached {
         r.result = Outcome::Offline;
         r.message = format!("unreachable over SSH ({e}); it will update from the channel");
         return finish(r, &ssh);
     }
     r.old_version = current_version(&ssh, host);
+    lap(&mut r, "status");
     let Some(bundle) = bundle else {
         r.message = format!(
             "the release directory has no bundle for {} {} {}",
@@ -299,7 +318,9 @@ fn deploy(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    match ssh.copy_resumable(bundle, size, &sha, &host.remote_dir, &name) {
+    let copied = ssh.copy_resumable(bundle, size, &sha, &host.remote_dir, &name);
+    lap(&mut r, "copy");
+    match copied {
         Ok(c) => r.copy = Some(c),
         Err(e) => {
             r.message = e;
@@ -328,6 +349,7 @@ fn deploy(
     let ta = Instant::now();
     let out = ssh.run(&command_line(&words));
     r.apply_ms = Some(ta.elapsed().as_millis() as u64);
+    lap(&mut r, if window.is_some() { "stage" } else { "apply" });
     let out = match out {
         Ok(out) => out,
         Err(e) => {

@@ -216,12 +216,13 @@ fn immediate_then_rolling_stops_at_the_unhealthy_third_host_and_a_stopped_sshd_i
             h["apply_ms"].as_u64().unwrap_or(0),
         );
         eprintln!(
-            "MEASURE rollout overhead {}: {} ms total, {} ms apply, {} ms beyond the apply (ssh connect, status, copy of {} bytes)",
+            "MEASURE rollout overhead {}: {} ms total, {} ms apply, {} ms beyond the apply (copy of {} bytes); steps {}",
             h["host"],
             total,
             apply,
             total - apply,
-            h["copy"]["sent"]
+            h["copy"]["sent"],
+            h["steps_ms"]
         );
     }
 
