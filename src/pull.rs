@@ -9,7 +9,8 @@
 //! a server frozen at an old channel stops being followed when it expires).
 //!
 //! Per followed profile, the channel's bundle for this host's architecture and environment is
-//! taken unless it already serves (or failed here before, or is already staged, or the host
+//! taken unless it already serves (or a newer version serves — installed from USB or by a
+//! rollout: whichever is newer wins —, or it failed here before, or is already staged, or the host
 //! is outside the cohort, or `not_before` is ahead): it is downloaded into
 //! `<root>/pull/downloads/<sha256>.part` with HTTP `Range` resume, checked against the
 //! channel's size and sha256, and then verified by the ordinary apply (or stage) pipeline.
@@ -412,6 +413,20 @@ fn follow(
         if current.is_some_and(|g| g.bundle_sha256 == entry.sha256 && g.status == Status::Good) {
             o.action = "up-to-date".into();
             o.message = format!("{name} {} already serves", entry.version);
+            return o;
+        }
+        // Whichever is newer wins: a version installed another way (USB, a rollout) that is
+        // newer than the channel's is not downgraded.
+        if let Some(g) = current
+            && let (Ok(have), Ok(offered)) = (
+                semver::Version::parse(&g.version),
+                semver::Version::parse(&entry.version),
+            )
+            && have > offered
+        {
+            o.action = "up-to-date".into();
+            o.message =
+                format!("{name} {have} serves, newer than the channel's {offered}; not downgraded");
             return o;
         }
         if p.state

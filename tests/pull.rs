@@ -171,6 +171,31 @@ fn pull_applies_then_costs_one_small_request_resumes_a_cut_download_and_refuses_
         .to_string();
     assert!(msg.contains("lower than"), "{msg}");
 
+    // A channel whose newest is older than what serves (v2 came another way, e.g. USB):
+    // whichever is newer wins, nothing is downgraded and the poll succeeds.
+    let only_v1 = work.path().join("only-v1");
+    collect(&v1, &only_v1);
+    let older = work.path().join("older");
+    let seq = (c2["sequence"].as_u64().expect("seq") + 5).to_string();
+    publish(&project, &only_v1, &older, &["--sequence", &seq]);
+    server.set_root(&older);
+    let out = pull(&host, &project, &url);
+    assert!(
+        out.status.success(),
+        "older channel content: {}",
+        text(&out)
+    );
+    let p = json(&out);
+    assert_eq!(p["data"]["profiles"][0]["action"], "up-to-date", "{p}");
+    assert!(
+        p["data"]["profiles"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not downgraded"),
+        "{p}"
+    );
+    assert_eq!(version_at(port).as_deref(), Some("v2"));
+
     // An expired channel (newer sequence) is refused.
     let stale = work.path().join("stale");
     let seq = (c2["sequence"].as_u64().expect("seq") + 10).to_string();
