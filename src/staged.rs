@@ -42,7 +42,7 @@ pub struct Record {
     /// When it was staged (RFC 3339).
     pub staged_at: String,
     /// Maintenance window (`HH:MM-HH:MM`, host time) in which it is to be applied, if one was
-    /// given; informational for `apply --staged`, honoured by `pull`.
+    /// given; `staged --apply-due` applies it only inside (`apply --staged` at any time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<String>,
 }
@@ -59,6 +59,12 @@ pub fn record_path(layout: &Layout, profile: &str) -> PathBuf {
 
 /// The record staged for `profile`, if any.
 pub fn load(layout: &Layout, profile: &str) -> Result<Option<Record>> {
+    if !smoker_format::manifest::is_name(profile) {
+        return Err(Error::Policy(format!(
+            "`{}` is not a profile name",
+            profile.escape_debug()
+        )));
+    }
     let path = record_path(layout, profile);
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
