@@ -291,3 +291,47 @@ fn outside_the_window_pull_stages_and_a_channel_signed_by_another_key_is_refused
         text(&out)
     );
 }
+
+#[test]
+fn an_unreachable_channel_is_retried_with_growing_delays_then_reported_without_changing_anything() {
+    let mut cleanup = smoker_testkit::Cleanup::new();
+    let host = Host::new(&mut cleanup, None);
+    let project = Project::library();
+    // A port nobody listens on.
+    let port = smoker_testkit::ports::free_port();
+    let t = Instant::now();
+    let out = host
+        .cmd()
+        .args([
+            "pull",
+            "--json",
+            "--attempts",
+            "3",
+            "--backoff-ms",
+            "200",
+            "--profile",
+            SVC,
+        ])
+        .arg("--channel")
+        .arg(format!("http://127.0.0.1:{port}/stable/"))
+        .arg("--key")
+        .arg(&project.public_key)
+        .output()
+        .expect("run smoker-install pull");
+    let took = t.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let v = json(&out);
+    assert_eq!(v["kind"], "runtime");
+    assert!(
+        v["message"].as_str().unwrap_or("").contains("unreachable"),
+        "{v}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("retrying in").count(), 2, "{err}");
+    // 200 ms then 400 ms, each plus up to half again of jitter.
+    assert!(
+        took >= std::time::Duration::from_millis(600) && took < std::time::Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(!host.root().join("pull").join("downloads").exists());
+}
