@@ -537,6 +537,51 @@ mod tests {
         assert_eq!(stage_args(&a), ["--key", "k.pub", "--wait"]);
     }
 
+    fn host(name: &str, result: Outcome, message: &str) -> HostReport {
+        HostReport {
+            host: name.into(),
+            profile: "svc".into(),
+            old_version: Some("1.0.0".into()),
+            new_version: Some("2.0.0".into()),
+            result,
+            duration_ms: 1500,
+            apply_ms: Some(1000),
+            copy: None,
+            steps_ms: Default::default(),
+            exit_code: None,
+            message: message.into(),
+            envelope: None,
+        }
+    }
+
+    #[test]
+    fn the_table_and_the_annotations_name_every_host_and_what_happened() {
+        let r = Report {
+            strategy: Strategy::Immediate { parallel: 2 },
+            hosts: vec![
+                host("a", Outcome::Committed, "generation 2 committed"),
+                host("b", Outcome::RolledBack, "unhealthy\nsecond line"),
+                host("c", Outcome::Offline, "unreachable 100%"),
+                host("d", Outcome::Untouched, "not started"),
+            ],
+            stopped: Some("stopped after 1 failure(s)".into()),
+            ok: false,
+            duration_ms: 3000,
+        };
+        let t = table(&r);
+        assert!(t.lines().next().unwrap_or("").starts_with("HOST"), "{t}");
+        assert!(t.contains("1.0.0 -> 2.0.0  rolled-back  1.5s"), "{t}");
+        assert!(!t.contains("second line"), "one line per host: {t}");
+        assert!(t.ends_with("rollout stopped after 1 failure(s)\n"), "{t}");
+        let a = annotations(&r);
+        assert_eq!(
+            a,
+            "::error title=rollout b::RolledBack: unhealthy%0Asecond line\n\
+             ::error title=rollout c::Offline: unreachable 100%25\n\
+             ::warning title=rollout d::Untouched: not started\n"
+        );
+    }
+
     #[test]
     fn the_version_is_read_from_a_bundle_file_name() {
         assert_eq!(
