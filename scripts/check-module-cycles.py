@@ -11,7 +11,7 @@ import re
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CRATE_SRCS = ["src", "crates/format/src", "crates/build/src", "crates/testkit/src", "xtask/src"]
+CRATE_SRCS = ["src", "crates/format/src", "crates/build/src", "crates/fleet/src", "crates/testkit/src", "xtask/src"]
 
 
 def module_graph(src):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks the Pi's systemd units (deploy/pi/*.service) with `systemd-analyze verify`, in a
+# Checks the Pi's systemd units (deploy/pi/*.service, *.timer) with `systemd-analyze verify`, in a
 # scratch root so that the commands they run (/usr/local/bin/smoker-install, mount, …) and the
 # units they order against (docker.service) need not be installed on this machine. Any message
 # from the verifier (unknown key, bad specifier, missing command) fails the check. A unit
@@ -27,9 +27,9 @@ for b in mkdir mount umount rmdir sh; do cp "$(command -v "$b")" "$root/bin/"; d
 [ -e "$root/usr/lib/systemd/system/docker.service" ] ||
   printf '[Unit]\nDescription=stand-in\n[Service]\nExecStart=/bin/sh -c "exit 0"\n' \
     >"$root/etc/systemd/system/docker.service"
-cp deploy/pi/*.service "$root/etc/systemd/system/"
+cp deploy/pi/*.service deploy/pi/*.timer "$root/etc/systemd/system/"
 units=()
-for f in deploy/pi/*.service; do
+for f in deploy/pi/*.service deploy/pi/*.timer; do
   u=${f##*/}
   case $u in *@.service) u=${u%@.service}@sda1.service ;; esac
   units+=("$u")

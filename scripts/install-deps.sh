@@ -14,9 +14,10 @@ fi
 
 # Debian packages: minisign (signature interop), zstd + GNU tar (bundle inspection), the
 # loopback registry, curl, GNU time (benchmarks), git, iproute2 (offline tests bring up loopback
-# in a network namespace of their own), Docker, Compose v1 (`docker-compose`), and python3-venv
-# for Compose v2 (below).
-pkgs=(minisign zstd tar docker-registry curl time git ca-certificates iproute2 docker-compose)
+# in a network namespace of their own), OpenSSH client and server (the fleet tests run one sshd
+# per host on loopback), Docker, Compose v1 (`docker-compose`), and python3-venv for Compose v2
+# (below).
+pkgs=(minisign zstd tar docker-registry curl time git ca-certificates iproute2 docker-compose openssh-client openssh-server)
 command -v docker >/dev/null || pkgs+=(docker.io)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || pkgs+=(python3-venv)
 missing=()
@@ -85,8 +86,9 @@ fi
   die "docker compose (v2) does not run from $PLUGIN_DIR after installing it"
 command -v docker-compose >/dev/null || die "docker-compose (Compose v1) is missing after installation"
 
-for c in minisign zstd docker-registry curl git; do
+for c in minisign zstd docker-registry curl git ssh scp; do
   command -v "$c" >/dev/null || die "$c is still missing after installation"
 done
+[ -x /usr/sbin/sshd ] || die "/usr/sbin/sshd is still missing after installation (openssh-server)"
 say "compose: docker compose $(docker compose version --short) and docker-compose $(docker-compose version --short)"
 say "docker $(docker version --format '{{.Server.Version}}'), minisign $(minisign -v 2>&1 | head -1)"

@@ -99,6 +99,50 @@ pub fn apply_media(
     apply_open(layout, file, bundle, opts, progress)
 }
 
+/// Applies the bundle staged for `profile` (`smoker-install stage`): no bundle file is read;
+/// the stored entry is checked (signature of its manifest, commit journal, policy) and
+/// switched to.
+pub fn apply_staged(
+    layout: &Layout,
+    profile: &str,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Outcome> {
+    let Some(record) = crate::staged::load(layout, profile)? else {
+        return Err(Error::State(format!(
+            "nothing is staged for profile `{profile}`; stage a bundle first (smoker-install stage BUNDLE)"
+        )));
+    };
+    let label = PathBuf::from(format!("staged:{}", record.store));
+    let peek = record_head(&record);
+    run_locked(layout, None, peek, &label, opts, progress)
+}
+
+/// What an apply knows of its bundle before taking the lock.
+struct Head {
+    name: String,
+    version: String,
+    environment: String,
+    manifest_sha256: String,
+}
+
+fn record_head(r: &crate::staged::Record) -> Head {
+    Head {
+        name: r.profile.clone(),
+        version: r.version.clone(),
+        environment: r.environment.clone(),
+        manifest_sha256: r.manifest_sha256.clone(),
+    }
+}
+
+/// Where the verified content of an apply comes from.
+enum Source {
+    /// The bundle file, verified and stored in one pass.
+    File(std::fs::File),
+    /// An entry staged earlier for the same signed manifest.
+    Staged(Box<(crate::staged::Record, StoreEntry, String)>),
+}
+
 /// Applies an open bundle file; `bundle` names it in messages and the audit log.
 fn apply_open(
     layout: &Layout,
@@ -107,10 +151,29 @@ fn apply_open(
     opts: &Options,
     progress: &dyn Progress,
 ) -> Result<Outcome> {
-    let mut timer = Timer::default();
     progress.step("reading the manifest");
-    let peek = smoker_format::bundle::read::peek_manifest_from(&file, &opts.keys)?;
+    let head = smoker_format::bundle::read::peek_signed_head(&file, &opts.keys)?;
     file.seek(SeekFrom::Start(0)).map_err(io_at(bundle))?;
+    let peek = Head {
+        name: head.manifest.name.clone(),
+        version: head.manifest.version.clone(),
+        environment: head.manifest.environment.clone(),
+        manifest_sha256: head.manifest_sha256,
+    };
+    run_locked(layout, Some(file), peek, bundle, opts, progress)
+}
+
+/// Locks the profile, finishes interrupted runs, and applies from the bundle file or, when
+/// `file` is `None` or the same signed manifest is staged, from the staged entry.
+fn run_locked(
+    layout: &Layout,
+    file: Option<std::fs::File>,
+    peek: Head,
+    bundle: &Path,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Outcome> {
+    let mut timer = Timer::default();
     let name = peek.name.clone();
 
     progress.step("locking the profile");
@@ -118,6 +181,33 @@ fn apply_open(
     fault::point("apply:locked");
     // Finish whatever an interrupted run left behind before starting anew.
     crate::rollback::recover_profile(layout, &name, progress)?;
+    let staged = match crate::staged::usable(layout, &name, Some(&peek.manifest_sha256), &opts.keys)
+    {
+        // A bundle file is at hand: an unusable staged entry only means verifying it again
+        // (the commit to the store replaces a damaged entry).
+        Err(e) if file.is_some() => {
+            progress.info(&format!(
+                "the staged entry cannot be used ({e}); verifying the bundle file instead"
+            ));
+            None
+        }
+        other => other?,
+    };
+    let source = match (staged, file) {
+        (Some((record, entry, key_id)), _) => {
+            progress.info(&format!(
+                "{} {} was staged as {}: switching without reading the bundle again",
+                record.profile, record.version, record.store
+            ));
+            Source::Staged(Box::new((record, entry, key_id)))
+        }
+        (None, Some(file)) => Source::File(file),
+        (None, None) => {
+            return Err(Error::State(format!(
+                "the bundle staged for profile `{name}` changed while waiting for the lock; stage it again"
+            )));
+        }
+    };
 
     let notice = |event: Event, generation: Option<u32>, message: String| Notice {
         event,
@@ -143,7 +233,10 @@ fn apply_open(
         timer,
         name: &name,
     };
-    let result = run.apply_locked(file);
+    let result = run.apply_locked(source);
+    if matches!(&result, Ok(_) | Err(Error::RolledBack(_))) {
+        crate::staged::clear_if(layout, &name, &peek.manifest_sha256)?;
+    }
     let end = match &result {
         Ok(o) if o.result == "unchanged" => None,
         Ok(o) => Some(notice(
@@ -210,11 +303,20 @@ struct DataPlan {
 }
 
 impl Run<'_> {
-    fn apply_locked(&mut self, file: std::fs::File) -> Result<Outcome> {
+    fn apply_locked(&mut self, source: Source) -> Result<Outcome> {
         let existing = Profile::open(self.layout, self.name)?;
-        let bundle_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let bundle_bytes = match &source {
+            Source::File(file) => file.metadata().map(|m| m.len()).unwrap_or(0),
+            Source::Staged(staged) => staged.0.bundle_bytes,
+        };
         // Held until generation N links the entry, so no gc removes it in between.
-        let (entry, bundle_sha256, storing) = self.verify_and_store(file, existing.as_ref())?;
+        let (entry, bundle_sha256, storing) = match source {
+            Source::File(file) => self.verify_and_store(file, existing.as_ref())?,
+            Source::Staged(staged) => {
+                let (record, entry, key_id) = *staged;
+                self.check_staged(record, entry, &key_id, existing.as_ref())?
+            }
+        };
         if let Some(unchanged) = self.already_serving(existing.as_ref(), &entry) {
             return Ok(unchanged);
         }
@@ -328,6 +430,30 @@ impl Run<'_> {
             entry.manifest.name, entry.manifest.version, entry.manifest.arch, entry.name
         ));
         Ok((entry, bundle_sha256, storing))
+    }
+
+    /// A staged entry (already verified and stored, its journal and manifest signature checked
+    /// by [`crate::staged::usable`]): the host's policy is decided again, as now.
+    fn check_staged(
+        &mut self,
+        record: crate::staged::Record,
+        entry: StoreEntry,
+        key_id: &str,
+        existing: Option<&Profile>,
+    ) -> Result<(StoreEntry, String, crate::gc::Storing)> {
+        self.progress.step("checking the staged bundle");
+        let mut facts = HostFacts::gather(
+            self.layout,
+            &self.opts.host,
+            self.name,
+            self.opts.allow_env_change,
+            self.opts.allow_downgrade,
+        );
+        facts.signer = Some(policy::Signer::of(&self.opts.keys, key_id));
+        let generations = existing.map(|p| &p.state.generations[..]).unwrap_or(&[]);
+        policy::check(&entry.manifest, self.name, generations, &facts)?;
+        let storing = crate::gc::storing(self.layout)?;
+        Ok((entry, record.bundle_sha256, storing))
     }
 
     /// The outcome when the current generation is already this bundle and good.

@@ -90,6 +90,8 @@ pub struct EntryView {
     pub profile: Option<String>,
     /// The references compose runs its images under (empty when the entry cannot be read).
     pub images: Vec<String>,
+    /// Staged for a later switch (`smoker-install stage`): kept like a linked entry.
+    pub staged: bool,
 }
 
 /// A store entry gc deletes, with the images that go with it.
@@ -130,7 +132,7 @@ impl GcPlan {
 ///
 /// A store entry in `entries` goes when no kept generation of any profile links to it and its
 /// manifest does not name a busy profile (an apply in progress stores its entry well before a
-/// generation links it); its images go with it unless a kept entry uses the same reference.
+/// generation links it) and it is not staged; its images go with it unless a kept entry uses the same reference.
 /// Each image is listed once, under the first entry removed that has it.
 pub fn plan(
     profiles: &[ProfileView],
@@ -181,7 +183,7 @@ pub fn plan(
     kept_entries.extend(
         entries
             .iter()
-            .filter(|e| e.profile.as_ref().is_some_and(|p| busy.contains(p)))
+            .filter(|e| e.staged || e.profile.as_ref().is_some_and(|p| busy.contains(p)))
             .map(|e| e.name.clone()),
     );
     let by_name: BTreeMap<&str, &EntryView> =
@@ -265,10 +267,12 @@ pub fn gc<R: ImageRemover + ?Sized>(
         });
         profiles.insert(name, profile);
     }
+    let staged: BTreeSet<String> = crate::staged::staged_entries(layout).into_iter().collect();
     let entries: Vec<EntryView> = store::list(layout)
         .into_iter()
         .map(|name| match store::open(layout, &name) {
             Ok(entry) => EntryView {
+                staged: staged.contains(&name),
                 name,
                 profile: Some(entry.manifest.name.clone()),
                 images: entry
@@ -279,6 +283,7 @@ pub fn gc<R: ImageRemover + ?Sized>(
                     .collect(),
             },
             Err(_) => EntryView {
+                staged: staged.contains(&name),
                 name,
                 profile: None,
                 images: Vec::new(),
@@ -371,6 +376,7 @@ mod tests {
             name: name.into(),
             profile: Some(profile.into()),
             images: images.iter().map(|i| i.to_string()).collect(),
+            staged: false,
         }
     }
 
@@ -666,6 +672,7 @@ mod tests {
                 name: "broken".into(),
                 profile: None,
                 images: Vec::new(),
+                staged: false,
             },
         ];
         let plan = super::plan(&profiles, &store, 1, &none());

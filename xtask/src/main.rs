@@ -6,6 +6,8 @@
 //!   compose front end's own `config` before it is written.
 //! - `keygen`: a minisign key pair for signing releases.
 //! - `verify-rebuild`: rebuild a bundle from its recorded source and compare.
+//! - `rollout`: push bundles to a fleet over SSH (`crates/fleet`).
+//! - `publish`: the signed channel (`channel.json` + `.minisig`) over a release directory.
 //! - `armv7`: cross-build the installer for the Pi and test it under qemu (see `armv7.rs`).
 
 mod armv7;
@@ -52,6 +54,12 @@ enum Cmd {
         #[arg(long)]
         no_password: bool,
     },
+    /// Write the signed channel (channel.json + channel.json.minisig) listing the newest bundle
+    /// per profile, architecture and environment, for `smoker-install pull`.
+    Publish(PublishArgs),
+    /// Roll bundles out to the hosts of an inventory over SSH (rolling, immediate or
+    /// scheduled), and print a table (and a JSON report).
+    Rollout(RolloutArgs),
     /// Rebuild a bundle from the source it records and compare everything but signatures.
     VerifyRebuild {
         /// The bundle to check.
@@ -63,6 +71,98 @@ enum Cmd {
         #[arg(long, env = "SMOKER_BLOB_CACHE")]
         blob_cache: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct PublishArgs {
+    /// Channel name (e.g. stable).
+    #[arg(long)]
+    channel: String,
+    /// The channel directory to write (served as static files); bundles are copied into
+    /// `<out>/<environment>/`.
+    #[arg(long)]
+    out: PathBuf,
+    /// Where the bundles are.
+    #[arg(long, default_value = "bundles")]
+    from: PathBuf,
+    /// Secret key that signs the channel (minisign format).
+    #[arg(long, env = "SMOKER_SECRET_KEY")]
+    secret_key: PathBuf,
+    /// Public key, or directory of public keys, the bundles must verify with (default: the
+    /// public half of --secret-key).
+    #[arg(long)]
+    keys: Option<PathBuf>,
+    /// Seconds until hosts refuse the channel as stale (default 7 days).
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    expires_in: u64,
+    /// Explicit sequence number (must exceed the current channel's).
+    #[arg(long)]
+    sequence: Option<u64>,
+    /// Hosts apply nothing before this time (Unix seconds).
+    #[arg(long)]
+    not_before: Option<u64>,
+    /// Percentage of hosts (by hash of their id) that take this publication.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    cohort: Option<u8>,
+    /// Maintenance window HH:MM-HH:MM (host time) in which hosts apply.
+    #[arg(long)]
+    window: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StrategyName {
+    Rolling,
+    Immediate,
+    Scheduled,
+}
+
+#[derive(clap::Args)]
+struct RolloutArgs {
+    /// The inventory.
+    #[arg(long, default_value = "fleet.toml")]
+    inventory: PathBuf,
+    /// Where the bundles are (the newest per profile, architecture and environment is used).
+    #[arg(long, default_value = "bundles")]
+    from: PathBuf,
+    /// Public key file or directory the bundles must verify with (default: keys/).
+    #[arg(long)]
+    keys: Option<PathBuf>,
+    /// Strategy.
+    #[arg(long, value_enum, default_value = "rolling")]
+    strategy: StrategyName,
+    /// rolling: hosts per batch.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// rolling: seconds to wait between batches.
+    #[arg(long, default_value_t = 0)]
+    pause: u64,
+    /// rolling: failures tolerated before the rollout stops.
+    #[arg(long, default_value_t = 0)]
+    max_failures: usize,
+    /// immediate, scheduled: hosts at a time.
+    #[arg(long, default_value_t = 8)]
+    parallel: usize,
+    /// scheduled: the maintenance window HH:MM-HH:MM (host time).
+    #[arg(long, required_if_eq("strategy", "scheduled"))]
+    window: Option<String>,
+    /// An unreachable host fails the rollout (default: reported offline).
+    #[arg(long)]
+    require_all: bool,
+    /// Only hosts of this group (repeatable).
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    /// Only this host (repeatable).
+    #[arg(long = "host")]
+    hosts: Vec<String>,
+    /// SSH connect timeout, seconds.
+    #[arg(long, default_value_t = 5)]
+    connect_timeout: u32,
+    /// Write the JSON report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Print the JSON report on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -131,6 +231,8 @@ fn run() -> Result<()> {
         Cmd::Armv7(args) => armv7::run(&args, &workspace_root()),
         Cmd::Lock(args) => cmd_lock(args),
         Cmd::Release(args) => cmd_release(args),
+        Cmd::Publish(args) => cmd_publish(&args),
+        Cmd::Rollout(args) => cmd_rollout(&args),
         Cmd::Keygen {
             secret_key,
             public_key,
@@ -398,6 +500,138 @@ fn cmd_release(args: ReleaseArgs) -> Result<()> {
         let sums = release::write_sums(dir, files)?;
         println!("wrote {}", sums.display());
     }
+    Ok(())
+}
+
+fn load_keys(path: &Path) -> Result<signing::TrustedKeys> {
+    Ok(if path.is_dir() {
+        signing::TrustedKeys::from_dir(path)?
+    } else {
+        signing::TrustedKeys::from_file(path)?
+    })
+}
+
+fn cmd_rollout(args: &RolloutArgs) -> Result<()> {
+    use smoker_fleet::rollout::{self, Strategy};
+    let inv = smoker_fleet::inventory::InventoryFile::load(&args.inventory)?;
+    let hosts: Vec<_> = inv
+        .hosts()?
+        .into_iter()
+        .filter(|h| args.hosts.is_empty() || args.hosts.contains(&h.name))
+        .filter(|h| args.groups.is_empty() || h.groups.iter().any(|g| args.groups.contains(g)))
+        .collect();
+    if hosts.is_empty() {
+        bail!(
+            "no host of {} matches the --host/--group filters",
+            args.inventory.display()
+        );
+    }
+    let keys_path = args
+        .keys
+        .clone()
+        .unwrap_or_else(|| workspace_root().join("keys"));
+    let keys = load_keys(&keys_path)
+        .with_context(|| format!("loading the trusted keys {}", keys_path.display()))?;
+    let newest = smoker_build::publish::newest_bundles(&args.from, &keys)?;
+    let strategy = match args.strategy {
+        StrategyName::Rolling => Strategy::Rolling {
+            batch: args.batch,
+            pause: std::time::Duration::from_secs(args.pause),
+            max_failures: args.max_failures,
+        },
+        StrategyName::Immediate => Strategy::Immediate {
+            parallel: args.parallel,
+        },
+        StrategyName::Scheduled => {
+            let window = args.window.clone().unwrap_or_default();
+            smoker_format::channel::Window::parse(&window).map_err(anyhow::Error::msg)?;
+            Strategy::Scheduled {
+                window,
+                parallel: args.parallel,
+            }
+        }
+    };
+    let plan = rollout::pick(&hosts, &newest);
+    let control = tempfile::Builder::new().prefix("smk-ssh-").tempdir()?;
+    let progress = |host: &str, state: &str| eprintln!("[{host}] {state}");
+    let report = rollout::run(
+        &plan,
+        &rollout::Options {
+            strategy,
+            require_all: args.require_all,
+            connect_timeout: args.connect_timeout,
+            progress: &progress,
+        },
+        control.path(),
+    );
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(p) = &args.report {
+        std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{}", rollout::table(&report));
+    }
+    if std::env::var_os("GITHUB_ACTIONS").is_some() {
+        print!("{}", rollout::annotations(&report));
+    }
+    if !report.ok {
+        let failed: Vec<&str> = report
+            .hosts
+            .iter()
+            .filter(|h| h.result.is_failure(args.require_all))
+            .map(|h| h.host.as_str())
+            .collect();
+        bail!("rollout failed on: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn cmd_publish(args: &PublishArgs) -> Result<()> {
+    let key = SecretKey::load(&args.secret_key, None)
+        .with_context(|| format!("loading the signing key {}", args.secret_key.display()))?;
+    let keys = match &args.keys {
+        Some(p) => load_keys(p)?,
+        None => {
+            let dir = tempfile::tempdir()?;
+            let p = dir.path().join("channel.pub");
+            std::fs::write(&p, key.public_key_file())?;
+            signing::TrustedKeys::from_file(&p)?
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let channel = smoker_build::publish::publish(&smoker_build::publish::Request {
+        name: &args.channel,
+        release_dir: &args.from,
+        out: &args.out,
+        keys: &keys,
+        key: &key,
+        now,
+        expires_in: args.expires_in,
+        sequence: args.sequence,
+        not_before: args.not_before,
+        cohort: args.cohort,
+        window: args.window.clone(),
+    })?;
+    for e in &channel.bundles {
+        println!(
+            "{}  {} {} {} {}  {}",
+            e.sha256, e.profile, e.arch, e.environment, e.version, e.file
+        );
+    }
+    println!(
+        "channel {} sequence {} expires {} written to {}",
+        channel.name,
+        channel.sequence,
+        channel.expires,
+        args.out
+            .join(smoker_format::channel::CHANNEL_FILE)
+            .display()
+    );
     Ok(())
 }
 

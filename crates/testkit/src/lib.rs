@@ -12,6 +12,8 @@
 //! - [`bins`]: the `xtask` and `smoker-install` binaries of the build profile the tests run
 //!   under, in the target directory cargo uses.
 //! - [`bundle`]: hand-made signed bundles and raw tar/zstd pieces for the hostile corpus.
+//! - [`sshd::Sshd`]: a real OpenSSH server per simulated host, on loopback.
+//! - [`statics::StaticServer`]: a counting static file server (ETag, Range, cut downloads).
 //! - [`testbed::Testbed`]: the usual start of an installer test (Docker, registry, the test
 //!   service pushed, a port, a cleanup guard).
 //! - [`docker`], [`http`], [`ports`], [`run`], [`repo`], [`elf`]: Docker and HTTP primitives,
@@ -38,7 +40,9 @@ pub mod project;
 pub mod registry;
 pub mod repo;
 pub mod run;
+pub mod sshd;
 pub mod stack;
+pub mod statics;
 pub mod testbed;
 
 use std::path::{Path, PathBuf};

@@ -73,7 +73,11 @@ pub struct ApplyArgs {
     /// Where removable media are mounted (repeatable; default /media and /mnt).
     #[arg(long = "media-root", requires = "usb")]
     pub media_roots: Vec<PathBuf>,
-    /// The bundle file (or --usb).
+    /// Switch to the bundle staged for this profile (`smoker-install stage`) instead of
+    /// reading a bundle file.
+    #[arg(long, value_name = "PROFILE", conflicts_with_all = ["bundle", "usb"])]
+    pub staged: Option<String>,
+    /// The bundle file (or --usb, or --staged).
     pub bundle: Option<PathBuf>,
 }
 
@@ -101,6 +105,76 @@ pub enum Cmd {
     /// Verify a bundle, install it as a new generation, switch, health-check, and roll back by
     /// itself when it is not healthy.
     Apply(ApplyArgs),
+    /// Verify a bundle and commit it to the store without switching to it; a later `apply` of
+    /// the same bundle (or `apply --staged PROFILE`) switches without reading it again.
+    Stage {
+        /// Trusted keys.
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// Wait for the profile lock instead of failing.
+        #[arg(long)]
+        wait: bool,
+        /// Accept a version older than the newest good generation (as `apply`).
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Accept a bundle of another environment (as `apply`).
+        #[arg(long)]
+        allow_env_change: bool,
+        /// This host's environment when its config declares none (as `apply --environment`).
+        #[arg(long)]
+        environment: Option<String>,
+        /// Maintenance window `HH:MM-HH:MM` (host time) recorded with it, for the pull agent.
+        #[arg(long)]
+        window: Option<String>,
+        /// The bundle file.
+        bundle: PathBuf,
+    },
+    /// List the bundles staged on this host; with --apply-due, apply those whose window is
+    /// open now (or that have none). For the staged timer: a scheduled rollout stages, the
+    /// host applies inside the window by itself.
+    Staged {
+        /// Trusted keys (the staged manifests' signatures are checked again).
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// Apply every staged bundle whose window is open now.
+        #[arg(long)]
+        apply_due: bool,
+        /// Generations to keep.
+        #[arg(long, default_value_t = 5)]
+        keep: usize,
+    },
+    /// Poll a signed channel once: fetch it (conditional GET), and for each followed profile
+    /// download its newest bundle (resumable), verify, and apply it inside the channel's
+    /// window (else stage it). For the pull timer and boot.
+    Pull {
+        /// Trusted keys (the channel's and the bundles').
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// URL of the channel directory (or of its channel.json).
+        #[arg(long)]
+        channel: String,
+        /// Profile to follow (repeatable; default: every profile installed here).
+        #[arg(long = "profile")]
+        profiles: Vec<String>,
+        /// This host's id for phased rollouts (default: the host name).
+        #[arg(long)]
+        host_id: Option<String>,
+        /// Attempts while the server is unreachable.
+        #[arg(long, default_value_t = 4)]
+        attempts: u32,
+        /// First retry delay in milliseconds (doubled each time, plus random jitter).
+        #[arg(long, default_value_t = 2000)]
+        backoff_ms: u64,
+        /// Host env file for a profile installed for the first time (as `apply`).
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        /// Compose project name for a profile installed for the first time (as `apply`).
+        #[arg(long)]
+        project: Option<String>,
+        /// Generations to keep.
+        #[arg(long, default_value_t = 5)]
+        keep: usize,
+    },
     /// Switch back to a kept generation (default: the previous good one). Needs no network and
     /// no bundle file.
     Rollback {
@@ -276,6 +350,9 @@ impl Cmd {
         match self {
             Cmd::Verify { .. } => "verify",
             Cmd::Apply(_) => "apply",
+            Cmd::Stage { .. } => "stage",
+            Cmd::Pull { .. } => "pull",
+            Cmd::Staged { .. } => "staged",
             Cmd::Rollback { .. } => "rollback",
             Cmd::Preflight { .. } => "preflight",
             Cmd::Backup { .. } => "backup",

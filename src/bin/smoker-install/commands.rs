@@ -4,8 +4,8 @@
 use crate::cli::{ApplyArgs, KeyArgs};
 use crate::output::{
     Applied, AuditChecked, BackedUp, Backups, Collected, Failure, History, LifecycleDone, MediaLog,
-    PolicySuggested, Preflighted, RecoveredFirst, Restored, RolledBack, Status, StoreVerified,
-    Unlocked, Verified,
+    PolicySuggested, Preflighted, Pulled, RecoveredFirst, Restored, RolledBack, Staged, StagedList,
+    Status, StoreVerified, Unlocked, Verified,
 };
 use smoker::apply::{self, Progress};
 use smoker::error::Kind;
@@ -172,10 +172,10 @@ pub fn policy_suggest(keys: &KeyArgs, bundle: PathBuf) -> Result<PolicySuggested
 
 /// `apply`.
 pub fn apply(ctx: &Ctx, a: ApplyArgs) -> Result<Applied, Failure> {
-    if a.bundle.is_none() && !a.usb {
+    if a.bundle.is_none() && !a.usb && a.staged.is_none() {
         return Err(Failure::new(
             Kind::Usage,
-            "no bundle given: pass the bundle file (smoker-install apply BUNDLE), or --usb to find one on removable media",
+            "no bundle given: pass the bundle file (smoker-install apply BUNDLE), --usb to find one on removable media, or --staged PROFILE",
         ));
     }
     let opts = apply::Options {
@@ -190,6 +190,10 @@ pub fn apply(ctx: &Ctx, a: ApplyArgs) -> Result<Applied, Failure> {
     };
     let reporter = Reporter::new(false);
     let outcome = match (a.bundle, a.usb) {
+        _ if a.staged.is_some() => {
+            let profile = a.staged.unwrap_or_default();
+            apply::apply_staged(&ctx.layout, &profile, &opts, &reporter)?
+        }
         (Some(bundle), _) => apply::apply(&ctx.layout, &bundle, &opts, &reporter)?,
         (None, _) => {
             let roots = smoker::usb::media_roots(&a.media_roots);
@@ -200,6 +204,109 @@ pub fn apply(ctx: &Ctx, a: ApplyArgs) -> Result<Applied, Failure> {
         }
     };
     Ok(Applied(outcome))
+}
+
+/// What `stage` is asked to do.
+pub struct StageArgs {
+    /// Trusted keys.
+    pub keys: KeyArgs,
+    /// Wait for the lock.
+    pub wait: bool,
+    /// `--allow-downgrade`.
+    pub allow_downgrade: bool,
+    /// `--allow-env-change`.
+    pub allow_env_change: bool,
+    /// `--environment`.
+    pub environment: Option<String>,
+    /// `--window`.
+    pub window: Option<String>,
+}
+
+/// `stage`: verify + store, no switch.
+pub fn stage(ctx: &Ctx, a: StageArgs, bundle: PathBuf) -> Result<Staged, Failure> {
+    if let Some(w) = &a.window {
+        smoker_format::channel::Window::parse(w).map_err(|e| Failure::new(Kind::Usage, e))?;
+    }
+    let opts = apply::Options {
+        keys: a.keys.load()?,
+        env_file: None,
+        keep: 5,
+        wait: a.wait,
+        allow_downgrade: a.allow_downgrade,
+        project: None,
+        host: ctx.host_choosing(a.environment.as_deref())?,
+        allow_env_change: a.allow_env_change,
+    };
+    let outcome =
+        smoker::stage::stage(&ctx.layout, &bundle, &opts, a.window, &Reporter::new(false))?;
+    Ok(Staged(outcome))
+}
+
+/// `staged [--apply-due]`.
+pub fn staged(
+    ctx: &Ctx,
+    keys: &KeyArgs,
+    apply_due: bool,
+    keep: usize,
+) -> Result<StagedList, Failure> {
+    let opts = apply::Options {
+        keys: keys.load()?,
+        env_file: None,
+        keep,
+        wait: true,
+        allow_downgrade: false,
+        project: None,
+        host: ctx.host()?,
+        allow_env_change: false,
+    };
+    let due = smoker::stage::apply_due(&ctx.layout, &opts, apply_due, &Reporter::new(false))?;
+    Ok(StagedList(due))
+}
+
+/// What `pull` is asked to do.
+pub struct PullArgs {
+    /// Trusted keys.
+    pub keys: KeyArgs,
+    /// Channel URL.
+    pub channel: String,
+    /// Profiles to follow.
+    pub profiles: Vec<String>,
+    /// Host id.
+    pub host_id: Option<String>,
+    /// Attempts.
+    pub attempts: u32,
+    /// First backoff.
+    pub backoff_ms: u64,
+    /// Env file.
+    pub env_file: Option<PathBuf>,
+    /// Project.
+    pub project: Option<String>,
+    /// Generations kept.
+    pub keep: usize,
+}
+
+/// `pull`: one poll of a channel.
+pub fn pull(ctx: &Ctx, a: PullArgs) -> Result<Pulled, Failure> {
+    let opts = apply::Options {
+        keys: a.keys.load()?,
+        env_file: a.env_file,
+        keep: a.keep,
+        wait: true,
+        allow_downgrade: false,
+        project: a.project,
+        host: ctx.host()?,
+        allow_env_change: false,
+    };
+    let request = smoker::pull::Request {
+        url: &a.channel,
+        profiles: a.profiles,
+        host_id: a.host_id.unwrap_or_else(smoker::sys::hostname),
+        attempts: a.attempts,
+        backoff: std::time::Duration::from_millis(a.backoff_ms),
+        opts: &opts,
+    };
+    let outcome = smoker::pull::pull(&ctx.layout, &request, &Reporter::new(false))?;
+    Ok(Pulled(outcome))
 }
 
 /// `rollback`.

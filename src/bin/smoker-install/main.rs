@@ -54,6 +54,61 @@ fn main() -> ExitCode {
             out.finish(command, commands::verify(&keys, bundle.unwrap_or_default()))
         }
         Cmd::Apply(args) => out.finish(command, commands::apply(&ctx, args)),
+        Cmd::Staged {
+            keys,
+            apply_due,
+            keep,
+        } => out.finish(command, commands::staged(&ctx, &keys, apply_due, keep)),
+        Cmd::Pull {
+            keys,
+            channel,
+            profiles,
+            host_id,
+            attempts,
+            backoff_ms,
+            env_file,
+            project,
+            keep,
+        } => out.finish(
+            command,
+            commands::pull(
+                &ctx,
+                commands::PullArgs {
+                    keys,
+                    channel,
+                    profiles,
+                    host_id,
+                    attempts,
+                    backoff_ms,
+                    env_file,
+                    project,
+                    keep,
+                },
+            ),
+        ),
+        Cmd::Stage {
+            keys,
+            wait,
+            allow_downgrade,
+            allow_env_change,
+            environment,
+            window,
+            bundle,
+        } => out.finish(
+            command,
+            commands::stage(
+                &ctx,
+                commands::StageArgs {
+                    keys,
+                    wait,
+                    allow_downgrade,
+                    allow_env_change,
+                    environment,
+                    window,
+                },
+                bundle,
+            ),
+        ),
         Cmd::Rollback {
             profile,
             to,
@@ -166,6 +221,21 @@ fn trust_gate(cli: &Cli) -> smoker::error::Result<()> {
     };
     match &cli.cmd {
         Cmd::Verify { keys, .. } => choices.keys = keys_of(keys),
+        Cmd::Stage {
+            keys,
+            allow_downgrade,
+            allow_env_change,
+            environment,
+            ..
+        } => {
+            choices.keys = keys_of(keys);
+            choices.exceptions = exceptions(
+                *allow_downgrade,
+                *allow_env_change,
+                environment.is_some(),
+                false,
+            );
+        }
         Cmd::Apply(a) => {
             choices.keys = keys_of(&a.keys);
             choices.env_file = a.env_file.as_deref();
@@ -192,6 +262,17 @@ fn trust_gate(cli: &Cli) -> smoker::error::Result<()> {
                 environment.is_some(),
                 false,
             );
+        }
+        Cmd::Staged { keys, .. } => choices.keys = keys_of(keys),
+        Cmd::Pull {
+            keys,
+            env_file,
+            project,
+            ..
+        } => {
+            choices.keys = keys_of(keys);
+            choices.env_file = env_file.as_deref();
+            choices.exceptions = exceptions(false, false, false, project.is_some());
         }
         Cmd::UsbLog { .. } => {
             return Err(smoker::error::Error::Policy(

@@ -261,6 +261,95 @@ impl Report for StoreVerified {
 /// `apply`: what the apply did.
 pub struct Applied(pub smoker::apply::Outcome);
 
+/// `pull`'s result.
+pub struct Pulled(pub smoker::pull::Outcome);
+
+impl Report for Pulled {
+    fn data(&self) -> serde_json::Value {
+        to_data(&self.0)
+    }
+
+    fn text(&self) -> String {
+        let o = &self.0;
+        let mut s = format!(
+            "channel {} sequence {}{} ({} requests, {} bytes)\n",
+            o.channel,
+            o.sequence,
+            if o.not_modified { ", not modified" } else { "" },
+            o.requests,
+            o.bytes_received
+        );
+        for p in &o.profiles {
+            s.push_str(&format!("  {}: {} — {}\n", p.profile, p.action, p.message));
+        }
+        s
+    }
+
+    fn failure(&self) -> Option<Failure> {
+        self.0.profiles.iter().find_map(|p| {
+            p.kind
+                .map(|k| Failure::new(k, format!("{}: {}", p.profile, p.message)))
+        })
+    }
+}
+
+/// `staged`'s result.
+pub struct StagedList(pub Vec<smoker::stage::Due>);
+
+impl Report for StagedList {
+    fn data(&self) -> serde_json::Value {
+        serde_json::json!({ "staged": to_data(&self.0) })
+    }
+
+    fn text(&self) -> String {
+        if self.0.is_empty() {
+            return "nothing is staged\n".into();
+        }
+        self.0
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} {}: {} — {}\n",
+                    d.profile, d.version, d.action, d.message
+                )
+            })
+            .collect()
+    }
+
+    fn failure(&self) -> Option<Failure> {
+        self.0.iter().find_map(|d| {
+            d.kind
+                .map(|k| Failure::new(k, format!("{}: {}", d.profile, d.message)))
+        })
+    }
+}
+
+/// `stage`'s result.
+pub struct Staged(pub smoker::stage::Outcome);
+
+impl Report for Staged {
+    fn data(&self) -> serde_json::Value {
+        to_data(&self.0)
+    }
+
+    fn text(&self) -> String {
+        let r = &self.0.record;
+        format!(
+            "{} {} {}: {} as {} (not switched; `smoker-install apply --staged {}` switches to it){}\n",
+            r.profile,
+            r.version,
+            r.arch,
+            self.0.result,
+            r.store,
+            r.profile,
+            r.window
+                .as_ref()
+                .map(|w| format!("; window {w}"))
+                .unwrap_or_default()
+        )
+    }
+}
+
 impl Report for Applied {
     fn data(&self) -> serde_json::Value {
         to_data(&self.0)

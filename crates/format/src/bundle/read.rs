@@ -924,6 +924,24 @@ pub fn peek_manifest(path: &Path, keys: &TrustedKeys) -> Result<Manifest, Verify
 
 /// [`peek_manifest`] of a stream (an already open file: rewind it before reading it again).
 pub fn peek_manifest_from(input: impl Read, keys: &TrustedKeys) -> Result<Manifest, VerifyError> {
+    peek_signed_head(input, keys).map(|h| h.manifest)
+}
+
+/// The signed head of a bundle as [`peek_signed_head`] read it: enough to recognise a bundle
+/// whose payload was already verified (same manifest sha256), without reading the payload.
+#[derive(Debug, Clone)]
+pub struct SignedHead {
+    /// The parsed manifest.
+    pub manifest: Manifest,
+    /// sha256 of the manifest's exact signed bytes.
+    pub manifest_sha256: String,
+    /// Id of the trusted key that signed it.
+    pub key_id: String,
+}
+
+/// Reads the manifest and its signature at the start of a bundle stream and verifies the
+/// signature; the payload is not read (so it is not verified either).
+pub fn peek_signed_head(input: impl Read, keys: &TrustedKeys) -> Result<SignedHead, VerifyError> {
     let decoder = frame_decoder(input)?;
     let meter = Rc::new(RefCell::new(Meter {
         limit: HEAD_LIMIT,
@@ -935,6 +953,10 @@ pub fn peek_manifest_from(input: impl Read, keys: &TrustedKeys) -> Result<Manife
     });
     let mut entries = archive.entries().map_err(tar_err)?;
     let (manifest_bytes, sig) = read_head(&mut entries, &meter)?;
-    verify_signature(keys, &manifest_bytes, &sig)?;
-    Ok(Manifest::from_json(&manifest_bytes)?)
+    let key_id = verify_signature(keys, &manifest_bytes, &sig)?;
+    Ok(SignedHead {
+        manifest: Manifest::from_json(&manifest_bytes)?,
+        manifest_sha256: crate::digest::sha256_hex(&manifest_bytes),
+        key_id,
+    })
 }
