@@ -5,6 +5,7 @@
 //! owned by 0:0, mtime = the manifest's `created`, mode 644 or 755. [`write`] produces it;
 //! [`read`] verifies it as one stream and can stage the payload into a directory.
 
+mod pipeline;
 pub mod read;
 pub mod write;
 
