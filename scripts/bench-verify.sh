@@ -131,6 +131,18 @@ echo "== building the bundle"
     "$XTASK" release --version 1.0.0 --project-dir "$REPO" --recipe bench --arch amd64 \
     --env prod --secret-key "$WORK/bench.key" --out "$WORK/out" >/dev/null
 BUNDLE=$WORK/out/prod/bench-1.0.0-amd64.tar.zst
+# The same payload through `tar -c | zstd -T0` at the bundle's level and window, warm cache.
+rm -rf "$WORK/out2"
+/usr/bin/time -f "%e" -o "$WORK/release.time" \
+    "$XTASK" release --version 1.0.0 --project-dir "$REPO" --recipe bench --arch amd64 \
+    --env prod --secret-key "$WORK/bench.key" --out "$WORK/out2" >/dev/null
+# shellcheck disable=SC2016
+/usr/bin/time -f "%e" -o "$WORK/tarzstd.time" \
+    sh -c 'tar -cf - -C "$1" data | zstd -q -T0 -9 --zstd=wlog=23 -c >/dev/null' sh "$RECIPE"
+rm -rf "$WORK/out2"
+RELEASE_SECS=$(cat "$WORK/release.time")
+TARZSTD_SECS=$(cat "$WORK/tarzstd.time")
+echo "   release (second run, warm cache) ${RELEASE_SECS}s; tar -c | zstd -T0 -9 ${TARZSTD_SECS}s"
 rm -rf "$REPO" # the payload is in the bundle now; free the space
 
 COMPRESSED=$(wc -c <"$BUNDLE")
@@ -206,7 +218,8 @@ grep -q '^OK ' "$WORK/verify.out" || {
 
 echo "== result (best of $RUNS, same file, warm cache)"
 awk -v tv="$best_verify" -v tb="$best_base" -v td="$best_dec" -v bytes="$DECOMPRESSED" -v comp="$COMPRESSED" \
-    -v rv="$peak_verify" -v rb="$peak_base" -v ts="$best_stage" -v tu="$best_untar" -v rs="$peak_stage" 'BEGIN {
+    -v rv="$peak_verify" -v rb="$peak_base" -v ts="$best_stage" -v tu="$best_untar" -v rs="$peak_stage" \
+    -v tr="$RELEASE_SECS" -v tz="$TARZSTD_SECS" 'BEGIN {
     mib = bytes / 1048576
     printf "   bundle                       %.0f MiB compressed, %.0f MiB decompressed\n", comp / 1048576, mib
     printf "   smoker-install verify        %6.2f s  %7.1f MiB/s  peak RSS %.1f MiB\n", tv, mib / tv, rv / 1024
@@ -217,4 +230,5 @@ awk -v tv="$best_verify" -v tb="$best_base" -v td="$best_dec" -v bytes="$DECOMPR
     printf "   ratio verify / (zstd -dc >/dev/null)       = %.2f  (goal >= 0.9)\n", td / tv
     printf "   ratio verify+stage / (zstd -dc | tar -x)   = %.2f  (goal >= 0.9)\n", tu / ts
     printf "   (ratio verify / (zstd -dc | sha256sum)     = %.2f)\n", tb / tv
+    printf "   ratio release / (tar -c | zstd -T0 -9)     = %.2f  (goal >= 0.8)\n", tz / tr
 }'
