@@ -20,7 +20,7 @@
 //! never resolves.
 
 use crate::error::{Error, Result};
-use crate::progress::Progress;
+use crate::progress::{MeteredWriter, Progress};
 use crate::runtime::Runtime;
 use crate::store::StoreEntry;
 use serde::Serialize;
@@ -301,8 +301,10 @@ fn load(
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    let (bytes, _lines) =
-        runtime.load(|stdin| image_archive::stream_images(path, wanted, stdin))?;
+    let (bytes, _lines) = runtime.load(|stdin| {
+        let meter = progress.bytes("loading into Docker", Some(stored));
+        image_archive::stream_images(path, wanted, MeteredWriter::new(stdin, meter))
+    })?;
     for w in wanted {
         if let Err(e) = check_id(runtime, &w.reference, &w.config, &w.service) {
             // Never leave a local reference pointing at the wrong image.

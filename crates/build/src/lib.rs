@@ -7,6 +7,7 @@
 //! `smoker_format`. The installer does not depend on this crate.
 
 pub mod compose;
+pub mod fetch_progress;
 pub mod lock;
 pub mod offline;
 pub mod recipe;
