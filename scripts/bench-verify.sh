@@ -1,17 +1,21 @@
 #!/bin/sh
 # Benchmark: how fast does `smoker-install verify` check a large bundle, and with how much
-# memory, compared with the bare cost of decompressing and hashing it
-# (`zstd -dc BUNDLE | sha256sum`)?
+# memory, compared with the bare cost of decompressing it (`zstd -dc BUNDLE > /dev/null`)?
+# And how fast does apply's verify + stage step (`store::stage`, run alone by the example
+# `stage_bundle`) unpack it, compared with `zstd -dc BUNDLE | tar -x` into the same disk?
 #
 # Builds a scratch recipe in a temporary git repository whose compose file bind-mounts a
 # directory of about BENCH_MIB MiB (default 1024) of mixed-compressibility data (random bytes,
 # base64 text, log-like text), a hand-written lock, and one signed amd64 bundle from it; then
-# times both commands RUNS times (default 3) on the same file, warm page cache, and prints the
-# best wall time of each, verify's peak RSS and the throughput ratio. Decompression alone
-# (`zstd -dc BUNDLE >/dev/null`) is timed too, for reference.
+# times each command RUNS times (default 3) on the same file, warm page cache, and prints the
+# best wall time of each, peak RSS and the throughput ratios (goal: >= 0.9 for both). The
+# staged copy is fsynced file by file (as apply does), `tar -x` is not; `zstd -dc | sha256sum`
+# (coreutils' sha256, without SHA extensions) is timed too, for reference.
 #
 # Usage: scripts/bench-verify.sh            (from anywhere inside the repository)
 #        BENCH_MIB=256 RUNS=5 scripts/bench-verify.sh
+#        BENCH_OLD_INSTALL=path/to/older/smoker-install scripts/bench-verify.sh   (also times
+#        that binary's verify on the same file, for a before/after figure)
 # Needs: cargo, git, zstd, sha256sum, GNU time at /usr/bin/time (Debian packages `zstd`,
 # `coreutils`, `time`). Temporary data goes to $TMPDIR (default /tmp) and is deleted on exit.
 set -eu
@@ -41,11 +45,12 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 echo "== building release binaries"
-(cd "$ROOT" && cargo build --release --quiet)
+(cd "$ROOT" && cargo build --release --quiet && cargo build --release --quiet --example stage_bundle)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 case $TARGET in /*) ;; *) TARGET=$ROOT/$TARGET ;; esac
 XTASK=$TARGET/release/xtask
 INSTALL=$TARGET/release/smoker-install
+STAGE=$TARGET/release/examples/stage_bundle
 
 echo "== generating about $BENCH_MIB MiB of payload in $WORK"
 REPO=$WORK/repo
@@ -126,6 +131,18 @@ echo "== building the bundle"
     "$XTASK" release --version 1.0.0 --project-dir "$REPO" --recipe bench --arch amd64 \
     --env prod --secret-key "$WORK/bench.key" --out "$WORK/out" >/dev/null
 BUNDLE=$WORK/out/prod/bench-1.0.0-amd64.tar.zst
+# The same payload through `tar -c | zstd -T0` at the bundle's level and window, warm cache.
+rm -rf "$WORK/out2"
+/usr/bin/time -f "%e" -o "$WORK/release.time" \
+    "$XTASK" release --version 1.0.0 --project-dir "$REPO" --recipe bench --arch amd64 \
+    --env prod --secret-key "$WORK/bench.key" --out "$WORK/out2" >/dev/null
+# shellcheck disable=SC2016
+/usr/bin/time -f "%e" -o "$WORK/tarzstd.time" \
+    sh -c 'tar -cf - -C "$1" data | zstd -q -T0 -9 --zstd=wlog=23 -c >/dev/null' sh "$RECIPE"
+rm -rf "$WORK/out2"
+RELEASE_SECS=$(cat "$WORK/release.time")
+TARZSTD_SECS=$(cat "$WORK/tarzstd.time")
+echo "   release (second run, warm cache) ${RELEASE_SECS}s; tar -c | zstd -T0 -9 ${TARZSTD_SECS}s"
 rm -rf "$REPO" # the payload is in the bundle now; free the space
 
 COMPRESSED=$(wc -c <"$BUNDLE")
@@ -149,6 +166,10 @@ cat "$BUNDLE" >/dev/null # warm the page cache for both contenders
 best_verify=""
 best_base=""
 best_dec=""
+best_stage=""
+best_untar=""
+best_untarsync=""
+peak_stage=0
 peak_verify=0
 peak_base=0
 run=1
@@ -160,6 +181,30 @@ while [ "$run" -le "$RUNS" ]; do
         sh -c 'zstd -dc -- "$1" | sha256sum' sh "$BUNDLE" >"$WORK/base.out"
     # shellcheck disable=SC2016
     /usr/bin/time -v -o "$WORK/dec.time" sh -c 'zstd -dc -- "$1" >/dev/null' sh "$BUNDLE"
+    mkdir -p "$WORK/host" "$WORK/untar"
+    /usr/bin/time -v -o "$WORK/stage.time" "$STAGE" "$BUNDLE" "$WORK/bench.pub" "$WORK/host" >/dev/null
+    # shellcheck disable=SC2016
+    /usr/bin/time -v -o "$WORK/untar.time" sh -c 'zstd -dc -- "$1" | tar -x -C "$2"' sh "$BUNDLE" "$WORK/untar"
+    rm -rf "$WORK/untar"
+    mkdir -p "$WORK/untar"
+    # The same with the files on disk at the end, as apply's fsyncs leave them.
+    # shellcheck disable=SC2016
+    /usr/bin/time -v -o "$WORK/untarsync.time" sh -c 'zstd -dc -- "$1" | tar -x -C "$2" && sync -f "$2"' sh "$BUNDLE" "$WORK/untar"
+    rm -rf "$WORK/untar"
+    ty=$(wall_secs "$WORK/untarsync.time")
+    best_untarsync=$(awk -v a="$ty" -v b="$best_untarsync" 'BEGIN { print (b == "" || a < b) ? a : b }')
+    ts=$(wall_secs "$WORK/stage.time")
+    tu=$(wall_secs "$WORK/untar.time")
+    rs=$(rss_kib "$WORK/stage.time")
+    echo "   run $run: stage ${ts}s (peak RSS ${rs} KiB); zstd -dc | tar -x ${tu}s; and sync ${ty}s"
+    best_stage=$(awk -v a="$ts" -v b="$best_stage" 'BEGIN { print (b == "" || a < b) ? a : b }')
+    best_untar=$(awk -v a="$tu" -v b="$best_untar" 'BEGIN { print (b == "" || a < b) ? a : b }')
+    [ "$rs" -gt "$peak_stage" ] && peak_stage=$rs
+    if [ -n "${BENCH_OLD_INSTALL:-}" ]; then
+        /usr/bin/time -v -o "$WORK/old.time" \
+            "$BENCH_OLD_INSTALL" verify --key "$WORK/bench.pub" "$BUNDLE" >/dev/null
+        echo "   run $run: older verify $(wall_secs "$WORK/old.time")s (peak RSS $(rss_kib "$WORK/old.time") KiB)"
+    fi
     td=$(wall_secs "$WORK/dec.time")
     tv=$(wall_secs "$WORK/verify.time")
     tb=$(wall_secs "$WORK/base.time")
@@ -181,11 +226,19 @@ grep -q '^OK ' "$WORK/verify.out" || {
 
 echo "== result (best of $RUNS, same file, warm cache)"
 awk -v tv="$best_verify" -v tb="$best_base" -v td="$best_dec" -v bytes="$DECOMPRESSED" -v comp="$COMPRESSED" \
-    -v rv="$peak_verify" -v rb="$peak_base" 'BEGIN {
+    -v rv="$peak_verify" -v rb="$peak_base" -v ts="$best_stage" -v tu="$best_untar" -v rs="$peak_stage" \
+    -v tr="$RELEASE_SECS" -v tz="$TARZSTD_SECS" -v ty="$best_untarsync" 'BEGIN {
     mib = bytes / 1048576
     printf "   bundle                       %.0f MiB compressed, %.0f MiB decompressed\n", comp / 1048576, mib
     printf "   smoker-install verify        %6.2f s  %7.1f MiB/s  peak RSS %.1f MiB\n", tv, mib / tv, rv / 1024
     printf "   zstd -dc | sha256sum         %6.2f s  %7.1f MiB/s  peak RSS %.1f MiB\n", tb, mib / tb, rb / 1024
-    printf "   (zstd -dc >/dev/null         %6.2f s  %7.1f MiB/s: decompression alone)\n", td, mib / td
-    printf "   throughput ratio verify/baseline = %.2f\n", tb / tv
+    printf "   zstd -dc >/dev/null          %6.2f s  %7.1f MiB/s\n", td, mib / td
+    printf "   apply verify+stage           %6.2f s  %7.1f MiB/s  peak RSS %.1f MiB\n", ts, mib / ts, rs / 1024
+    printf "   zstd -dc | tar -x            %6.2f s  %7.1f MiB/s\n", tu, mib / tu
+    printf "   zstd -dc | tar -x && sync    %6.2f s  %7.1f MiB/s\n", ty, mib / ty
+    printf "   ratio verify / (zstd -dc >/dev/null)       = %.2f  (goal >= 0.9)\n", td / tv
+    printf "   ratio verify+stage / (zstd -dc | tar -x)   = %.2f  (goal >= 0.9)\n", tu / ts
+    printf "   (ratio verify+stage / (... && sync)        = %.2f: apply fsyncs what it stages)\n", ty / ts
+    printf "   (ratio verify / (zstd -dc | sha256sum)     = %.2f)\n", tb / tv
+    printf "   ratio release / (tar -c | zstd -T0 -9)     = %.2f  (goal >= 0.8)\n", tz / tr
 }'

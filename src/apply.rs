@@ -21,7 +21,7 @@ use crate::migrate::{self, Applied, Ledger};
 use crate::notify::{self, Event, Notice};
 use crate::policy::{self, HostFacts};
 use crate::profile::{Generation, Profile, Status, now};
-use crate::progress::Timer;
+use crate::progress::{MeteredReader, Timer};
 use crate::runtime::{Resolved, Runtime, Stack};
 use crate::store::{self, StoreEntry};
 use serde::Serialize;
@@ -406,9 +406,11 @@ impl Run<'_> {
     ) -> Result<(StoreEntry, String, crate::gc::Storing)> {
         self.progress.step("verifying and storing the bundle");
         let (layout, keys) = (self.layout, &self.opts.keys);
+        let total = file.metadata().ok().map(|m| m.len());
+        let input = MeteredReader::new(file, self.progress.bytes("verifying", total));
         let staged = self
             .timer
-            .time("verify+stage", || store::stage(layout, file, keys))?;
+            .time("verify+stage", || store::stage(layout, input, keys))?;
         fault::point("apply:staged");
         let mut facts = HostFacts::gather(
             self.layout,

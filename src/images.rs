@@ -20,7 +20,7 @@
 //! never resolves.
 
 use crate::error::{Error, Result};
-use crate::progress::Progress;
+use crate::progress::{MeteredWriter, Progress};
 use crate::runtime::Runtime;
 use crate::store::StoreEntry;
 use serde::Serialize;
@@ -56,16 +56,26 @@ pub fn ensure_images(
 ) -> Result<ImagesReport> {
     let mut report = ImagesReport::default();
     let m = &entry.manifest;
+    let known = present_ids(runtime, m);
+    let id_now = |r: &str| match known.get(r) {
+        Some(id) => Some(id.clone()),
+        None => runtime.image_id(r),
+    };
     for img in m.images.iter().filter(|i| i.archive.is_none()) {
         let r = img.pinned_ref();
-        if runtime.image_id(&r).is_none() {
-            progress.info(&format!("pulling {r}"));
-            runtime.pull(&r)?;
-            report.pulled.push(r.clone());
-        } else {
-            report.present.push(r.clone());
-        }
-        if let (Some(want), Some(got)) = (&img.config_digest, runtime.image_id(&r))
+        let got = match id_now(&r) {
+            Some(id) => {
+                report.present.push(r.clone());
+                Some(id)
+            }
+            None => {
+                progress.info(&format!("pulling {r}"));
+                runtime.pull(&r)?;
+                report.pulled.push(r.clone());
+                runtime.image_id(&r)
+            }
+        };
+        if let (Some(want), Some(got)) = (&img.config_digest, got)
             && &got != want
         {
             return Err(Error::Runtime(format!(
@@ -80,7 +90,7 @@ pub fn ensure_images(
     for img in m.images.iter().filter(|i| i.archive.is_some()) {
         let want = offline_id(img)?;
         let local = local_reference(&img.repository, &img.digest);
-        match runtime.image_id(&local) {
+        match id_now(&local) {
             Some(id) if id == want => {
                 report.present.push(local);
                 continue;
@@ -122,6 +132,29 @@ pub fn ensure_images(
         ));
     }
     Ok(report)
+}
+
+/// Every reference of the manifest (pinned for online images, local for offline ones)
+/// with the image ID it has now, from one `docker image inspect` of them all. Empty when any
+/// is missing (the images step then asks per reference, and pulls or loads what is missing).
+fn present_ids(
+    runtime: &Runtime,
+    m: &smoker_format::manifest::Manifest,
+) -> BTreeMap<String, String> {
+    let mut refs: Vec<String> = m
+        .images
+        .iter()
+        .map(|img| match img.archive {
+            None => img.pinned_ref(),
+            Some(_) => local_reference(&img.repository, &img.digest),
+        })
+        .collect();
+    refs.sort();
+    refs.dedup();
+    match runtime.image_ids(&refs) {
+        Some(ids) => refs.into_iter().zip(ids).collect(),
+        None => BTreeMap::new(),
+    }
 }
 
 /// The image ID an offline image must have.
@@ -268,8 +301,10 @@ fn load(
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    let (bytes, _lines) =
-        runtime.load(|stdin| image_archive::stream_images(path, wanted, stdin))?;
+    let (bytes, _lines) = runtime.load(|stdin| {
+        let meter = progress.bytes("loading into Docker", Some(stored));
+        image_archive::stream_images(path, wanted, MeteredWriter::new(stdin, meter))
+    })?;
     for w in wanted {
         if let Err(e) = check_id(runtime, &w.reference, &w.config, &w.service) {
             // Never leave a local reference pointing at the wrong image.

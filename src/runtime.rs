@@ -905,6 +905,33 @@ impl Runtime {
     }
 }
 
+/// Batched image lookups of the images step.
+impl Runtime {
+    /// The image IDs of several local image references, asked with one `docker image inspect`
+    /// (one process, one daemon round trip, however many images a bundle has). `Some` holds one
+    /// ID per reference, in order, when every reference is present; `None` when any is missing
+    /// or Docker did not answer as expected: then ask [`Runtime::image_id`] per reference.
+    pub fn image_ids(&self, references: &[String]) -> Option<Vec<String>> {
+        if references.is_empty() {
+            return Some(Vec::new());
+        }
+        let out = run(Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Id}}", "--"])
+            .args(references))
+        .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        (ids.len() == references.len() && ids.iter().all(|id| id.starts_with("sha256:")))
+            .then_some(ids)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -195,7 +195,11 @@ impl Staged {
 /// Verifies the bundle read from `input` and unpacks it under `staging/`, in one pass. Nothing
 /// is staged unless every check passed (a failed read removes what it wrote); nothing reaches
 /// `store/` until [`Staged::commit`].
-pub fn stage(layout: &Layout, input: impl std::io::Read, keys: &TrustedKeys) -> Result<Staged> {
+pub fn stage(
+    layout: &Layout,
+    input: impl std::io::Read + Send,
+    keys: &TrustedKeys,
+) -> Result<Staged> {
     let staging_root = layout.staging();
     std::fs::create_dir_all(&staging_root).map_err(io_at(&staging_root))?;
     clean_staging(layout);

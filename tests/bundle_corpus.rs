@@ -5,7 +5,7 @@
 //! faithful, so each rejection is caused by the one thing the case changes.
 
 use smoker_format::bundle::read::{
-    Discard, Limits, Trust, VerifiedBundle, VerifyError, read_bundle,
+    Discard, Limits, Threads, Trust, VerifiedBundle, VerifyError, read_bundle, read_bundle_on,
 };
 use smoker_format::manifest::{FileEntry, MANIFEST_PATH, Manifest};
 use smoker_testkit::bundle::{self, Fixture, Raw, tar_bytes, zstd};
@@ -37,10 +37,25 @@ fn verify(f: &Fixture, bytes: &[u8]) -> Result<VerifiedBundle, VerifyError> {
     )
 }
 
+/// The verdict on `bytes`, which must be the same on the calling thread alone and with the
+/// reader and decoder on worker threads.
 fn kind_of(f: &Fixture, bytes: &[u8]) -> String {
-    match verify(f, bytes) {
+    let verdict = |threads| match read_bundle_on(
+        std::io::Cursor::new(bytes),
+        Trust::Keys(&f.keys),
+        &mut Discard,
+        Limits::default(),
+        threads,
+    ) {
         Ok(_) => "ACCEPTED".to_string(),
         Err(e) => format!("{} ({e})", e.kind()),
+    };
+    let one = verdict(Threads::One);
+    let pipelined = verdict(Threads::Pipelined);
+    if one == pipelined {
+        one
+    } else {
+        format!("DIFFERENT VERDICTS: one thread {one}; pipelined {pipelined}")
     }
 }
 
@@ -553,6 +568,48 @@ fn genuine_and_faithfully_reassembled_bundles_verify() {
     assert_eq!(v2.manifest_sha256, v.manifest_sha256);
     let frame = bundle::zstd_frame_with_zero_tail(&tar_bytes(&f.entries()), 0);
     verify(&f, &frame).expect("a hand-written zstd frame of the same tar must verify");
+}
+
+/// Reading on worker threads and on the calling thread alone give the same result: the
+/// bundle's sha256 and sizes as `sha256` of the file and `zstd -d` see them, and the same
+/// staged bytes.
+#[test]
+fn pipelined_and_single_thread_reads_agree() {
+    use smoker_format::bundle::read::DirSink;
+    let f = Fixture::new();
+    let bytes = f.bundle();
+    let mut results = Vec::new();
+    for threads in [Threads::One, Threads::Pipelined] {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let v = read_bundle_on(
+            std::io::Cursor::new(&bytes),
+            Trust::Keys(&f.keys),
+            &mut DirSink::new(dir.path()),
+            Limits::default(),
+            threads,
+        )
+        .expect("the genuine bundle verifies");
+        assert_eq!(
+            v.bundle_sha256,
+            smoker_format::digest::sha256_hex(&bytes),
+            "{threads:?}"
+        );
+        assert_eq!(v.compressed_bytes, bytes.len() as u64, "{threads:?}");
+        let plain = ::zstd::decode_all(&bytes[..]).expect("zstd decodes the bundle");
+        assert_eq!(v.decompressed_bytes, plain.len() as u64, "{threads:?}");
+        let staged: Vec<(String, Vec<u8>)> = v
+            .manifest
+            .files
+            .iter()
+            .map(|e| {
+                let data = std::fs::read(dir.path().join(&e.path)).expect("staged file");
+                assert_eq!(smoker_format::digest::sha256_hex(&data), e.sha256);
+                (e.path.clone(), data)
+            })
+            .collect();
+        results.push((v.manifest_sha256, staged));
+    }
+    assert_eq!(results[0], results[1]);
 }
 
 #[test]

@@ -10,6 +10,7 @@
 
 pub mod compose;
 pub mod composecheck;
+pub mod fetch_progress;
 pub mod lock;
 pub mod mirrors;
 pub mod offline;

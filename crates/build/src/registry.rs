@@ -482,15 +482,21 @@ impl Registries {
         let std_file = tmp
             .reopen()
             .with_context(|| format!("opening {}", tmp.path().display()))?;
-        self.rt
-            .block_on(async {
-                let mut f = tokio::fs::File::from_std(std_file);
-                client.pull_blob(r, &d, &mut f).await?;
-                tokio::io::AsyncWriteExt::flush(&mut f).await?;
-                f.sync_all().await?;
-                Ok::<(), OciDistributionError>(())
-            })
-            .map_err(|e| explain(e, r, "").context(format!("fetching blob {}", desc.digest)))?;
+        let short = desc.digest.get(..19).unwrap_or(&desc.digest);
+        let progress = crate::fetch_progress::Watch::start(
+            tmp.path(),
+            desc.size,
+            &format!("fetching {short}"),
+        );
+        let fetched = self.rt.block_on(async {
+            let mut f = tokio::fs::File::from_std(std_file);
+            client.pull_blob(r, &d, &mut f).await?;
+            tokio::io::AsyncWriteExt::flush(&mut f).await?;
+            f.sync_all().await?;
+            Ok::<(), OciDistributionError>(())
+        });
+        drop(progress);
+        fetched.map_err(|e| explain(e, r, "").context(format!("fetching blob {}", desc.digest)))?;
         let len = std::fs::metadata(tmp.path())
             .map(|m| m.len())
             .with_context(|| format!("reading {}", tmp.path().display()))?;

@@ -11,6 +11,7 @@ use smoker::apply::{self, Progress};
 use smoker::error::Kind;
 use smoker::hostconfig::HostConfig;
 use smoker::layout::Layout;
+use smoker::progress::{LineMeter, Meter, MeteredReader, NoMeter};
 use smoker_format::signing::TrustedKeys;
 use std::path::{Path, PathBuf};
 
@@ -55,9 +56,10 @@ impl KeyArgs {
     }
 }
 
-/// Progress on a terminal (spinner) or as plain lines on stderr.
+/// Progress on a terminal (spinner, and a byte bar for long transfers) or as plain lines on
+/// stderr.
 pub struct Reporter {
-    bar: Option<indicatif::ProgressBar>,
+    bar: Option<(indicatif::MultiProgress, indicatif::ProgressBar)>,
     quiet: bool,
 }
 
@@ -66,9 +68,10 @@ impl Reporter {
     pub fn new(quiet: bool) -> Reporter {
         use std::io::IsTerminal as _;
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
-            let b = indicatif::ProgressBar::new_spinner();
+            let multi = indicatif::MultiProgress::new();
+            let b = multi.add(indicatif::ProgressBar::new_spinner());
             b.enable_steady_tick(std::time::Duration::from_millis(120));
-            b
+            (multi, b)
         });
         Reporter { bar, quiet }
     }
@@ -76,25 +79,61 @@ impl Reporter {
 
 impl Drop for Reporter {
     fn drop(&mut self) {
-        if let Some(b) = &self.bar {
+        if let Some((_, b)) = &self.bar {
             b.finish_and_clear();
         }
+    }
+}
+
+/// A byte bar on a terminal: bytes, rate and time left.
+struct BarMeter(indicatif::ProgressBar);
+
+impl Meter for BarMeter {
+    fn add(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn done(&self) {
+        self.0.finish_and_clear();
     }
 }
 
 impl Progress for Reporter {
     fn step(&self, name: &str) {
         match &self.bar {
-            Some(b) => b.set_message(name.to_string()),
+            Some((_, b)) => b.set_message(name.to_string()),
             None if !self.quiet => eprintln!("==> {name}"),
             None => {}
         }
     }
     fn info(&self, message: &str) {
         match &self.bar {
-            Some(b) => b.println(message),
+            Some((multi, _)) => {
+                let _ = multi.println(message);
+            }
             None if !self.quiet => eprintln!("    {message}"),
             None => {}
+        }
+    }
+    fn bytes(&self, what: &str, total: Option<u64>) -> Box<dyn Meter> {
+        match &self.bar {
+            Some((multi, _)) => {
+                let bar = match total {
+                    Some(t) => indicatif::ProgressBar::new(t),
+                    None => indicatif::ProgressBar::no_length(),
+                };
+                let template = if total.is_some() {
+                    "    {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}, {eta} left"
+                } else {
+                    "    {msg} {binary_bytes} {binary_bytes_per_sec}"
+                };
+                if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+                    bar.set_style(style.progress_chars("=> "));
+                }
+                bar.set_message(what.to_string());
+                Box::new(BarMeter(multi.add(bar)))
+            }
+            None if !self.quiet => Box::new(LineMeter::new(what, total)),
+            None => Box::new(NoMeter),
         }
     }
 }
@@ -123,8 +162,19 @@ fn only_profile(layout: &Layout, given: Option<String>) -> Result<String, Failur
 
 /// `verify`.
 pub fn verify(keys: &KeyArgs, bundle: PathBuf) -> Result<Verified, Failure> {
+    use smoker_format::bundle::read::{Discard, Limits, Trust, read_bundle};
     let keys = keys.load()?;
-    let verdict = smoker_format::bundle::read::verify_file(&bundle, &keys)
+    let verdict = std::fs::File::open(&bundle)
+        .map_err(smoker_format::bundle::read::VerifyError::Io)
+        .and_then(|f| {
+            let total = f.metadata().ok().map(|m| m.len());
+            let reporter = Reporter::new(false);
+            let input = MeteredReader::new(
+                std::io::BufReader::with_capacity(1024 * 1024, f),
+                reporter.bytes("verifying", total),
+            );
+            read_bundle(input, Trust::Keys(&keys), &mut Discard, Limits::default())
+        })
         .map_err(smoker::error::Error::from);
     Ok(Verified { bundle, verdict })
 }

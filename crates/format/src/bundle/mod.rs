@@ -5,6 +5,7 @@
 //! owned by 0:0, mtime = the manifest's `created`, mode 644 or 755. [`write`] produces it;
 //! [`read`] verifies it as one stream and can stage the payload into a directory.
 
+mod pipeline;
 pub mod read;
 pub mod write;
 
@@ -12,6 +13,12 @@ pub mod write;
 pub const ZSTD_LEVEL: i32 = 9;
 /// zstd window log (8 MiB): keeps decompression memory small enough for a Raspberry Pi 3.
 pub const ZSTD_WINDOW_LOG: u32 = 23;
+/// zstd job size of the multi-threaded compressor (16 MiB): the input is cut into jobs of this
+/// size, compressed in parallel; fixed, so the bytes do not depend on the number of workers.
+pub const ZSTD_JOB_SIZE: u32 = 16 * 1024 * 1024;
+/// zstd overlap log of the multi-threaded compressor (each job sees 1/8 of the window of data
+/// before it); fixed for the same reason.
+pub const ZSTD_OVERLAP_LOG: u32 = 6;
 /// Largest window the reader accepts (a hostile bundle cannot ask for more memory).
 pub const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 

@@ -7,7 +7,9 @@
 //! that stage the payload somewhere must discard it unless [`read_bundle`] returns `Ok`.
 
 use super::ZSTD_WINDOW_LOG_MAX;
-use crate::digest::{HashingReader, HashingWriter, sha256_hex};
+pub use super::pipeline::Threads;
+use super::pipeline::{self, PayloadHasher, Prefetched};
+use crate::digest::{HashingReader, sha256_hex};
 use crate::manifest::{
     FileEntry, MANIFEST_PATH, MANIFEST_SIG_PATH, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, Manifest,
     ManifestError, check_relative_path,
@@ -412,29 +414,66 @@ fn classify_stream_error(e: &io::Error, source_ended: bool) -> VerifyError {
 
 /// Reads, verifies and (through `sink`) unpacks a bundle stream. Returns the verified manifest
 /// only when every check passed; on error, whatever the sink received must be discarded.
-pub fn read_bundle<R: Read>(
+/// With a second core, hashing runs on worker threads ([`Threads::Auto`]).
+pub fn read_bundle<R: Read + Send>(
     input: R,
     keys: Trust<'_>,
     sink: &mut dyn Sink,
     limits: Limits,
 ) -> Result<VerifiedBundle, VerifyError> {
-    let hashed = Rc::new(RefCell::new(HashingReader::new(input)));
+    read_bundle_on(input, keys, sink, limits, Threads::Auto)
+}
+
+/// [`read_bundle`], with the choice of threads made by the caller (both give the same verdict
+/// for the same bytes).
+pub fn read_bundle_on<R: Read + Send>(
+    input: R,
+    keys: Trust<'_>,
+    sink: &mut dyn Sink,
+    limits: Limits,
+    threads: Threads,
+) -> Result<VerifiedBundle, VerifyError> {
+    if threads.pipelined() {
+        std::thread::scope(|scope| {
+            let source = pipeline::prefetch(scope, input);
+            let mut hasher = PayloadHasher::threaded(scope);
+            verify_stream(source, Prefetched::finish, &mut hasher, keys, sink, limits)
+        })
+    } else {
+        let source = HashingReader::new(input);
+        let finish = |h: HashingReader<R>| Ok(h.finish());
+        let mut hasher = PayloadHasher::inline();
+        verify_stream(source, finish, &mut hasher, keys, sink, limits)
+    }
+}
+
+/// Verifies the compressed stream `source`; `finish` returns the sha256 and length of all
+/// that was read from it.
+fn verify_stream<S: Read>(
+    source: S,
+    finish: impl FnOnce(S) -> io::Result<(String, u64)>,
+    hasher: &mut PayloadHasher,
+    keys: Trust<'_>,
+    sink: &mut dyn Sink,
+    limits: Limits,
+) -> Result<VerifiedBundle, VerifyError> {
+    let source = Rc::new(RefCell::new(source));
     let meter = Rc::new(RefCell::new(Meter {
         limit: HEAD_LIMIT,
         ..Meter::default()
     }));
-    let source = SharedReader {
-        inner: hashed.clone(),
+    let shared = SharedReader {
+        inner: source.clone(),
         meter: meter.clone(),
     };
     // One frame only: anything after it is trailing data, not a further frame to decode.
-    let decoder = frame_decoder(source)?.single_frame();
+    let decoder = frame_decoder(shared)?.single_frame();
     let bounded = Bounded {
         inner: decoder,
         meter: meter.clone(),
     };
     let mut archive = tar::Archive::new(bounded);
-    let result = verify_entries(&mut archive, keys, sink, limits, &meter);
+    let result = verify_entries(&mut archive, keys, sink, hasher, limits, &meter);
     let result = match result {
         Ok(v) => Ok(v),
         Err(e) => {
@@ -481,18 +520,18 @@ pub fn read_bundle<R: Read>(
     }
     // Also require the compressed file to end with the zstd frame (bytes after it may already
     // sit in the decoder's input buffer, so read through that buffer).
-    let mut source = rest.inner.finish();
+    let mut rest = rest.inner.finish();
     let mut tail = [0u8; 1];
-    let extra = source.read(&mut tail).map_err(VerifyError::Io)?;
+    let extra = rest.read(&mut tail).map_err(VerifyError::Io)?;
     if extra != 0 {
         return Err(VerifyError::TrailingData);
     }
-    drop(source);
+    drop(rest);
     let decompressed_bytes = meter.borrow().read;
-    let hashed = Rc::try_unwrap(hashed)
+    let source = Rc::try_unwrap(source)
         .map_err(|_| VerifyError::Io(io::Error::other("reader still shared")))?
         .into_inner();
-    let (bundle_sha256, compressed_bytes) = hashed.finish();
+    let (bundle_sha256, compressed_bytes) = finish(source).map_err(VerifyError::Io)?;
     Ok(VerifiedBundle {
         manifest_sha256: sha256_hex(&manifest_bytes),
         manifest,
@@ -505,8 +544,9 @@ pub fn read_bundle<R: Read>(
     })
 }
 
+/// The compressed input, shared with the verifier, which learns from it when the input ended.
 struct SharedReader<R> {
-    inner: Rc<RefCell<HashingReader<R>>>,
+    inner: Rc<RefCell<R>>,
     meter: Rc<RefCell<Meter>>,
 }
 
@@ -645,6 +685,7 @@ fn verify_entries<R: Read>(
     archive: &mut tar::Archive<Bounded<R>>,
     keys: Trust<'_>,
     sink: &mut dyn Sink,
+    hasher: &mut PayloadHasher,
     limits: Limits,
     meter: &Rc<RefCell<Meter>>,
 ) -> Result<Checked, VerifyError> {
@@ -671,7 +712,7 @@ fn verify_entries<R: Read>(
         let path = check_entry(&mut entry)?;
         let expected = expect_entry(&manifest, &position, index, path)?;
         check_header(&entry, expected)?;
-        copy_verified(&mut entry, expected, sink)?;
+        copy_verified(&mut entry, expected, sink, hasher)?;
         index += 1;
     }
     if let Some(missing) = manifest.files.get(index) {
@@ -816,31 +857,33 @@ fn check_header<R: Read>(
     Ok(())
 }
 
-/// Streams the entry into the sink while hashing it; the sink closes the file only when the
-/// length and the hash are the manifest's.
+/// Streams the entry into the sink while hashing it (on the hasher's thread, if it has one);
+/// the sink closes the file only when the length and the hash are the manifest's.
 fn copy_verified<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     expected: &FileEntry,
     sink: &mut dyn Sink,
+    hasher: &mut PayloadHasher,
 ) -> Result<(), VerifyError> {
     let sink_err = |source| VerifyError::Sink {
         path: expected.path.clone(),
         source,
     };
-    let (sha, len) = {
-        let out = sink.open(expected).map_err(sink_err)?;
-        let mut hw = HashingWriter::new(out);
-        let mut buf = vec![0u8; 128 * 1024];
+    {
+        let mut out = sink.open(expected).map_err(sink_err)?;
         loop {
+            let mut buf = hasher.buffer();
             let n = entry.read(&mut buf).map_err(tar_err)?;
             if n == 0 {
                 break;
             }
-            hw.write_all(&buf[..n]).map_err(sink_err)?;
+            out.write_all(&buf[..n]).map_err(sink_err)?;
+            buf.truncate(n);
+            hasher.update(buf).map_err(VerifyError::Io)?;
         }
-        hw.flush().map_err(sink_err)?;
-        hw.finish()
-    };
+        out.flush().map_err(sink_err)?;
+    }
+    let (sha, len) = hasher.finish().map_err(VerifyError::Io)?;
     if len != expected.size {
         return Err(VerifyError::Truncated);
     }

@@ -1,6 +1,6 @@
 //! Writing bundles, byte for byte reproducibly.
 
-use super::{ZSTD_LEVEL, ZSTD_WINDOW_LOG};
+use super::{ZSTD_JOB_SIZE, ZSTD_LEVEL, ZSTD_OVERLAP_LOG, ZSTD_WINDOW_LOG};
 use crate::digest::HashingReader;
 use crate::manifest::{FileEntry, MANIFEST_PATH, MANIFEST_SIG_PATH, Manifest};
 use std::io::{self, Read, Write};
@@ -47,10 +47,7 @@ pub fn write_bundle<W: Write>(
     payload: &[(FileEntry, Payload)],
 ) -> Result<W, WriteError> {
     let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
-    enc.window_log(ZSTD_WINDOW_LOG)?;
-    enc.include_checksum(true)?;
-    enc.include_contentsize(false)?;
-    enc.long_distance_matching(false)?;
+    configure(&mut enc, compression_workers())?;
     let mut tar = tar::Builder::new(enc);
     tar.mode(tar::HeaderMode::Deterministic);
     tar.follow_symlinks(false);
@@ -93,6 +90,40 @@ pub fn write_bundle<W: Write>(
     }
     let enc = tar.into_inner()?;
     Ok(enc.finish()?)
+}
+
+/// Worker threads for compression: one per core, at most [`MAX_WORKERS`]. The bytes written do
+/// not depend on this number (zstd's multi-threaded mode cuts the input into jobs of
+/// [`ZSTD_JOB_SIZE`] whatever the number of workers), only the time taken does.
+pub fn compression_workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| {
+        u32::try_from(n.get())
+            .unwrap_or(MAX_WORKERS)
+            .clamp(1, MAX_WORKERS)
+    })
+}
+
+/// Most compression workers started for one bundle.
+pub const MAX_WORKERS: u32 = 8;
+
+/// Sets every zstd parameter of a bundle: level, window, checksum, no content size, no long
+/// distance matching, and zstd's multi-threaded mode with `workers` (at least 1) workers and
+/// fixed job and overlap sizes, so that the bytes are the same for any number of workers.
+pub fn configure<W: Write>(
+    enc: &mut zstd::stream::write::Encoder<'_, W>,
+    workers: u32,
+) -> io::Result<()> {
+    use zstd::zstd_safe::CParameter;
+    enc.window_log(ZSTD_WINDOW_LOG)?;
+    enc.include_checksum(true)?;
+    enc.include_contentsize(false)?;
+    enc.long_distance_matching(false)?;
+    // Multi-threaded mode (workers >= 1) writes other bytes than single-threaded mode (0
+    // workers), but the same bytes for every count of 1 or more: always use it.
+    enc.multithread(workers.max(1))?;
+    enc.set_parameter(CParameter::JobSize(ZSTD_JOB_SIZE))?;
+    enc.set_parameter(CParameter::OverlapSizeLog(ZSTD_OVERLAP_LOG))?;
+    Ok(())
 }
 
 fn header(mode: u32, mtime: u64, size: u64) -> tar::Header {
