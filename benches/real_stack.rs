@@ -19,10 +19,34 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing else is taken.
+    // `cargo bench` passes `--bench`; nothing else is taken. BENCH_FRONTENDS=v1 (or v2) limits
+    // the run to one front end.
+    let only = std::env::var("BENCH_FRONTENDS").ok();
     for frontend in frontends() {
-        bench(frontend);
+        if only.as_deref().is_none_or(|o| o.split(',').any(|f| f == frontend)) {
+            bench(frontend);
+        }
     }
+}
+
+/// The installer's own step timings from its JSON envelope (`durations_us`), in ms, largest
+/// first.
+fn steps(out: &std::process::Output) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut d: Vec<(String, u64)> = v["data"]["durations_us"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0) / 1000))
+                .collect()
+        })
+        .unwrap_or_default();
+    d.sort_by(|a, b| b.1.cmp(&a.1));
+    d.iter()
+        .take(5)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn ms(d: Duration) -> u64 {
@@ -122,9 +146,10 @@ fn bench(frontend: &str) {
     assert!(out.status.success(), "apply 1.0.0: {}", text(&out));
     let (db, front) = (container(&p, "db"), container(&p, "frontend"));
     let start = Instant::now();
-    let out = host.apply(&shop.project, &shop.v2);
+    let out = host.apply_with(&shop.project, &shop.v2, &["--json"], None);
     let apply_change = start.elapsed();
     assert!(out.status.success(), "apply 2.0.0: {}", text(&out));
+    let apply_steps = steps(&out);
     let db_kept = container(&p, "db") == db;
     let front_kept = container(&p, "frontend") == front;
 
@@ -152,9 +177,10 @@ fn bench(frontend: &str) {
 
     // Manual rollback to 1.0.0 against plain compose going back to the 1.0.0 files.
     let start = Instant::now();
-    let out = host.run(&["rollback", "--to", "1"]);
+    let out = host.run(&["rollback", "--to", "1", "--json"]);
     let rollback = start.elapsed();
     assert!(out.status.success(), "rollback: {}", text(&out));
+    let rollback_steps = steps(&out);
     assert_eq!(answer(bport, "/version").as_deref(), Some("backend-1"));
     place(&dir, &entry(host.root(), "1.0.0"));
     let plain_back = plain_up(frontend, &dir, &raw, raw_ports);
@@ -163,7 +189,7 @@ fn bench(frontend: &str) {
 
     println!("compose {frontend}:");
     println!(
-        "  apply of a backend-only change      {:>6} ms  (db kept: {db_kept}, frontend kept: {front_kept})",
+        "  apply of a backend-only change      {:>6} ms  (db kept: {db_kept}, frontend kept: {front_kept}; steps ms: {apply_steps})",
         ms(apply_change)
     );
     println!(
@@ -179,7 +205,7 @@ fn bench(frontend: &str) {
         ms(failed_apply)
     );
     println!(
-        "  manual rollback (to 1.0.0)          {:>6} ms",
+        "  manual rollback (to 1.0.0)          {:>6} ms  (steps ms: {rollback_steps})",
         ms(rollback)
     );
     println!(
