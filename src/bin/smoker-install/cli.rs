@@ -73,6 +73,10 @@ pub struct ApplyArgs {
     /// Where removable media are mounted (repeatable; default /media and /mnt).
     #[arg(long = "media-root", requires = "usb")]
     pub media_roots: Vec<PathBuf>,
+    /// With --usb: apply the newest bundle even when the operator rolled back from it (or
+    /// from a newer one); without it such bundles are held back at every boot.
+    #[arg(long, requires = "usb")]
+    pub force: bool,
     /// The bundle file (or --usb).
     pub bundle: Option<PathBuf>,
 }

@@ -924,6 +924,16 @@ pub fn peek_manifest(path: &Path, keys: &TrustedKeys) -> Result<Manifest, Verify
 
 /// [`peek_manifest`] of a stream (an already open file: rewind it before reading it again).
 pub fn peek_manifest_from(input: impl Read, keys: &TrustedKeys) -> Result<Manifest, VerifyError> {
+    peek_signed_manifest_from(input, keys).map(|(m, _)| m)
+}
+
+/// [`peek_manifest_from`] that also returns the sha256 (hex) of the signed manifest's bytes,
+/// the same digest a full verification reports as `manifest_sha256`: a bundle whose signed
+/// manifest has this digest describes exactly the payload of the one installed under it.
+pub fn peek_signed_manifest_from(
+    input: impl Read,
+    keys: &TrustedKeys,
+) -> Result<(Manifest, String), VerifyError> {
     let decoder = frame_decoder(input)?;
     let meter = Rc::new(RefCell::new(Meter {
         limit: HEAD_LIMIT,
@@ -936,5 +946,6 @@ pub fn peek_manifest_from(input: impl Read, keys: &TrustedKeys) -> Result<Manife
     let mut entries = archive.entries().map_err(tar_err)?;
     let (manifest_bytes, sig) = read_head(&mut entries, &meter)?;
     verify_signature(keys, &manifest_bytes, &sig)?;
-    Ok(Manifest::from_json(&manifest_bytes)?)
+    let digest = sha256_hex(&manifest_bytes);
+    Ok((Manifest::from_json(&manifest_bytes)?, digest))
 }
