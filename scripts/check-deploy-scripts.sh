@@ -13,7 +13,8 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 command -v shellcheck >/dev/null || die "shellcheck is missing (Debian package shellcheck; scripts/ci-tools.sh installs it)"
 shellcheck deploy/cloud/smoker-deploy scripts/remote-apply.sh scripts/ci-notify.sh \
-  scripts/check-deploy-scripts.sh || die "shellcheck found problems"
+  scripts/check-deploy-scripts.sh scripts/check-deb.sh deploy/debian/maintainer-scripts/* ||
+  die "shellcheck found problems"
 
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT

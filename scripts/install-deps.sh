@@ -16,6 +16,9 @@ fi
 # loopback registry, curl, GNU time (benchmarks), git, iproute2 (offline tests bring up loopback
 # in a network namespace of their own), and Docker with a compose front end.
 pkgs=(minisign zstd tar docker-registry curl time git ca-certificates iproute2)
+# systemd-analyze (unit checks: scripts/check-pi-units.sh, scripts/check-deb.sh) and dpkg-dev
+# (dpkg-shlibdeps, which cargo-deb uses for the package's dependencies).
+pkgs+=(systemd dpkg-dev)
 command -v docker >/dev/null || pkgs+=(docker.io)
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
   pkgs+=(docker-compose)

@@ -23,3 +23,5 @@ echo "==> actionlint"; target/ci-venv/bin/actionlint .github/workflows/*.yml || 
 ./scripts/check-pi-units.sh
 # The deploy workflows' scripts and the cloud hosts' forced command.
 ./scripts/check-deploy-scripts.sh
+# The Debian package: built, installed with dpkg -i, run, its units verified, purged.
+./scripts/check-deb.sh
