@@ -23,7 +23,10 @@ fn main() {
     // the run to one front end.
     let only = std::env::var("BENCH_FRONTENDS").ok();
     for frontend in frontends() {
-        if only.as_deref().is_none_or(|o| o.split(',').any(|f| f == frontend)) {
+        if only
+            .as_deref()
+            .is_none_or(|o| o.split(',').any(|f| f == frontend))
+        {
             bench(frontend);
         }
     }

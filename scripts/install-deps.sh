@@ -18,6 +18,9 @@ fi
 # per host on loopback), Docker, Compose v1 (`docker-compose`), and python3-venv for Compose v2
 # (below).
 pkgs=(minisign zstd tar docker-registry curl time git ca-certificates iproute2 docker-compose openssh-client openssh-server)
+# systemd-analyze (unit checks: scripts/check-pi-units.sh, scripts/check-deb.sh) and dpkg-dev
+# (dpkg-shlibdeps, which cargo-deb uses for the package's dependencies).
+pkgs+=(systemd dpkg-dev)
 command -v docker >/dev/null || pkgs+=(docker.io)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || pkgs+=(python3-venv)
 missing=()

@@ -21,3 +21,7 @@ echo "==> cargo deny"; cargo deny check licenses bans sources || { echo "error: 
 echo "==> dist plan"; dist plan || { echo "error: dist plan failed" >&2; exit 1; }
 echo "==> actionlint"; target/ci-venv/bin/actionlint .github/workflows/*.yml || { echo "error: actionlint found problems" >&2; exit 1; }
 ./scripts/check-pi-units.sh
+# The deploy workflows' scripts and the cloud hosts' forced command.
+./scripts/check-deploy-scripts.sh
+# The Debian package: built, installed with dpkg -i, run, its units verified, purged.
+./scripts/check-deb.sh

@@ -13,7 +13,7 @@ use crate::backup;
 use crate::error::{Error, Result, io_at};
 use crate::fault;
 use crate::health::Report;
-use crate::hostconfig::HostConfig;
+use crate::hostconfig::{BackupWhen, HostConfig};
 use crate::hostlock;
 use crate::inputs::Prepared;
 use crate::layout::Layout;
@@ -549,8 +549,9 @@ impl Run<'_> {
     }
 
     /// The migration ledger decides which migrations run (checksums of applied ones are
-    /// checked here, before anything changes); when some will, the data of the generation
-    /// serving now is backed up first.
+    /// checked here, before anything changes); when some will — or before every apply, as the
+    /// host's `[backups] before` says for this environment — the data of the generation serving
+    /// now is backed up first (and checked, with `[backups] verify`).
     fn plan_data(
         &mut self,
         runtime: &Runtime,
@@ -564,13 +565,23 @@ impl Run<'_> {
             .into_iter()
             .cloned()
             .collect();
-        let pre_backup = if to_run.is_empty() {
+        let settings = &self.opts.host.backups;
+        let every = settings.before_for(&entry.manifest.environment) == BackupWhen::EveryApply;
+        let pre_backup = if to_run.is_empty() && !every {
             None
         } else {
-            self.progress.step("backing up data before migrations");
+            let reason = if to_run.is_empty() {
+                "pre-apply"
+            } else {
+                "pre-migration"
+            };
+            self.progress.step(&format!("backing up data ({reason})"));
             let (layout, progress) = (self.layout, self.progress);
+            let how = (reason, settings.verify);
             self.timer.time("backup", || {
-                pre_migration_backup(layout, runtime, profile, previous, entry, &ledger, progress)
+                pre_migration_backup(
+                    layout, runtime, profile, previous, entry, &ledger, how, progress,
+                )
             })?
         };
         Ok(DataPlan {
@@ -762,8 +773,10 @@ struct Failed {
     migrated: bool,
 }
 
-/// Backs up the data of the generation serving now, before migrations run. `None` when there
-/// is nothing to back up (first install) or no backup hook is declared (said on the way).
+/// Backs up the data of the generation serving now, before migrations run (or before any
+/// apply: `how` is the record's reason and whether to verify it). `None` when there is
+/// nothing to back up (first install) or no backup hook is declared (said on the way).
+#[allow(clippy::too_many_arguments)]
 fn pre_migration_backup(
     layout: &Layout,
     runtime: &Runtime,
@@ -771,10 +784,11 @@ fn pre_migration_backup(
     previous: Option<u32>,
     entry: &StoreEntry,
     ledger: &Ledger,
+    (reason, verify): (&str, bool),
     progress: &dyn Progress,
 ) -> Result<Option<backup::Record>> {
     let Some(prev) = previous.and_then(|n| profile.generation(n)) else {
-        progress.info("first install: no data to back up before migrations");
+        progress.info("first install: no data to back up");
         return Ok(None);
     };
     let prev_entry = store::open(layout, &prev.store)?;
@@ -784,8 +798,14 @@ fn pre_migration_backup(
         .clone()
         .or_else(|| entry.manifest.backup.clone())
     else {
-        progress
-            .info("warning: no backup hook declared; migrations run without a backup to restore");
+        progress.info(&format!(
+            "warning: no backup hook declared; no backup is taken ({reason}){}",
+            if reason == "pre-migration" {
+                " and migrations run without a backup to restore"
+            } else {
+                ""
+            }
+        ));
         return Ok(None);
     };
     let env_file = env_file_for(&profile.state.name, None, profile.state.env_file.as_deref());
@@ -804,12 +824,15 @@ fn pre_migration_backup(
         &hooks,
         prev.number,
         ledger.ids(),
-        "pre-migration",
+        reason,
     )?;
     progress.info(&format!(
         "backup {} ({} bytes, sha256 {})",
         rec.id, rec.size, rec.sha256
     ));
+    if verify {
+        progress.info(&backup::verify(layout, runtime, &stack, &hooks, &rec)?);
+    }
     Ok(Some(rec))
 }
 

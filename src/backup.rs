@@ -32,7 +32,8 @@ pub struct Record {
     pub generation: u32,
     /// Migration ids applied to the data at that moment.
     pub ledger: Vec<String>,
-    /// Why: `pre-migration` or `on-demand`.
+    /// Why: `pre-migration`, `pre-apply` (a host that backs up before every apply) or
+    /// `on-demand`.
     pub reason: String,
 }
 
@@ -156,6 +157,53 @@ pub fn restore(
     }
     let mut f = std::io::BufReader::new(std::fs::File::open(&path).map_err(io_at(&path))?);
     runtime.exec_from(stack, &hooks.service, &hooks.restore, &mut f)
+}
+
+/// Checks a backup just taken: the dump is read back from disk against its recorded digest
+/// and size and, when the recipe declares a `verify` hook, fed to that command in the hook's
+/// service container, which must exit 0. Returns a sentence saying what was checked; an
+/// error names the backup and what failed.
+pub fn verify(
+    layout: &Layout,
+    runtime: &Runtime,
+    stack: &Stack<'_>,
+    hooks: &Hooks,
+    record: &Record,
+) -> Result<String> {
+    let path = dir(layout, &stack.manifest.name).join(&record.file);
+    let (sha, size) = smoker_format::digest::sha256_file(&path).map_err(io_at(&path))?;
+    if sha != record.sha256 || size != record.size {
+        return Err(Error::State(format!(
+            "backup {} read back from {} does not match what was written (sha256 {sha}, {size} bytes; recorded {} and {} bytes): the disk may be failing; nothing was changed",
+            record.id,
+            path.display(),
+            record.sha256,
+            record.size
+        )));
+    }
+    if hooks.verify.is_empty() {
+        return Ok(format!(
+            "backup {} read back intact ({size} bytes); the recipe declares no verify hook, so its content was not checked",
+            record.id
+        ));
+    }
+    let mut f = std::io::BufReader::new(std::fs::File::open(&path).map_err(io_at(&path))?);
+    runtime
+        .exec_from(stack, &hooks.service, &hooks.verify, &mut f)
+        .map_err(|e| {
+            Error::Runtime(format!(
+                "backup {} failed its verify hook (`{}` in service `{}`): {e}; nothing was changed — the dump is kept at {} for inspection",
+                record.id,
+                hooks.verify.join(" "),
+                hooks.service,
+                path.display()
+            ))
+        })?;
+    Ok(format!(
+        "backup {} verified: read back intact ({size} bytes) and accepted by `{}`",
+        record.id,
+        hooks.verify.join(" ")
+    ))
 }
 
 /// Which backups retention keeps and which it removes.

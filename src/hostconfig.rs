@@ -44,13 +44,51 @@ pub struct BackupSettings {
     /// Backups kept per profile (default 10).
     #[serde(default = "default_keep")]
     pub keep: usize,
+    /// When an apply backs up the data of the generation serving: `"migrations"` (only when
+    /// migrations will run) or `"every-apply"`. Unset: see [`BackupSettings::before_for`].
+    #[serde(default)]
+    pub before: Option<BackupWhen>,
+    /// Check every backup an apply takes before anything changes: the dump is read back
+    /// against its digest and, when the recipe declares a `verify` hook, fed to it; a backup
+    /// that fails stops the apply (default false).
+    #[serde(default)]
+    pub verify: bool,
 }
 
 impl Default for BackupSettings {
     fn default() -> Self {
         BackupSettings {
             keep: default_keep(),
+            before: None,
+            verify: false,
         }
+    }
+}
+
+/// When an apply takes a backup of the data of the generation serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupWhen {
+    /// Only when the new bundle has migrations to run here.
+    Migrations,
+    /// Before every apply that replaces a serving generation.
+    EveryApply,
+}
+
+/// Environments whose applies back up before every apply unless `before` says otherwise.
+pub const BACKUP_EVERY_APPLY_ENVIRONMENTS: [&str; 2] = ["staging", "prod"];
+
+impl BackupSettings {
+    /// When an apply of a bundle for `environment` backs up: `before` when set, else every
+    /// apply in staging and prod ([`BACKUP_EVERY_APPLY_ENVIRONMENTS`]) and only before
+    /// migrations elsewhere.
+    pub fn before_for(&self, environment: &str) -> BackupWhen {
+        self.before
+            .unwrap_or(if BACKUP_EVERY_APPLY_ENVIRONMENTS.contains(&environment) {
+                BackupWhen::EveryApply
+            } else {
+                BackupWhen::Migrations
+            })
     }
 }
 
@@ -173,6 +211,26 @@ mod tests {
             Err(Error::State(m)) => m,
             other => panic!("expected a state error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn backups_are_taken_before_every_apply_in_staging_and_prod_unless_told_otherwise() {
+        let cfg = parse("").expect("parse");
+        assert_eq!(cfg.backups.before_for("prod"), BackupWhen::EveryApply);
+        assert_eq!(cfg.backups.before_for("staging"), BackupWhen::EveryApply);
+        assert_eq!(cfg.backups.before_for("dev"), BackupWhen::Migrations);
+        assert!(!cfg.backups.verify);
+        let cfg = parse("[backups]\nbefore = \"migrations\"\nverify = true\n").expect("parse");
+        assert_eq!(cfg.backups.before_for("prod"), BackupWhen::Migrations);
+        assert!(cfg.backups.verify);
+        let cfg = parse("[backups]\nbefore = \"every-apply\"\n").expect("parse");
+        assert_eq!(cfg.backups.before_for("dev"), BackupWhen::EveryApply);
+        assert_eq!(cfg.backups.keep, 10);
+        let m = state_error("[backups]\nbefore = \"sometimes\"\n");
+        assert!(
+            m.contains("sometimes") || m.contains("unknown variant"),
+            "{m}"
+        );
     }
 
     #[test]

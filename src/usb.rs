@@ -12,10 +12,24 @@
 //! that order until one passes full verification: a bundle whose copy on the stick is
 //! truncated or corrupt is rejected by the verifier before anything is installed, said, and the
 //! next newest is tried.
+//!
+//! The operator's intent wins over a stick left plugged in (udev replays "add" for present
+//! devices at every boot):
+//! - **Held back after a rollback.** While the profile serves a generation older than a good
+//!   one it was rolled back from, a bundle on the media that is that rolled-back-from bundle
+//!   (same signed manifest digest), or any version not newer than it, is skipped with the
+//!   reason — until a newer version appears on the media or `--force` is given.
+//! - **Unchanged sticks are cheap.** A bundle whose signed manifest has the digest of the
+//!   generation serving now (and good) is recognised as "already current" from its manifest
+//!   alone: the payload is not read or verified again. This is safe because the digest is of
+//!   the *signed* manifest, which lists the digest of every payload file: the payload installed
+//!   under it was verified when it was stored, and nothing of the file on the media is used. A
+//!   file whose manifest differs in a single byte has another digest and takes the full path.
 
 use crate::apply::{self, Options, Outcome};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
+use crate::profile::{Generation, Profile, Status};
 use crate::progress::Progress;
 use crate::runtime::Runtime;
 use serde::Serialize;
@@ -48,6 +62,8 @@ pub struct Candidate {
     pub path: PathBuf,
     /// Its signed manifest.
     pub manifest: Manifest,
+    /// sha256 of the signed manifest's bytes (what a generation records as `manifest_sha256`).
+    pub manifest_sha256: String,
 }
 
 /// What the media hold for this host.
@@ -143,9 +159,9 @@ fn walk(dir: &Path, depth: usize, found: &mut Found, seen: &mut usize) {
 
 /// Reads and checks the signed manifest of a bundle on the media: opened without following a
 /// link and only if it is a regular file.
-fn peek(path: &Path, opts: &Options) -> Result<Manifest> {
+fn peek(path: &Path, opts: &Options) -> Result<(Manifest, String)> {
     let file = crate::fsutil::open_regular(path, false)?;
-    Ok(smoker_format::bundle::read::peek_manifest_from(
+    Ok(smoker_format::bundle::read::peek_signed_manifest_from(
         file, &opts.keys,
     )?)
 }
@@ -162,7 +178,7 @@ pub fn scan(layout: &Layout, roots: &[PathBuf], opts: &Options) -> Result<Scan> 
             path: path.clone(),
             reason,
         };
-        let m = match peek(&path, opts) {
+        let (m, manifest_sha256) = match peek(&path, opts) {
             Ok(m) => m,
             Err(e) => {
                 skipped.push(skip(format!("not usable: {e}")));
@@ -214,7 +230,11 @@ pub fn scan(layout: &Layout, roots: &[PathBuf], opts: &Options) -> Result<Scan> 
             )));
             continue;
         }
-        usable.push(Candidate { path, manifest: m });
+        usable.push(Candidate {
+            path,
+            manifest: m,
+            manifest_sha256,
+        });
     }
     usable.sort_by(|a, b| {
         let va = semver::Version::parse(&a.manifest.version).ok();
@@ -238,12 +258,123 @@ fn list_roots(roots: &[PathBuf]) -> String {
         .join(", ")
 }
 
+/// The generation serving now, when it is good and was installed from a bundle whose signed
+/// manifest has the digest `manifest_sha256`.
+pub fn serving_same<'a>(
+    generations: &'a [Generation],
+    current: Option<u32>,
+    manifest_sha256: &str,
+) -> Option<&'a Generation> {
+    let cur = current?;
+    generations
+        .iter()
+        .find(|g| g.number == cur)
+        .filter(|g| g.status == Status::Good && g.manifest_sha256 == manifest_sha256)
+}
+
+/// Why a bundle (`version`, signed manifest digest `manifest_sha256`) is not applied from the
+/// media: the profile serves an older generation than a good one the operator rolled back
+/// from, and the bundle is that one or not newer than it. `None`: nothing holds it back.
+pub fn held_back(
+    generations: &[Generation],
+    current: Option<u32>,
+    version: &str,
+    manifest_sha256: &str,
+) -> Option<String> {
+    let cur = current?;
+    // A good generation newer than the one serving: only a rollback leaves one behind (a failed
+    // apply marks its generation failed).
+    let left: Vec<&Generation> = generations
+        .iter()
+        .filter(|g| g.status == Status::Good && g.number > cur)
+        .collect();
+    let how = "it is not applied from removable media until a newer version is there, or with `smoker-install apply --usb --force`";
+    if let Some(g) = left.iter().find(|g| g.manifest_sha256 == manifest_sha256) {
+        return Some(format!(
+            "held back: generation {} ran this very bundle ({}) and was rolled back from to generation {cur}; {how}",
+            g.number, g.version
+        ));
+    }
+    let parsed = semver::Version::parse(version).ok();
+    let newest = left
+        .iter()
+        .filter_map(|g| Some((semver::Version::parse(&g.version).ok()?, *g)))
+        .max_by(|a, b| a.0.cmp(&b.0).then(a.1.number.cmp(&b.1.number)));
+    let blocking = match (&parsed, &newest) {
+        (Some(v), Some((newest_v, g))) if v <= newest_v => Some(*g),
+        // Versions that are not semver: only the same version string holds a bundle back.
+        _ => left.iter().find(|g| g.version == version).copied(),
+    };
+    blocking.map(|g| {
+        format!(
+            "held back: {version} is not newer than {}, which generation {} ran until it was rolled back from to generation {cur}; {how}",
+            g.version, g.number
+        )
+    })
+}
+
+/// The unchanged-stick fast path: when `c`'s signed manifest is that of the good generation
+/// serving now, says so under the profile's lock and returns "unchanged" without reading the
+/// payload (see the module documentation for why that is safe).
+fn recognised_current(
+    layout: &Layout,
+    c: &Candidate,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Option<Outcome>> {
+    let name = &c.manifest.name;
+    let same =
+        |p: &Profile| serving_same(&p.state.generations, p.current(), &c.manifest_sha256).cloned();
+    if Profile::open(layout, name)?
+        .as_ref()
+        .and_then(same)
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let _lock = crate::hostlock::acquire(layout, name, opts.wait)?;
+    // Read again under the lock: a rollback may have run in between.
+    let Some(g) = Profile::open(layout, name)?.as_ref().and_then(same) else {
+        return Ok(None);
+    };
+    progress.info(&format!(
+        "{} is already current: its signed manifest (sha256 {}) is that of generation {}, serving and good; the rest of the file was not read",
+        crate::fsutil::shown(&c.path),
+        &c.manifest_sha256[..c.manifest_sha256.len().min(16)],
+        g.number
+    ));
+    let outcome = unchanged(name, &g);
+    crate::audit::append(
+        layout,
+        "apply",
+        serde_json::json!({"profile": name, "generation": g.number, "version": g.version, "outcome": "unchanged", "bundle": c.path.display().to_string(), "recognised_by": "manifest_sha256"}),
+    )?;
+    Ok(Some(outcome))
+}
+
+/// The outcome of an apply that leaves generation `g` serving.
+fn unchanged(profile: &str, g: &Generation) -> Outcome {
+    Outcome {
+        profile: profile.to_string(),
+        generation: g.number,
+        version: g.version.clone(),
+        result: "unchanged".into(),
+        current: Some(g.number),
+        health: None,
+        durations_us: Default::default(),
+        gc: Default::default(),
+    }
+}
+
 /// Finds the newest usable bundle on the media and applies it. Says which one was chosen and
-/// why every other bundle file was not. Returns the outcome and the bundle applied.
+/// why every other bundle file was not. A bundle held back by a rollback ([`held_back`]) is
+/// skipped unless `force`; when only such bundles are found, the generation serving stays and
+/// the outcome is "unchanged". Returns the outcome and the bundle applied (or recognised).
 pub fn apply_from_media(
     layout: &Layout,
     roots: &[PathBuf],
     opts: &Options,
+    force: bool,
     progress: &dyn Progress,
 ) -> Result<(Outcome, PathBuf)> {
     progress.step(&format!("looking for bundles under {}", list_roots(roots)));
@@ -274,9 +405,34 @@ pub fn apply_from_media(
         )));
     }
     let mut rejected: Vec<Skipped> = Vec::new();
+    // Bundles held back by a rollback: (file, profile, the generation serving).
+    let mut held: Vec<(PathBuf, String, Generation)> = Vec::new();
     let total = scan.usable.len();
     for (i, c) in scan.usable.iter().enumerate() {
         let m = &c.manifest;
+        if let Some(o) = recognised_current(layout, c, opts, progress)? {
+            return Ok((o, c.path.clone()));
+        }
+        if let Some(p) = Profile::open(layout, &m.name)?
+            && let Some(cur) = p.current().and_then(|n| p.generation(n)).cloned()
+            && let Some(reason) = held_back(
+                &p.state.generations,
+                Some(cur.number),
+                &m.version,
+                &c.manifest_sha256,
+            )
+        {
+            if force {
+                progress.info(&format!(
+                    "--force: applying {} although it is {reason}",
+                    crate::fsutil::shown(&c.path)
+                ));
+            } else {
+                progress.info(&format!("{}: {reason}", crate::fsutil::shown(&c.path)));
+                held.push((c.path.clone(), m.name.clone(), cur));
+                continue;
+            }
+        }
         let mut why = if total == 1 {
             "the only usable bundle".to_string()
         } else {
@@ -329,6 +485,13 @@ pub fn apply_from_media(
             }
             Err(e) => return Err(e),
         }
+    }
+    if let Some((path, profile, serving)) = held.first() {
+        progress.info(&format!(
+            "nothing applied: generation {} ({profile} {}) keeps serving, as the operator's rollback left it",
+            serving.number, serving.version
+        ));
+        return Ok((unchanged(profile, serving), path.clone()));
     }
     let mut reasons: Vec<String> = scan
         .skipped
@@ -531,6 +694,73 @@ mod tests {
             shown.contains("\\u{1b}") && shown.contains("\\n"),
             "{shown}"
         );
+    }
+
+    fn generation(number: u32, version: &str, digest: &str, status: Status) -> Generation {
+        Generation {
+            number,
+            store: format!("svc-{version}"),
+            version: version.into(),
+            arch: "amd64".into(),
+            environment: "prod".into(),
+            bundle_sha256: "b".repeat(64),
+            manifest_sha256: digest.into(),
+            status,
+            installed_at: "2026-01-01T00:00:00Z".into(),
+            decided_at: None,
+            reason: None,
+            inputs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_bundle_rolled_back_from_and_versions_not_newer_are_held_back() {
+        let (d1, d2, d3) = ("1".repeat(64), "2".repeat(64), "3".repeat(64));
+        let gens = [
+            generation(1, "1.0.0", &d1, Status::Good),
+            generation(2, "1.1.0", &d2, Status::Good),
+            generation(3, "1.2.0", &d3, Status::Good),
+        ];
+        // Rolled back from 3 to 2: the bundle of 3 and anything up to 1.2.0 stay out.
+        let same = held_back(&gens, Some(2), "1.2.0", &d3).expect("held");
+        assert!(
+            same.contains("generation 3 ran this very bundle (1.2.0)")
+                && same.contains("to generation 2")
+                && same.contains("--force"),
+            "{same}"
+        );
+        let rebuilt = held_back(&gens, Some(2), "1.2.0", &"9".repeat(64)).expect("held");
+        assert!(
+            rebuilt.contains("1.2.0 is not newer than 1.2.0"),
+            "{rebuilt}"
+        );
+        assert!(held_back(&gens, Some(2), "1.1.5", &"9".repeat(64)).is_some());
+        // A newer version is applied.
+        assert_eq!(held_back(&gens, Some(2), "1.3.0", &"9".repeat(64)), None);
+        // Serving the newest generation: nothing was rolled back from.
+        assert_eq!(held_back(&gens, Some(3), "1.2.0", &d3), None);
+        assert_eq!(held_back(&gens, None, "1.2.0", &d3), None);
+        // A newer generation that failed its health gate is not a rollback of the operator's
+        // (an apply interrupted before its switch is marked failed too, and must be retried).
+        let failed = [
+            generation(1, "1.0.0", &d1, Status::Good),
+            generation(2, "1.1.0", &d2, Status::Failed),
+        ];
+        assert_eq!(held_back(&failed, Some(1), "1.1.0", &d2), None);
+    }
+
+    #[test]
+    fn only_the_good_current_generation_with_the_same_manifest_digest_is_recognised() {
+        let (d1, d2) = ("1".repeat(64), "2".repeat(64));
+        let gens = [
+            generation(1, "1.0.0", &d1, Status::Good),
+            generation(2, "1.1.0", &d2, Status::Pending),
+        ];
+        assert_eq!(serving_same(&gens, Some(1), &d1).map(|g| g.number), Some(1));
+        // Another manifest (a changed file), a generation that is not current, one not good.
+        assert!(serving_same(&gens, Some(1), &d2).is_none());
+        assert!(serving_same(&gens, Some(2), &d2).is_none());
+        assert!(serving_same(&gens, None, &d1).is_none());
     }
 
     #[test]

@@ -135,6 +135,138 @@ fn migrations_backups_and_rollback_across_them_keep_the_data_exact(frontend: &st
 }
 
 #[test]
+fn a_backup_is_taken_and_verified_before_every_apply_when_configured() {
+    let mut bed = Testbed::new();
+    let (image, port) = (bed.image.clone(), bed.port);
+    let project = Project::stateful_testsvc(&image, port);
+    // No migrations at all: only the host's policy asks for these backups.
+    let v1 = project.release_stateful("1.0.0", port, &[]);
+    let v2 = project.release_stateful("2.0.0", port, &[]);
+    let v3 = project.release_stateful("3.0.0", port, &[]);
+    let v4 = project.release_stateful("4.0.0", port, &[]);
+    let host = bed.host(None);
+    host.write_config("[backups]\nbefore = \"every-apply\"\nverify = true\n");
+    let backups = || -> Vec<serde_json::Value> {
+        let idx: serde_json::Value =
+            serde_json::from_slice(&host.run(&["backups", "--json"]).stdout).expect("backups json");
+        idx["data"]["backups"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+
+    let out = host.apply(&project, &v1);
+    assert!(out.status.success(), "apply v1: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("first install: no data to back up"),
+        "{}",
+        text(&out)
+    );
+    assert!(backups().is_empty());
+    post(port, "alpha");
+
+    // v2 has no migration, yet v1's data is backed up first, and verified by the recipe's hook.
+    let out = host.apply(&project, &v2);
+    assert!(out.status.success(), "apply v2: {}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("backing up data (pre-apply)"), "{err}");
+    assert!(
+        err.contains("verified: read back intact") && err.contains("accepted by `/testsvc check`"),
+        "{err}"
+    );
+    let list = backups();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["reason"], "pre-apply");
+    assert_eq!(list[0]["generation"], 1);
+    assert_eq!(list[0]["sha256"], sha256_hex(b"alpha\n"), "v1's data");
+    let dump = host
+        .root()
+        .join("backups")
+        .join(SVC)
+        .join(list[0]["file"].as_str().expect("file"));
+    assert_eq!(std::fs::read(&dump).expect("dump"), b"alpha\n");
+    assert_eq!(version_at(port).as_deref(), Some("v2"));
+    post(port, "beta");
+
+    // And again before v3: one backup per apply, each of the data serving at that moment.
+    let out = host.apply(&project, &v3);
+    assert!(out.status.success(), "apply v3: {}", text(&out));
+    let list = backups();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list[1]["generation"], 2);
+    assert_eq!(list[1]["sha256"], sha256_hex(b"alpha\nbeta\n"));
+
+    // `before = "migrations"` on this prod host: an apply without migrations takes none.
+    host.write_config("[backups]\nbefore = \"migrations\"\n");
+    let out = host.apply(&project, &v4);
+    assert!(out.status.success(), "apply v4: {}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("backing up data"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(backups().len(), 2);
+    assert_eq!(version_at(port).as_deref(), Some("v4"));
+}
+
+#[test]
+fn a_backup_its_verify_hook_rejects_stops_the_apply_before_anything_changes() {
+    let mut bed = Testbed::new();
+    let (image, port) = (bed.image.clone(), bed.port);
+    let project = Project::stateful_testsvc(&image, port);
+    let v1 = project.release_stateful("1.0.0", port, &[]);
+    let v3 = project.release_stateful("3.0.0", port, &[]);
+    // v2's recipe declares a verify hook that rejects every dump (a probe of a closed port).
+    project.release_stateful("2.0.0", port, &[]);
+    let recipe = project.recipe_dir(SVC).join("recipe.toml");
+    let text_ = std::fs::read_to_string(&recipe).expect("recipe");
+    assert!(
+        text_.contains(r#"verify = ["/testsvc", "check"]"#),
+        "{text_}"
+    );
+    std::fs::write(
+        &recipe,
+        text_.replace(
+            r#"verify = ["/testsvc", "check"]"#,
+            r#"verify = ["/testsvc", "probe", "http://127.0.0.1:1/"]"#,
+        ),
+    )
+    .expect("recipe");
+    let v2 = project
+        .release(&smoker_testkit::Release::new(SVC, "2.0.0").out("out-bad-verify"))
+        .bundle;
+    let host = bed.host(None);
+    host.write_config("[backups]\nbefore = \"migrations\"\n");
+    for (bundle, v) in [(&v1, "v1"), (&v2, "v2")] {
+        let out = host.apply(&project, bundle);
+        assert!(out.status.success(), "apply {v}: {}", text(&out));
+        post(port, v);
+    }
+    let before = records_hash(port);
+
+    // Every apply backed up and verified: the dump of v2's data goes to v2's verify hook,
+    // which rejects it, so v3 is not installed and v2 serves on, its data untouched.
+    host.write_config("[backups]\nbefore = \"every-apply\"\nverify = true\n");
+    let out = host.apply(&project, &v3);
+    assert_eq!(out.status.code(), Some(1), "apply v3: {}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains(
+            "failed its verify hook (`/testsvc probe http://127.0.0.1:1/` in service `web`)"
+        ) && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(version_at(port).as_deref(), Some("v2"));
+    assert_eq!(records_hash(port), before);
+    assert_eq!(host.status()["current"], 2);
+    assert_eq!(
+        host.generation_status(3),
+        "absent",
+        "no generation was recorded"
+    );
+}
+
+#[test]
 fn backup_retention_keeps_exactly_n() {
     let mut bed = Testbed::new();
     let (image, port) = (bed.image.clone(), bed.port);

@@ -60,6 +60,16 @@ enum Cmd {
     /// Roll bundles out to the hosts of an inventory over SSH (rolling, immediate or
     /// scheduled), and print a table (and a JSON report).
     Rollout(RolloutArgs),
+    /// Sign release files (the Pi installer, packages, SHA256SUMS): writes `<file>.minisig`
+    /// next to each, a minisign signature `minisign -Vm FILE -p KEY.pub` checks.
+    Sign {
+        /// Secret key file (minisign format); its password from SMOKER_KEY_PASSWORD.
+        #[arg(long, env = "SMOKER_SECRET_KEY")]
+        secret_key: PathBuf,
+        /// The files to sign.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Rebuild a bundle from the source it records and compare everything but signatures.
     VerifyRebuild {
         /// The bundle to check.
@@ -243,6 +253,7 @@ fn run() -> Result<()> {
             repo,
             blob_cache,
         } => cmd_verify_rebuild(&bundle, repo, blob_cache),
+        Cmd::Sign { secret_key, files } => cmd_sign(&secret_key, &files),
     }
 }
 
@@ -313,6 +324,39 @@ fn cmd_keygen(secret: &Path, public: &Path, no_password: bool) -> Result<()> {
         secret.display(),
         public.display()
     );
+    Ok(())
+}
+
+/// `sign`: a detached `.minisig` for each file, its trusted comment naming the file and its
+/// sha256.
+fn cmd_sign(secret: &Path, files: &[PathBuf]) -> Result<()> {
+    let key = SecretKey::load(secret, None)
+        .with_context(|| format!("loading the signing key {}", secret.display()))?;
+    for f in files {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .with_context(|| format!("{} names no file", f.display()))?;
+        let (sha, _) = smoker_format::digest::sha256_file(f)
+            .with_context(|| format!("reading {}", f.display()))?;
+        let file = std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?;
+        let sig = key
+            .sign(
+                std::io::BufReader::new(file),
+                &format!("file:{name} sha256:{sha}"),
+            )
+            .with_context(|| format!("signing {}", f.display()))?;
+        let mut out = f.clone().into_os_string();
+        out.push(smoker_format::bundle::DETACHED_SIG_SUFFIX);
+        let out = PathBuf::from(out);
+        smoker_build::release::write_atomic(&out, sig.as_bytes())?;
+        println!(
+            "signed {} with key {} → {}",
+            f.display(),
+            key.key_id(),
+            out.display()
+        );
+    }
     Ok(())
 }
 

@@ -290,6 +290,11 @@ pub struct Backup {
     /// such a rollback needs `--restore-data`).
     #[serde(default)]
     pub restore_on_rollback: bool,
+    /// Command that reads a dump from stdin and exits 0 only if it is a usable dump (run in
+    /// the same service's container when a host verifies its backups). Empty: none declared
+    /// (and left out of the manifest, so manifests without one are unchanged).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify: Vec<String>,
 }
 
 /// One payload file.
@@ -759,6 +764,7 @@ mod validation_tests {
             restore: vec!["restore".into()],
             extension: "archive.gz".into(),
             restore_on_rollback: false,
+            verify: Vec::new(),
         });
         m.required_secrets = vec!["DB_PASSWORD".into()];
         m

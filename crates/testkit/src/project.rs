@@ -414,6 +414,7 @@ pub const STATEFUL_SECTIONS: &str = r#"[backup]
 service = "web"
 command = ["/testsvc", "dump"]
 restore = ["/testsvc", "restore"]
+verify = ["/testsvc", "check"]
 extension = "txt"
 
 [migrations]

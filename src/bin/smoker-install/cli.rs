@@ -77,6 +77,10 @@ pub struct ApplyArgs {
     /// reading a bundle file.
     #[arg(long, value_name = "PROFILE", conflicts_with_all = ["bundle", "usb"])]
     pub staged: Option<String>,
+    /// With --usb: apply the newest bundle even when the operator rolled back from it (or
+    /// from a newer one); without it such bundles are held back at every boot.
+    #[arg(long, requires = "usb")]
+    pub force: bool,
     /// The bundle file (or --usb, or --staged).
     pub bundle: Option<PathBuf>,
 }

@@ -248,8 +248,10 @@ pub fn apply(ctx: &Ctx, a: ApplyArgs) -> Result<Applied, Failure> {
         (None, _) => {
             let roots = smoker::usb::media_roots(&a.media_roots);
             let (outcome, chosen) =
-                smoker::usb::apply_from_media(&ctx.layout, &roots, &opts, &reporter)?;
-            reporter.info(&format!("applied {}", chosen.display()));
+                smoker::usb::apply_from_media(&ctx.layout, &roots, &opts, a.force, &reporter)?;
+            if outcome.result != "unchanged" {
+                reporter.info(&format!("applied {}", chosen.display()));
+            }
             outcome
         }
     };

@@ -66,7 +66,8 @@ const CONN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connect/read timeout of `testsvc probe`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-const USAGE: &str = "usage: testsvc [serve | dump | restore | migrate <script> | probe <url>]";
+const USAGE: &str =
+    "usage: testsvc [serve | dump | restore | check | migrate <script> | probe <url>]";
 
 /// SIGTERM/SIGINT handling without any crate: a handler that sets a flag.
 mod signals {
@@ -117,6 +118,7 @@ fn run(args: &[String]) -> i32 {
         None | Some("serve") if rest.is_empty() => serve_main(),
         Some("dump") if rest.is_empty() => dump_main(),
         Some("restore") if rest.is_empty() => restore_main(),
+        Some("check") if rest.is_empty() => check_main(),
         Some("migrate") if rest.len() == 1 => migrate_main(&rest[0]),
         Some("probe") if rest.len() == 1 => probe_main(&rest[0]),
         Some("-h" | "--help" | "help") => {
@@ -392,6 +394,30 @@ fn restore_main() -> i32 {
         }
         Err(e) => {
             eprintln!("testsvc restore: writing {} failed: {e}", dir.display());
+            1
+        }
+    }
+}
+
+/// `testsvc check`: reads a dump on stdin and exits 0 only if it is a records file this
+/// service would restore (non-empty UTF-8 text ending with a newline); changes nothing.
+fn check_main() -> i32 {
+    let mut input = Vec::new();
+    if let Err(e) = io::stdin().lock().read_to_end(&mut input) {
+        eprintln!("testsvc check: reading stdin failed: {e}");
+        return 1;
+    }
+    match std::str::from_utf8(&input) {
+        Ok(text) if !text.is_empty() && text.ends_with('\n') => {
+            eprintln!("testsvc check: {} records", text.lines().count());
+            0
+        }
+        Ok(_) => {
+            eprintln!("testsvc check: not a records file (empty or not ending with a newline)");
+            1
+        }
+        Err(e) => {
+            eprintln!("testsvc check: not a records file: {e}");
             1
         }
     }

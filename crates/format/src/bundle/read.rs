@@ -1003,3 +1003,13 @@ pub fn peek_signed_head(input: impl Read, keys: &TrustedKeys) -> Result<SignedHe
         key_id,
     })
 }
+
+/// [`peek_manifest_from`] that also returns the sha256 (hex) of the signed manifest's bytes,
+/// the same digest a full verification reports as `manifest_sha256`: a bundle whose signed
+/// manifest has this digest describes exactly the payload of the one installed under it.
+pub fn peek_signed_manifest_from(
+    input: impl Read,
+    keys: &TrustedKeys,
+) -> Result<(Manifest, String), VerifyError> {
+    peek_signed_head(input, keys).map(|h| (h.manifest, h.manifest_sha256))
+}
