@@ -44,7 +44,7 @@ fn steps(out: &std::process::Output) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    d.sort_by(|a, b| b.1.cmp(&a.1));
+    d.sort_by_key(|e| std::cmp::Reverse(e.1));
     d.iter()
         .take(5)
         .map(|(k, v)| format!("{k} {v}"))
