@@ -9,6 +9,7 @@
 //! <root>/locks/<name>.lock                        per-profile lock and its holder
 //! <root>/locks/.gc.lock                           host-wide gc lock (see `gc`)
 //! <root>/floors/<name>                            anti-rollback floor: highest version committed
+//! <root>/inputs/<key>/<name>                      bind-mounted bundle files by content (`inputs`)
 //! <root>/audit.log, audit.head                    hash-chained audit log
 //! ```
 
