@@ -412,16 +412,7 @@ impl Run<'_> {
             .timer
             .time("verify+stage", || store::stage(layout, input, keys))?;
         fault::point("apply:staged");
-        let mut facts = HostFacts::gather(
-            self.layout,
-            &self.opts.host,
-            self.name,
-            self.opts.allow_env_change,
-            self.opts.allow_downgrade,
-        );
-        facts.signer = Some(policy::Signer::of(keys, &staged.verified.key_id));
-        let generations = existing.map(|p| &p.state.generations[..]).unwrap_or(&[]);
-        policy::check(staged.manifest(), self.name, generations, &facts)?;
+        self.check_policy(staged.manifest(), &staged.verified.key_id, existing)?;
         let key_id = staged.verified.key_id.clone();
         let bundle_sha256 = staged.verified.bundle_sha256.clone();
         let storing = crate::gc::storing(layout)?;
@@ -444,6 +435,18 @@ impl Run<'_> {
         existing: Option<&Profile>,
     ) -> Result<(StoreEntry, String, crate::gc::Storing)> {
         self.progress.step("checking the staged bundle");
+        self.check_policy(&entry.manifest, key_id, existing)?;
+        let storing = crate::gc::storing(self.layout)?;
+        Ok((entry, record.bundle_sha256, storing))
+    }
+
+    /// The host's policy on a verified manifest signed by `key_id` (see [`policy::check`]).
+    fn check_policy(
+        &self,
+        manifest: &smoker_format::manifest::Manifest,
+        key_id: &str,
+        existing: Option<&Profile>,
+    ) -> Result<()> {
         let mut facts = HostFacts::gather(
             self.layout,
             &self.opts.host,
@@ -453,9 +456,7 @@ impl Run<'_> {
         );
         facts.signer = Some(policy::Signer::of(&self.opts.keys, key_id));
         let generations = existing.map(|p| &p.state.generations[..]).unwrap_or(&[]);
-        policy::check(&entry.manifest, self.name, generations, &facts)?;
-        let storing = crate::gc::storing(self.layout)?;
-        Ok((entry, record.bundle_sha256, storing))
+        policy::check(manifest, self.name, generations, &facts)
     }
 
     /// The outcome when the current generation is already this bundle and good.

@@ -16,6 +16,22 @@ use smoker_testkit::stack::{INIT_SCRIPT, RECIPE, Shop, answer, container, decide
 use smoker_testkit::{Project, Testbed, per_frontend, text, wait_for};
 use std::time::Duration;
 
+/// `out` (a command that switched the stack) succeeded and the backend serves `backend`.
+fn serving(
+    frontend: &str,
+    what: &str,
+    out: &std::process::Output,
+    backend_port: u16,
+    backend: &str,
+) {
+    assert!(out.status.success(), "[{frontend}] {what}: {}", text(out));
+    assert_eq!(
+        answer(backend_port, "/version").as_deref(),
+        Some(backend),
+        "[{frontend}] {what}"
+    );
+}
+
 fn real_stack(frontend: &str) {
     let mut bed = Testbed::new();
     let Shop {
@@ -31,15 +47,7 @@ fn real_stack(frontend: &str) {
 
     // 1.0.0: the whole stack comes up in dependency order.
     let out = host.apply(&project, &v1);
-    assert!(
-        out.status.success(),
-        "[{frontend}] apply 1.0.0: {}",
-        text(&out)
-    );
-    assert_eq!(
-        answer(backend_port, "/version").as_deref(),
-        Some("backend-1")
-    );
+    serving(frontend, "apply 1.0.0", &out, backend_port, "backend-1");
     let db_id = container(&p, "db");
     assert!(!db_id.is_empty());
     let mounts = docker(&["inspect", "--format", "{{json .Mounts}}", &db_id]);
@@ -61,15 +69,7 @@ fn real_stack(frontend: &str) {
 
     // 2.0.0 changes only the backend image: the database keeps its container.
     let out = host.apply(&project, &v2);
-    assert!(
-        out.status.success(),
-        "[{frontend}] apply 2.0.0: {}",
-        text(&out)
-    );
-    assert_eq!(
-        answer(backend_port, "/version").as_deref(),
-        Some("backend-2")
-    );
+    serving(frontend, "apply 2.0.0", &out, backend_port, "backend-2");
     assert_eq!(
         container(&p, "db"),
         db_id,
@@ -119,14 +119,12 @@ fn real_stack(frontend: &str) {
     // service says `pull_policy: always`.
     bed.registry.stop();
     let out = host.run(&["rollback", "--to", "1"]);
-    assert!(
-        out.status.success(),
-        "[{frontend}] rollback with no registry: {}",
-        text(&out)
-    );
-    assert_eq!(
-        answer(backend_port, "/version").as_deref(),
-        Some("backend-1")
+    serving(
+        frontend,
+        "rollback with no registry",
+        &out,
+        backend_port,
+        "backend-1",
     );
     assert_eq!(
         container(&p, "db"),
@@ -137,6 +135,35 @@ fn real_stack(frontend: &str) {
 }
 
 per_frontend!(real_stack);
+
+/// `smoker-install preflight --json` of `bundle` on `host`: its output and the check named
+/// `name` from its report.
+fn preflight_check(
+    host: &smoker_testkit::Host,
+    project: &Project,
+    bundle: &std::path::Path,
+    name: &str,
+) -> (std::process::Output, serde_json::Value) {
+    let out = host
+        .cmd()
+        .args(["preflight", "--json", "--key"])
+        .arg(&project.public_key)
+        .arg("--env-file")
+        .arg(&project.env_file)
+        .arg(bundle)
+        .output()
+        .expect("preflight");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("preflight JSON: {e}: {}", text(&out)));
+    let check = report["data"]["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check: {report}"))
+        .clone();
+    (out, check)
+}
 
 /// Preflight (and so apply) names each feature this host's engine or compose front end cannot
 /// run, with the fix, before anything changes.
@@ -162,24 +189,7 @@ fn preflight_names_what_this_host_cannot_run(frontend: &str) {
     smoker_testkit::write_file(&Lock::path(&project.recipes(), RECIPE), lock.to_toml());
     let bundle = project.release(&Release::new(RECIPE, "1.0.0")).bundle;
     let host = bed.host(Some(frontend));
-    let out = host
-        .cmd()
-        .args(["preflight", "--json", "--key"])
-        .arg(&project.public_key)
-        .arg("--env-file")
-        .arg(&project.env_file)
-        .arg(&bundle)
-        .output()
-        .expect("preflight");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("[{frontend}] preflight JSON: {e}: {}", text(&out)));
-    let capabilities = report["data"]["checks"]
-        .as_array()
-        .expect("checks")
-        .iter()
-        .find(|c| c["name"] == "capabilities")
-        .unwrap_or_else(|| panic!("[{frontend}] no capabilities check: {report}"))
-        .clone();
+    let (out, capabilities) = preflight_check(&host, &project, &bundle, "capabilities");
     let detail = capabilities["detail"].as_str().unwrap_or_default();
     let engine = docker(&["version", "--format", "{{.Server.Version}}"]);
     let old_engine = smoker_format::capability::engine_version(&engine)
@@ -279,24 +289,8 @@ fn preflight_says_when_a_pull_needs_a_registry_that_does_not_answer() {
     smoker_testkit::images::remove_image(&image.id);
     let registry = bed.registry.host();
     bed.registry.stop();
-    let out = host
-        .cmd()
-        .args(["preflight", "--json", "--key"])
-        .arg(&project.public_key)
-        .arg("--env-file")
-        .arg(&project.env_file)
-        .arg(&v1)
-        .output()
-        .expect("preflight");
+    let (out, check) = preflight_check(&host, &project, &v1, "registries");
     assert!(!out.status.success(), "{}", text(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let check = report["data"]["checks"]
-        .as_array()
-        .expect("checks")
-        .iter()
-        .find(|c| c["name"] == "registries")
-        .unwrap_or_else(|| panic!("no registries check: {report}"))
-        .clone();
     assert_eq!(check["ok"], false, "{check}");
     let detail = check["detail"].as_str().unwrap_or_default();
     assert!(
