@@ -212,7 +212,7 @@ fn compose_failed(gate: &mut Gate<'_>, text: &str) -> Report {
             None => format!("{}: {}", c.name, c.detail),
         })
         .collect();
-    let named = crate::runtime::name_containers(text, &gate.containers());
+    let named = crate::runtime::name_containers(text, gate.containers());
     let summary = if what.is_empty() {
         format!("compose up failed: {named}")
     } else {

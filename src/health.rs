@@ -105,6 +105,8 @@ pub struct Gate<'a> {
     running_since: BTreeMap<String, Instant>,
     /// When compose finished (checks tied to no service start then).
     compose_done: Option<Instant>,
+    /// The project's containers as the last round saw them.
+    last_seen: Vec<Container>,
 }
 
 impl<'a> Gate<'a> {
@@ -135,6 +137,7 @@ impl<'a> Gate<'a> {
             passing_rounds: 0,
             running_since: BTreeMap::new(),
             compose_done: None,
+            last_seen: Vec::new(),
         }
     }
 
@@ -148,9 +151,10 @@ impl<'a> Gate<'a> {
         self.compose_done.get_or_insert_with(Instant::now);
     }
 
-    /// The last container list (for naming the containers compose's messages mention).
-    pub fn containers(&self) -> Vec<Container> {
-        self.runtime.containers(self.project).unwrap_or_default()
+    /// The project's containers as the last round saw them (for naming the containers
+    /// compose's messages mention).
+    pub fn containers(&self) -> &[Container] {
+        &self.last_seen
     }
 
     fn grace(&self) -> Duration {
@@ -183,6 +187,7 @@ impl<'a> Gate<'a> {
                     results.push(r);
                 }
                 results.extend(unknown_containers(&list, self.services, during_up));
+                self.last_seen = list;
             }
             Err(e) => results.push(CheckResult {
                 name: "docker".into(),

@@ -195,15 +195,20 @@ fn check_capabilities(m: &Manifest, rt: &Runtime, r: &mut Report) {
 /// engine's mirrors) answers from this host. A registry that does not makes the images step
 /// fail after the switch would have been prepared; better to say so now.
 fn check_registries(m: &Manifest, rt: &Runtime, r: &mut Report) {
-    let missing: Vec<&smoker_format::manifest::Image> = m
-        .images
-        .iter()
-        .filter(|i| i.archive.is_none())
-        .filter(|i| match &i.config_digest {
-            Some(id) => !rt.has_image(id),
-            None => !rt.has_image(&i.pinned_ref()),
-        })
-        .collect();
+    let online: Vec<&smoker_format::manifest::Image> =
+        m.images.iter().filter(|i| i.archive.is_none()).collect();
+    let wanted = |i: &smoker_format::manifest::Image| {
+        i.config_digest.clone().unwrap_or_else(|| i.pinned_ref())
+    };
+    // One inspect for all of them; only when one is missing, ask image by image which.
+    let all: Vec<String> = online.iter().map(|i| wanted(i)).collect();
+    let missing: Vec<&smoker_format::manifest::Image> = match rt.image_ids(&all) {
+        Some(_) => Vec::new(),
+        None => online
+            .into_iter()
+            .filter(|i| !rt.has_image(&wanted(i)))
+            .collect(),
+    };
     if missing.is_empty() {
         return r.add(
             "registries",

@@ -11,7 +11,7 @@ use smoker_format::manifest::Manifest;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Environment variable forcing a compose front end (`v1` or `v2`).
 pub const COMPOSE_ENV: &str = "SMOKER_COMPOSE";
@@ -247,7 +247,6 @@ impl Runtime {
             child,
             out: Some(out),
             err: Some(err),
-            started: Instant::now(),
             done: None,
         })
     }
@@ -628,16 +627,10 @@ pub struct Up {
     child: Child,
     out: Option<std::thread::JoinHandle<Vec<u8>>>,
     err: Option<std::thread::JoinHandle<Vec<u8>>>,
-    started: Instant,
     done: Option<std::result::Result<(), String>>,
 }
 
 impl Up {
-    /// How long compose has been running.
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
-    }
-
     /// `None` while compose runs; once it has exited, `Ok(())` when it succeeded, else its
     /// error output (redacted). Every call after it exited gives the same answer.
     pub fn poll(&mut self) -> Result<Option<std::result::Result<(), String>>> {
